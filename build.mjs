@@ -1,0 +1,29 @@
+// Bundles each program into one ESM file under dist/. The TPM addon (.node) stays outside the bundle:
+// it is copied next to the bundles and located at run time by native/lib/binding.ts. Packages with
+// their own native parts (level/classic-level, pkcs11js) stay external and load from node_modules.
+import { build } from 'esbuild';
+import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+
+const programs = {
+  demo: 'sim/src/demo.ts',
+  'bench-tpm': 'test/bench/tpm.ts',
+};
+
+mkdirSync('dist', { recursive: true });
+const entryPoints = Object.fromEntries(Object.entries(programs).filter(([, src]) => existsSync(src)));
+await build({
+  entryPoints,
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'esm',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  external: ['*.node', 'level', 'classic-level', 'pkcs11js'],
+  // CommonJS dependencies inside an ESM bundle still call require() for Node built-ins.
+  banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" },
+});
+const addon = 'native/build/Release/tpm_native.node';
+if (existsSync(addon)) copyFileSync(addon, 'dist/tpm_native.node');
