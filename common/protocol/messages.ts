@@ -1,0 +1,170 @@
+import { REJECTION_CODE_LIST, REJECTION_CODES, type RejectionCode } from './errors.js';
+import {
+  array,
+  base64,
+  bool,
+  int,
+  literal,
+  object,
+  oneOf,
+  optional,
+  parseMessage,
+  str,
+  type Infer,
+  type Schema,
+} from './schema.js';
+import { DEVICE_ID_PATTERN, type DeviceTopic } from './topics.js';
+
+/**
+ * The protocol contract: one typed map from topic to payload, with the runtime schema and size limit
+ * each message is validated against before use. Version 1. See docs/protocol.md.
+ *
+ * Every message is a JSON envelope `{ v, requestId, sentAt, body }`; a rejection replaces `body` with
+ * `error`. `requestId` identifies one logical request across QoS1 redelivery and retries: the bridge
+ * answers a repeated requestId with the answer it gave the first time (never a second certificate).
+ * Requesters subscribe to their response topics before publishing.
+ */
+export const PROTOCOL_VERSION = 1;
+
+/** Hard ceiling for any message on any topic; per-topic limits below are tighter. */
+export const MAX_MESSAGE_BYTES = 64 * 1024;
+
+const requestId = str({ min: 8, max: 64, pattern: /^[A-Za-z0-9_-]+$/ });
+const deviceId = str({ max: 64, pattern: DEVICE_ID_PATTERN });
+const pem = str({ max: 8192, pattern: /^-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\r\n]+-----END CERTIFICATE-----\s*$/ });
+const timestamp = int({ min: 0, max: 8_640_000_000_000_000 });
+
+function envelope<B>(body: Schema<B>) {
+  return object({ v: literal(PROTOCOL_VERSION), requestId, sentAt: timestamp, body });
+}
+
+/** Device → bridge: start enrollment. Everything the bridge verifies before it issues a challenge. */
+export const enrollRequestBody = object({
+  deviceId,
+  /** The one-time enrollment token from the bootstrap config (the bridge stores only its hash). */
+  token: str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ }),
+  ekKind: oneOf(['rsa', 'ecc'] as const),
+  /** DER EK certificate as read from the TPM's NV index. */
+  ekCertificate: base64({ maxBytes: 4096, minBytes: 64 }),
+  /** Marshalled TPM2B_PUBLIC of the EK (the bridge checks it against the certificate). */
+  ekPublic: base64({ maxBytes: 1024, minBytes: 16 }),
+  /** Marshalled TPM2B_PUBLIC of the attestation key. */
+  akPublic: base64({ maxBytes: 512, minBytes: 16 }),
+  /** Marshalled TPM2B_PUBLIC of the new identity key. */
+  keyPublic: base64({ maxBytes: 512, minBytes: 16 }),
+  /** DER PKCS#10 request signed by the identity key inside the TPM. */
+  csr: base64({ maxBytes: 2048, minBytes: 64 }),
+});
+
+/** Bridge → device: prove EK possession (credential activation) and certify the key bound to `nonce`. */
+export const enrollChallengeBody = object({
+  challengeId: str({ min: 16, max: 64, pattern: /^[A-Za-z0-9_-]+$/ }),
+  /** Marshalled TPM2B_ID_OBJECT from MakeCredential(EK, Name(AK), secret). */
+  credentialBlob: base64({ maxBytes: 1024, minBytes: 8 }),
+  /** Marshalled TPM2B_ENCRYPTED_SECRET. */
+  encryptedSecret: base64({ maxBytes: 1024, minBytes: 8 }),
+  /** Qualifying data the device must pass to TPM2_Certify of its identity key. */
+  nonce: base64({ maxBytes: 32, minBytes: 32 }),
+  expiresAt: timestamp,
+});
+
+/** Device → bridge: the activated secret and the TPM's certification of the identity key. */
+export const enrollProofBody = object({
+  challengeId: str({ min: 16, max: 64, pattern: /^[A-Za-z0-9_-]+$/ }),
+  secret: base64({ maxBytes: 64, minBytes: 16 }),
+  /** TPMS_ATTEST from TPM2_Certify(identity key, AK, nonce). */
+  certifyInfo: base64({ maxBytes: 1024, minBytes: 16 }),
+  /** Marshalled TPMT_SIGNATURE of the AK over certifyInfo. */
+  certifySignature: base64({ maxBytes: 600, minBytes: 8 }),
+});
+
+/** Bridge → device: the issued certificate. */
+export const enrollAcceptedBody = object({
+  deviceId,
+  certificate: pem,
+  /** Issuing CA chain, leaf's issuer first. */
+  chain: array(pem, { min: 1, max: 4 }),
+  /** Roots the device trusts for the fleet (broker server certs chain to these too). */
+  trustBundle: array(pem, { min: 1, max: 8 }),
+  serial: str({ min: 2, max: 64, pattern: /^[0-9a-f]+$/ }),
+  notAfter: timestamp,
+});
+
+/** Device → fleet (retained): availability and identity state; the last will sets `online: false`. */
+export const deviceStatusBody = object({
+  deviceId,
+  online: bool,
+  state: oneOf(['bootstrapping', 'enrolling', 'enrolled', 'rotating', 'offline', 'error'] as const),
+  certSerial: optional(str({ max: 64, pattern: /^[0-9a-f]+$/ })),
+  certNotAfter: optional(timestamp),
+  agentVersion: optional(str({ max: 32 })),
+});
+
+export const rejectionError = object({
+  code: oneOf(REJECTION_CODE_LIST),
+  message: str({ max: 512 }),
+  retryable: bool,
+  retryAfterSec: optional(int({ min: 0, max: 86_400 })),
+});
+
+export const rejectionSchema = object({ v: literal(PROTOCOL_VERSION), requestId, sentAt: timestamp, error: rejectionError });
+
+/** The typed topic → payload map. `maxBytes` is enforced before JSON parsing. */
+export const MESSAGES = {
+  enroll: { schema: envelope(enrollRequestBody), maxBytes: 16 * 1024 },
+  enrollChallenge: { schema: envelope(enrollChallengeBody), maxBytes: 8 * 1024 },
+  enrollProof: { schema: envelope(enrollProofBody), maxBytes: 8 * 1024 },
+  enrollAccepted: { schema: envelope(enrollAcceptedBody), maxBytes: 48 * 1024 },
+  enrollRejected: { schema: rejectionSchema, maxBytes: 2 * 1024 },
+  status: { schema: envelope(deviceStatusBody), maxBytes: 2 * 1024 },
+} as const satisfies Record<DeviceTopic, { schema: Schema<unknown>; maxBytes: number }>;
+
+export type MessageOf<T extends DeviceTopic> = Infer<(typeof MESSAGES)[T]['schema']>;
+export type BodyOf<T extends Exclude<DeviceTopic, 'enrollRejected'>> = MessageOf<T>['body'];
+export type Rejection = Infer<typeof rejectionSchema>;
+export type EnrollRequest = Infer<typeof enrollRequestBody>;
+export type EnrollChallenge = Infer<typeof enrollChallengeBody>;
+export type EnrollProof = Infer<typeof enrollProofBody>;
+export type EnrollAccepted = Infer<typeof enrollAcceptedBody>;
+export type DeviceStatus = Infer<typeof deviceStatusBody>;
+
+/** Validates an incoming payload for `topic` (size, JSON, schema). Throws SchemaError. */
+export function decode<T extends DeviceTopic>(topic: T, payload: Buffer | string): MessageOf<T> {
+  const { schema, maxBytes } = MESSAGES[topic];
+  return parseMessage(payload, schema as Schema<MessageOf<T>>, Math.min(maxBytes, MAX_MESSAGE_BYTES));
+}
+
+/** Binary fields travel as base64; everything else as is. */
+function toWire(value: unknown): unknown {
+  if (Buffer.isBuffer(value)) return value.toString('base64');
+  if (Array.isArray(value)) return value.map(toWire);
+  if (value && typeof value === 'object') {
+    return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined).map(([k, v]) => [k, toWire(v)]));
+  }
+  return value;
+}
+
+/** Serializes a request/response envelope; the result always passes `decode` for the same topic. */
+export function encode<T extends Exclude<DeviceTopic, 'enrollRejected'>>(
+  _topic: T,
+  requestIdValue: string,
+  sentAt: number,
+  body: BodyOf<T>,
+): Buffer {
+  return Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, requestId: requestIdValue, sentAt, body: toWire(body) }));
+}
+
+export function encodeRejection(
+  requestIdValue: string,
+  sentAt: number,
+  code: RejectionCode,
+  opts?: { message?: string; retryAfterSec?: number },
+): Buffer {
+  const error = {
+    code,
+    message: opts?.message ?? REJECTION_CODES[code].message,
+    retryable: REJECTION_CODES[code].retryable,
+    ...(opts?.retryAfterSec === undefined ? {} : { retryAfterSec: opts.retryAfterSec }),
+  };
+  return Buffer.from(JSON.stringify({ v: PROTOCOL_VERSION, requestId: requestIdValue, sentAt, error }));
+}
