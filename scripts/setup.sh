@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian bookworm machine, and fast (~1 s) when everything is present:
 #   1. Debian packages (only installs what is missing; needs root, else prints the apt command),
-#   2. npm dependencies (npm ci when package-lock.json changed or node_modules is missing),
+#   2. npm dependencies (when package-lock.json changed or node_modules is missing),
 #   3. the native TPM addon (node-gyp rebuild when native/ sources changed),
 #   4. the esbuild bundles in dist/.
 # Non-interactive: safe with no stdin (CI).
@@ -39,8 +39,11 @@ fi
 # --- 2. npm dependencies ------------------------------------------------------------------------
 lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [[ ! -d node_modules || ! -f "$stamps/npm" || $(cat "$stamps/npm") != "$lock_hash" ]]; then
-  log "npm ci"
-  npm ci --no-audit --no-fund --loglevel=error </dev/null
+  log "npm install (from package-lock.json)"
+  # Not `npm ci`: npm 11 records only this platform's optional packages (rollup's native binaries) in
+  # the lockfile and then `npm ci` refuses that same lockfile as out of sync. `npm install` installs the
+  # locked versions all the same.
+  npm install --no-audit --no-fund --loglevel=error </dev/null
   echo "$lock_hash" >"$stamps/npm"
 fi
 
