@@ -1,0 +1,126 @@
+import type { Clock } from '../../../common/clock.js';
+import { ECDSA_WITH_SHA256_ALGID, samePublicKey, type CaBackend } from './ca-backend.js';
+import { parseIssuingCa, type IssuingCaInfo } from './ca-cert.js';
+import { TAG, encodeTime, encodeUnsignedInteger, seq, tlv } from './der.js';
+import { assembleSigned } from './device-profile.js';
+import { CaError } from './errors.js';
+
+/** RFC 5280 5.3.1 CRLReason values (7 is unused). */
+const REASON_CODES = {
+  unspecified: 0,
+  keyCompromise: 1,
+  cACompromise: 2,
+  affiliationChanged: 3,
+  superseded: 4,
+  cessationOfOperation: 5,
+  certificateHold: 6,
+  removeFromCRL: 8,
+  privilegeWithdrawn: 9,
+  aACompromise: 10,
+} as const;
+export type RevocationReason = keyof typeof REASON_CODES;
+
+export interface RevokedCertificate {
+  /** Hex of the serial number (as IssueResponse.serialNumber). */
+  readonly serialNumber: string;
+  readonly revokedAt: Date;
+  readonly reason?: RevocationReason;
+}
+
+export interface CrlRequest {
+  /** Monotonic CRL number; the caller persists it. */
+  readonly crlNumber: bigint | number;
+  /** nextUpdate = thisUpdate + this. */
+  readonly nextUpdateSec: number;
+  readonly revoked: readonly RevokedCertificate[];
+}
+
+export interface CrlResponse {
+  readonly crlDer: Buffer;
+  readonly thisUpdate: Date;
+  readonly nextUpdate: Date;
+  readonly crlNumber: bigint;
+}
+
+const V2 = Buffer.from('020101', 'hex');
+const OID_AKI = Buffer.from('0603551d23', 'hex');
+const OID_CRL_NUMBER = Buffer.from('0603551d14', 'hex');
+const OID_REASON = Buffer.from('0603551d15', 'hex');
+
+/** Signs v2 CRLs for the issuing CA with the same backend that signs certificates. */
+export class CrlSigner {
+  readonly issuingCa: IssuingCaInfo;
+  readonly #backend: CaBackend;
+  readonly #clock: Clock;
+  readonly #prefix: Buffer;
+  readonly #aki: Buffer;
+
+  constructor(opts: { backend: CaBackend; issuingCertificate: Buffer | string; clock: Clock }) {
+    this.issuingCa = parseIssuingCa(opts.issuingCertificate);
+    if (!samePublicKey(this.issuingCa.publicKey, opts.backend.publicKey())) {
+      throw new CaError('CA_CONFIG_INVALID', 'issuing CA certificate does not match the backend key');
+    }
+    this.#backend = opts.backend;
+    this.#clock = opts.clock;
+    this.#prefix = Buffer.concat([V2, ECDSA_WITH_SHA256_ALGID, this.issuingCa.subjectDer]);
+    this.#aki = seq(OID_AKI, tlv(TAG.OCTET_STRING, seq(tlv(0x80, this.issuingCa.subjectKeyId))));
+  }
+
+  async sign(req: CrlRequest): Promise<CrlResponse> {
+    let crlNumber: bigint;
+    try {
+      crlNumber = BigInt(req.crlNumber);
+    } catch {
+      throw new CaError('CA_BAD_REQUEST', 'crlNumber must be an integer');
+    }
+    // RFC 5280 5.2.3: at most 20 octets, non-negative.
+    if (crlNumber < 0n || crlNumber >= 1n << 159n) throw new CaError('CA_BAD_REQUEST', 'crlNumber out of range');
+    if (!Number.isSafeInteger(req.nextUpdateSec) || req.nextUpdateSec <= 0) {
+      throw new CaError('CA_BAD_REQUEST', 'nextUpdateSec must be a positive integer');
+    }
+    const thisUpdate = Math.floor(this.#clock.now() / 1000) * 1000;
+    const nextUpdate = thisUpdate + req.nextUpdateSec * 1000;
+
+    const entries: Buffer[] = [];
+    const seen = new Set<string>();
+    for (const r of req.revoked) {
+      const serial = (typeof r.serialNumber === 'string' ? r.serialNumber : '').toLowerCase().replace(/^0+(?=.)/, '');
+      if (!/^[0-9a-f]{1,40}$/.test(serial) || /^0+$/.test(serial)) {
+        throw new CaError('CA_BAD_REQUEST', `invalid revoked serial number ${JSON.stringify(r.serialNumber)}`);
+      }
+      if (seen.has(serial)) throw new CaError('CA_BAD_REQUEST', `serial ${serial} listed twice`);
+      seen.add(serial);
+      const at = r.revokedAt instanceof Date ? r.revokedAt.getTime() : NaN;
+      if (!Number.isFinite(at)) throw new CaError('CA_BAD_REQUEST', 'revokedAt must be a valid date');
+      const parts = [encodeUnsignedInteger(BigInt('0x' + serial)), encodeTime(Math.floor(at / 1000) * 1000)];
+      const reason = r.reason ?? 'unspecified';
+      if (!Object.hasOwn(REASON_CODES, reason)) throw new CaError('CA_BAD_REQUEST', `unknown revocation reason ${String(reason)}`);
+      const code = REASON_CODES[reason];
+      // RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent.
+      if (code !== 0) parts.push(seq(seq(OID_REASON, tlv(TAG.OCTET_STRING, tlv(TAG.ENUMERATED, Buffer.from([code]))))));
+      entries.push(seq(...parts));
+    }
+
+    const crlNumberExt = seq(OID_CRL_NUMBER, tlv(TAG.OCTET_STRING, encodeUnsignedInteger(crlNumber)));
+    const tbs = seq(
+      this.#prefix,
+      encodeTime(thisUpdate),
+      encodeTime(nextUpdate),
+      ...(entries.length > 0 ? [seq(...entries)] : []),
+      tlv(0xa0, seq(this.#aki, crlNumberExt)),
+    );
+    let signature: Buffer;
+    try {
+      ({ signature } = await this.#backend.sign({ tbs }));
+    } catch (e) {
+      if (e instanceof CaError) throw e;
+      throw new CaError('CA_BACKEND_FAILED', 'CA backend failed to sign the CRL', { cause: e });
+    }
+    return {
+      crlDer: assembleSigned(tbs, signature),
+      thisUpdate: new Date(thisUpdate),
+      nextUpdate: new Date(nextUpdate),
+      crlNumber,
+    };
+  }
+}
