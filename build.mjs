@@ -7,6 +7,7 @@ import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 const programs = {
   demo: 'sim/src/demo.ts',
   'bench-tpm': 'test/bench/tpm.ts',
+  'bench-ca': 'test/bench/ca.ts',
 };
 
 mkdirSync('dist', { recursive: true });

@@ -1,0 +1,136 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createConnection, createServer } from 'node:net';
+import { CodedError } from './coded-error.js';
+
+/**
+ * A child process we own (swtpm, mosquitto in the embedded fleet): started with arguments, awaited
+ * until its TCP ports answer, stopped by PID (SIGTERM, then SIGKILL after a grace period). Every live
+ * child is also killed synchronously when this process exits, so none outlives us.
+ */
+export type ProcessErrorCode = 'PROCESS_START_FAILED' | 'PROCESS_NOT_READY';
+
+const live = new Set<ChildProcess>();
+let exitHookInstalled = false;
+
+function installExitHook(): void {
+  if (exitHookInstalled) return;
+  exitHookInstalled = true;
+  process.on('exit', () => {
+    for (const child of live) {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
+export class ManagedProcess {
+  readonly #child: ChildProcess;
+  readonly name: string;
+  #exited: Promise<number | null>;
+  #stderr = '';
+
+  private constructor(name: string, child: ChildProcess) {
+    this.name = name;
+    this.#child = child;
+    live.add(child);
+    child.stderr?.on('data', (d: Buffer) => {
+      this.#stderr = (this.#stderr + d.toString()).slice(-4000);
+    });
+    this.#exited = new Promise((resolve) => {
+      child.once('exit', (code) => {
+        live.delete(child);
+        resolve(code);
+      });
+      child.once('error', () => {
+        live.delete(child);
+        resolve(null);
+      });
+    });
+  }
+
+  get pid(): number | undefined {
+    return this.#child.pid;
+  }
+
+  get running(): boolean {
+    return this.#child.exitCode === null && this.#child.signalCode === null && live.has(this.#child);
+  }
+
+  /** Spawns `command` and waits until every port in `ports` accepts TCP connections on `host`. */
+  static async start(opts: {
+    name: string;
+    command: string;
+    args: readonly string[];
+    ports: readonly number[];
+    host?: string;
+    env?: NodeJS.ProcessEnv;
+    readyTimeoutMs?: number;
+  }): Promise<ManagedProcess> {
+    installExitHook();
+    const child = spawn(opts.command, opts.args, { stdio: ['ignore', 'ignore', 'pipe'], env: opts.env ?? process.env });
+    const proc = new ManagedProcess(opts.name, child);
+    const deadline = Date.now() + (opts.readyTimeoutMs ?? 10_000);
+    for (const port of opts.ports) {
+      while (!(await portAnswers(opts.host ?? '127.0.0.1', port))) {
+        if (!proc.running) {
+          throw new CodedError('PROCESS_START_FAILED', `${opts.name} exited during start: ${proc.#stderr.trim() || 'no output'}`);
+        }
+        if (Date.now() > deadline) {
+          await proc.stop();
+          throw new CodedError('PROCESS_NOT_READY', `${opts.name} did not open port ${port} in time: ${proc.#stderr.trim()}`);
+        }
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    }
+    return proc;
+  }
+
+  /** SIGTERM, wait up to `graceMs`, then SIGKILL. Idempotent. */
+  async stop(graceMs = 3000): Promise<void> {
+    if (!this.running) return;
+    this.#child.kill('SIGTERM');
+    const timer = setTimeout(() => this.#child.kill('SIGKILL'), graceMs);
+    await this.#exited;
+    clearTimeout(timer);
+  }
+}
+
+export function portAnswers(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = createConnection({ host, port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+/** A free TCP port on `host`, optionally with `count` consecutive free ports (swtpm uses P and P+1). */
+export async function freePorts(count = 1, host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = await new Promise<number>((resolve, reject) => {
+      const srv = createServer();
+      srv.once('error', reject);
+      srv.listen(0, host, () => {
+        const addr = srv.address();
+        srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
+      });
+    });
+    let ok = base > 0 && base + count - 1 <= 65535;
+    for (let i = 1; ok && i < count; i++) ok = await canListen(host, base + i);
+    if (ok) return base;
+  }
+  throw new CodedError('PROCESS_START_FAILED', `no ${count} consecutive free ports on ${host}`);
+}
+
+function canListen(host: string, port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const srv = createServer();
+    srv.once('error', () => resolve(false));
+    srv.listen(port, host, () => srv.close(() => resolve(true)));
+  });
+}
