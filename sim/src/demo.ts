@@ -16,7 +16,7 @@ import { verifyEkCertificate } from '../../native/lib/ek-certificate.js';
 import { attributesOf } from '../../native/lib/wire/public.js';
 import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
-import { toPem } from '../../broker-bridge/src/ca/der.js';
+import { toPem } from '../../common/der.js';
 import { issueBrokerServerCertificate } from '../../broker-bridge/src/broker/server-cert.js';
 import { EmbeddedBroker } from '../../broker-bridge/src/broker/embedded-broker.js';
 import { createManufacturer, manufactureTpm, SwtpmProcess } from './swtpm.js';

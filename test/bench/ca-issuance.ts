@@ -8,7 +8,7 @@ import { pathToFileURL } from 'node:url';
 import { systemClock } from '../../common/clock.js';
 import { createCa, type CaMaterial } from '../../broker-bridge/src/ca/ca-setup.js';
 import { parseAndVerifyCsr } from '../../broker-bridge/src/ca/csr.js';
-import { pemBlocks, toPem } from '../../broker-bridge/src/ca/der.js';
+import { pemBlocks, toPem } from '../../common/der.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
 import type { Pkcs11Ca } from '../../broker-bridge/src/ca/pkcs11-ca.js';
 import { startSoftHsm } from '../../broker-bridge/src/ca/test-softhsm.js';

@@ -1,6 +1,6 @@
 import { createHash, type KeyObject } from 'node:crypto';
 import { publicKeyFromSpki } from './ca-backend.js';
-import { DerError, TAG, bytesOf, contentOf, expectTlv, pemBlocks, readSingle, readTime, readTlv, type Tlv } from './der.js';
+import { DerError, TAG, bytesOf, contentOf, expectTlv, pemBlocks, readSingle, readTime, readTlv, type Tlv } from '../../../common/der.js';
 import { CaError } from './errors.js';
 
 /** What issuance and CRL signing need from the issuing CA certificate, read once at start-up. */

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import type { Clock } from '../../../common/clock.js';
 import { samePublicKey, type CaBackend } from './ca-backend.js';
 import { keyIdentifier, parseIssuingCa } from './ca-cert.js';
-import { pemBlocks, toPem } from './der.js';
+import { pemBlocks, toPem } from '../../../common/der.js';
 import { TRUST_DOMAIN_PATTERN } from './device-profile.js';
 import { CaError } from './errors.js';
 import { FileKeyCa } from './file-key-ca.js';

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../common/clock.js';
 import { createCa, type CaMaterial } from './ca-setup.js';
 import { CrlSigner } from './crl.js';
-import { toPem } from './der.js';
+import { toPem } from '../../../common/der.js';
 import { CertificateIssuer } from './issuer.js';
 import { attime, deviceKey, expectCode, openssl } from './test-util.js';
 

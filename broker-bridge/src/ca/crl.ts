@@ -1,7 +1,7 @@
 import type { Clock } from '../../../common/clock.js';
 import { ECDSA_WITH_SHA256_ALGID, samePublicKey, type CaBackend } from './ca-backend.js';
 import { parseIssuingCa, type IssuingCaInfo } from './ca-cert.js';
-import { TAG, encodeTime, encodeUnsignedInteger, seq, tlv } from './der.js';
+import { TAG, encodeTime, encodeUnsignedInteger, seq, tlv } from '../../../common/der.js';
 import { assembleSigned } from './device-profile.js';
 import { CaError } from './errors.js';
 

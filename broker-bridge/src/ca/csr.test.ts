@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAndVerifyCsr } from './csr.js';
-import { seq, tlv, toPem } from './der.js';
+import { seq, tlv, toPem } from '../../../common/der.js';
 import { buildCsr, deviceKey, expectCode, openssl } from './test-util.js';
 
 x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);

@@ -1,5 +1,5 @@
 import { verify as cryptoVerify, type KeyObject } from 'node:crypto';
-import { DerError, TAG, bytesOf, contentOf, expectTlv, readSingle, readTlv } from './der.js';
+import { DerError, TAG, bytesOf, contentOf, expectTlv, readSingle, readTlv } from '../../../common/der.js';
 import { CaError } from './errors.js';
 import { classifyEcSpki, ecKeyObject, type DeviceCurve } from './spki.js';
 

@@ -1,5 +1,5 @@
 import { ECDSA_WITH_SHA256_ALGID } from './ca-backend.js';
-import { TAG, seq, timeSize, tlv, tlvSize, writeHeader, writeTime } from './der.js';
+import { TAG, seq, timeSize, tlv, tlvSize, writeHeader, writeTime } from '../../../common/der.js';
 
 /**
  * The device certificate profile, as a TBSCertificate encoder. Everything that is the same for every

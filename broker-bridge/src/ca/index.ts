@@ -9,4 +9,4 @@ export { DEVICE_ID_PATTERN, TRUST_DOMAIN_PATTERN, spiffeIdFor } from './device-p
 export { CertificateIssuer, type CertificateIssuerOptions, type IssueRequest, type IssueResponse } from './issuer.js';
 export { parseAndVerifyCsr, DEFAULT_CSR_MAX_BYTES, type CsrParseOptions, type VerifiedCsr } from './csr.js';
 export { CrlSigner, type CrlRequest, type CrlResponse, type RevocationReason, type RevokedCertificate } from './crl.js';
-export { toPem, pemBlocks } from './der.js';
+export { toPem, pemBlocks } from '../../../common/der.js';

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ManualClock } from '../../../common/clock.js';
 import { createCa, type CaMaterial } from './ca-setup.js';
 import { parseAndVerifyCsr } from './csr.js';
-import { toPem } from './der.js';
+import { toPem } from '../../../common/der.js';
 import { FileKeyCa } from './file-key-ca.js';
 import { CertificateIssuer, type IssueRequest } from './issuer.js';
 import { attime, buildCsr, deviceKey, expectCode, openssl } from './test-util.js';

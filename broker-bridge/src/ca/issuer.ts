@@ -2,7 +2,7 @@ import { createHash, randomFillSync } from 'node:crypto';
 import type { Clock } from '../../../common/clock.js';
 import { samePublicKey, type CaBackend } from './ca-backend.js';
 import { parseIssuingCa, type IssuingCaInfo } from './ca-cert.js';
-import { toPem } from './der.js';
+import { toPem } from '../../../common/der.js';
 import {
   DEVICE_ID_PATTERN,
   DeviceProfile,

@@ -10,7 +10,7 @@ import { ManualClock } from '../../../common/clock.js';
 import { createCa, importCa, type BackendSpec } from './ca-setup.js';
 import { CrlSigner } from './crl.js';
 import { parseAndVerifyCsr } from './csr.js';
-import { toPem } from './der.js';
+import { toPem } from '../../../common/der.js';
 import { CertificateIssuer } from './issuer.js';
 import { Pkcs11Ca, type Pkcs11CaOpenRequest } from './pkcs11-ca.js';
 import { attime, buildCsr, deviceKey, expectCode, openssl } from './test-util.js';

@@ -10,7 +10,7 @@ import {
   type SignResponse,
 } from './ca-backend.js';
 import { CaError } from './errors.js';
-import { TAG } from './der.js';
+import { TAG } from '../../../common/der.js';
 
 type P11 = InstanceType<typeof pkcs11js.PKCS11>;
 type Handle = Buffer;

@@ -1,6 +1,6 @@
 import { execFile } from 'node:child_process';
 import { generateKeyPairSync, sign, type KeyObject } from 'node:crypto';
-import { encodeOid, seq, tlv, TAG } from './der.js';
+import { encodeOid, seq, tlv, TAG } from '../../../common/der.js';
 
 /** Test-only helpers shared by the CA tests. */
 

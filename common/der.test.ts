@@ -1,6 +1,6 @@
 import { generateKeyPairSync, sign, verify } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { rawEcdsaToDer } from './ca-backend.js';
+import { rawEcdsaToDer } from '../broker-bridge/src/ca/ca-backend.js';
 import { DerError, encodeTime, encodeUnsignedInteger, readTime, readTlv, tlv, tlvSize } from './der.js';
 
 describe('DER helpers', () => {
