@@ -87,8 +87,17 @@ export interface RawContext {
    * `activate` (AK) with a password session; `key` (EK) with a policy session satisfying
    * PolicySecret(TPM_RH_ENDORSEMENT), flushed afterwards in every case. credentialBlob: marshalled
    * TPM2B_ID_OBJECT; secret: marshalled TPM2B_ENCRYPTED_SECRET. Resolves the certInfo bytes.
+   * sessionHash: the policy session's hash (the EK's nameAlg; default SHA-256). policyOr: a marshalled
+   * TPML_DIGEST; when given, PolicyOR over it follows PolicySecret (TCG high-range EKs' PolicyB).
    */
-  activateCredential(activate: EsysHandle, key: EsysHandle, credentialBlob: Buffer, secret: Buffer): Promise<Buffer>;
+  activateCredential(
+    activate: EsysHandle,
+    key: EsysHandle,
+    credentialBlob: Buffer,
+    secret: Buffer,
+    sessionHash?: number,
+    policyOr?: Buffer,
+  ): Promise<Buffer>;
   /**
    * Synchronous. `publicArea`: marshalled TPM2B_PUBLIC of an unrestricted ECC NIST P-256 signing key
    * loaded as `key`. Returns the id for tls.connect({ privateKeyEngine: engineId, privateKeyIdentifier }).

@@ -2,6 +2,7 @@ import { loadBinding, type RawBinding, type RawContext } from './binding.js';
 import type { Attestation, CreatedKey, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmSignature } from './tpm.js';
 import { TpmError, toTpmError } from './tpm-error.js';
 import { parseAttest } from './wire/attest.js';
+import { TpmWriter } from './wire/buffer-io.js';
 import { parseAlgorithms, parseTpmProperties, u32Ascii } from './wire/capability.js';
 import { ALG, CAP, EK_CERT_NV, HIERARCHY, PT } from './wire/constants.js';
 import { marshalPcrSelection, parseDigestList, parsePcrSelection } from './wire/pcr.js';
@@ -12,6 +13,7 @@ import {
   ekEccP256HighTemplate,
   ekEccP384HighTemplate,
   ekEccTemplate,
+  ekPolicySession,
   ekRsaTemplate,
   identityKeyTemplate,
   matchesTemplate,
@@ -255,7 +257,12 @@ export class NativeTpm implements Tpm {
     if (!Buffer.isBuffer(credentialBlob) || !Buffer.isBuffer(encryptedSecret)) {
       return Promise.reject(new TpmError('TPM_BAD_ARGUMENT', 'activateCredential: credentialBlob and encryptedSecret must be Buffers'));
     }
-    return this.#call('activateCredential', () => this.#raw.activateCredential(ak.handle, ek.handle, credentialBlob, encryptedSecret));
+    const policy = ekPolicySession(ek.public);
+    const orList = policy.policyOr ? new TpmWriter().u32(policy.policyOr.length) : undefined;
+    for (const d of policy.policyOr ?? []) orList!.tpm2b(d);
+    return this.#call('activateCredential', () =>
+      this.#raw.activateCredential(ak.handle, ek.handle, credentialBlob, encryptedSecret, policy.sessionHashAlg, orList?.finish()),
+    );
   }
 
   tlsKey(key: TpmKey): TlsKeyOptions {

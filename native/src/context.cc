@@ -567,18 +567,27 @@ class ActivateCredentialJob : public Job {
   ESYS_TR activate = ESYS_TR_NONE, key = ESYS_TR_NONE;
   TPM2B_ID_OBJECT credentialBlob{};
   TPM2B_ENCRYPTED_SECRET secret{};
+  // The EK's policy hash (its nameAlg) and, for TCG high-range EKs whose authPolicy is PolicyB =
+  // PolicyOR(PolicyA, PolicyC), the two branch digests; empty for low-range EKs (PolicyA alone).
+  uint16_t sessionHash = TPM2_ALG_SHA256;
+  TPML_DIGEST policyOr{};
   Bytes certInfo;
   void Run(ContextState& st) override {
     TPMT_SYM_DEF symmetric{};
     symmetric.algorithm = TPM2_ALG_NULL;
     ESYS_TR session = ESYS_TR_NONE;
     TSS2_RC rc = Esys_StartAuthSession(st.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                       nullptr, TPM2_SE_POLICY, &symmetric, TPM2_ALG_SHA256, &session);
+                                       nullptr, TPM2_SE_POLICY, &symmetric, sessionHash, &session);
     if (!Check("Esys_StartAuthSession", rc)) return;
     // EK policy (TCG default): PolicySecret(TPM_RH_ENDORSEMENT) with the (empty) endorsement auth.
     rc = Esys_PolicySecret(st.esys, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                            nullptr, nullptr, nullptr, 0, nullptr, nullptr);
-    if (Check("Esys_PolicySecret", rc)) {
+    bool ok = Check("Esys_PolicySecret", rc);
+    if (ok && policyOr.count > 0) {
+      rc = Esys_PolicyOR(st.esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policyOr);
+      ok = Check("Esys_PolicyOR", rc);
+    }
+    if (ok) {
       TPM2B_DIGEST* raw = nullptr;
       rc = Esys_ActivateCredential(st.esys, activate, key, ESYS_TR_PASSWORD, session, ESYS_TR_NONE, &credentialBlob,
                                    &secret, &raw);
@@ -857,7 +866,9 @@ Napi::Value Context::ActivateCredential(const Napi::CallbackInfo& info) {
   Args a(info, "activateCredential", *job);
   a.Handle(0, &job->activate) && a.Handle(1, &job->key) &&
       a.Struct(2, Tss2_MU_TPM2B_ID_OBJECT_Unmarshal, "TPM2B_ID_OBJECT", &job->credentialBlob) &&
-      a.Struct(3, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, "TPM2B_ENCRYPTED_SECRET", &job->secret);
+      a.Struct(3, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, "TPM2B_ENCRYPTED_SECRET", &job->secret) &&
+      (info.Length() < 5 || info[4].IsUndefined() || a.U16(4, &job->sessionHash)) &&
+      (info.Length() < 6 || info[5].IsUndefined() || a.Struct(5, Tss2_MU_TPML_DIGEST_Unmarshal, "TPML_DIGEST", &job->policyOr));
   return queue_.Submit(info.Env(), std::move(job));
 }
 

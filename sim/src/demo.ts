@@ -17,7 +17,7 @@ import { attributesOf } from '../../native/lib/wire/public.js';
 import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
 import { toPem } from '../../common/der.js';
-import { issueBrokerServerCertificate } from '../../broker-bridge/src/broker/server-cert.js';
+import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { EmbeddedBroker } from '../../broker-bridge/src/broker/embedded-broker.js';
 import { createManufacturer, manufactureTpm, SwtpmProcess } from './swtpm.js';
 
@@ -83,9 +83,11 @@ async function main(): Promise<void> {
     info(`certified key = TPM key: ${createHash('sha256').update(leaf.publicKey.export({ type: 'spki', format: 'der' })).digest('hex') === createHash('sha256').update(key.spki).digest('hex')}`);
 
     step('Starting mosquitto with generated config: mTLS device listener, per-device ACLs');
-    const server = await issueBrokerServerCertificate({
+    const server = await issueServiceCertificate({
       rootCertPem: ca.rootCertificatePem,
       rootKeyPem: (await import('node:fs')).readFileSync(ca.files.rootKey!, 'utf8'),
+      commonName: 'fleet-broker',
+      usage: 'server',
       hosts: ['127.0.0.1', 'localhost'],
       clock: systemClock,
     });

@@ -16,6 +16,32 @@ const POLICY_B_SHA384 = Buffer.from(
   'hex',
 );
 
+/**
+ * The branches of PolicyB (TCG EK Credential Profile 2.0 §B.6): PolicyA = PolicySecret(endorsement),
+ * PolicyC = PolicyAuthorizeNV(index I-1 (SHA-256) / I-2 (SHA-384)). Checked: PolicyOR(A, C) reproduces
+ * POLICY_B_* exactly (see templates.test.ts).
+ */
+export const EK_POLICY_BRANCHES = {
+  sha256: [
+    POLICY_A_SHA256,
+    Buffer.from('3767e2edd43ff45a3a7e1eaefcef78643dca964632e7aad82c673a30d8633fde', 'hex'),
+  ],
+  sha384: [
+    Buffer.from('8bbf2266537c171cb56e403c4dc1d4b64f432611dc386e6f532050c3278c930e143e8bb1133824ccb431053871c6db53', 'hex'),
+    Buffer.from('d6032ce61f2fb3c240eb3cf6a33237ef2b6a16f4293c22b455e261cffd217ad5b4947c2d73e63005eed2dc2b3593d165', 'hex'),
+  ],
+} as const;
+
+/** How to satisfy an EK's authPolicy in a policy session: PolicySecret, then PolicyOR for PolicyB. */
+export function ekPolicySession(ek: TpmPublic): { sessionHashAlg: number; policyOr?: readonly Buffer[] } {
+  if (ek.authPolicy.equals(POLICY_A_SHA256)) return { sessionHashAlg: ALG.SHA256 };
+  if (ek.authPolicy.equals(POLICY_B_SHA256)) return { sessionHashAlg: ALG.SHA256, policyOr: EK_POLICY_BRANCHES.sha256 };
+  if (ek.authPolicy.equals(POLICY_B_SHA384)) return { sessionHashAlg: ALG.SHA384, policyOr: EK_POLICY_BRANCHES.sha384 };
+  return { sessionHashAlg: ek.nameAlg };
+}
+
+export const EK_POLICY_B = { sha256: POLICY_B_SHA256, sha384: POLICY_B_SHA384 } as const;
+
 const EK_ATTRS: ObjectAttributeName[] = ['fixedTPM', 'fixedParent', 'sensitiveDataOrigin', 'adminWithPolicy', 'restricted', 'decrypt'];
 /** Every key this project creates: bound to this TPM, generated inside it, usable with empty auth. */
 const KEY_ATTRS: ObjectAttributeName[] = ['fixedTPM', 'fixedParent', 'sensitiveDataOrigin', 'userWithAuth'];
