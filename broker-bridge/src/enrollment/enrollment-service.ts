@@ -1,0 +1,325 @@
+import { randomBytes } from 'node:crypto';
+import type { Clock } from '../../../common/clock.js';
+import { hashEnrollmentToken } from '../../../common/enrollment-token.js';
+import { REJECTION_CODES } from '../../../common/protocol/errors.js';
+import { decode, encode, encodeRejection, type EnrollProof, type EnrollRequest } from '../../../common/protocol/messages.js';
+import { SchemaError } from '../../../common/protocol/schema.js';
+import type { Topics } from '../../../common/protocol/topics.js';
+import type { EkTrustStore } from '../../../native/lib/ek-certificate.js';
+import { makeCredential } from '../../../native/lib/wire/make-credential.js';
+import { objectName, publicToSpki, type TpmPublic } from '../../../native/lib/wire/public.js';
+import { toPem } from '../../../common/der.js';
+import type { CertificateIssuer } from '../ca/issuer.js';
+import { InventoryError, type Inventory } from '../inventory/inventory.js';
+import type { EnrollmentPolicy } from './policy.js';
+import type { RateLimiter } from './rate-limiter.js';
+import {
+  EnrollmentRejection,
+  checkActivation,
+  checkAk,
+  checkCertify,
+  checkCsr,
+  checkEk,
+  parseWirePublic,
+  reject,
+  sha256Hex,
+} from './evidence.js';
+
+/**
+ * The bridge's enrollment handler: turns `enroll` and `enroll/proof` messages into a challenge, a
+ * certificate or a rejection. Verification order (first failure wins, with its code): schema; device id
+ * matches the authenticated topic; rate limit; token (exists by hash, unused, unexpired, bound to this
+ * device and EK); EK certificate chain and EK key; AK attributes → challenge. Then for the proof:
+ * challenge (known, this device's, unexpired); activation secret; TPM2_Certify of the identity key;
+ * CSR signature and key; policy → issue, and atomically consume the token and record everything.
+ *
+ * Nothing is written to the inventory unless a certificate is issued. Idempotent by requestId: a
+ * redelivered enroll gets the same challenge, a redelivered proof the same certificate.
+ */
+export interface Reply {
+  readonly topic: string;
+  readonly payload: Buffer;
+}
+
+export interface EnrollmentLogger {
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+}
+
+export interface EnrollmentServiceOptions {
+  readonly inventory: Inventory;
+  readonly issuer: CertificateIssuer;
+  readonly policy: EnrollmentPolicy;
+  readonly ekTrust: EkTrustStore;
+  readonly clock: Clock;
+  readonly topics: Topics;
+  /** Issuing chain sent with each certificate (issuer first). */
+  readonly chainPems: readonly string[];
+  /** Roots devices should trust (fleet root; the broker's server certificate chains to it). */
+  readonly trustBundlePems: readonly string[];
+  readonly limiter?: RateLimiter;
+  readonly challengeTtlMs?: number;
+  readonly logger?: EnrollmentLogger;
+}
+
+interface PendingChallenge {
+  readonly challengeId: string;
+  readonly deviceId: string;
+  readonly enrollRequestId: string;
+  readonly tokenHash: string;
+  readonly secret: Buffer;
+  readonly nonce: Buffer;
+  readonly expiresAt: number;
+  readonly ak: TpmPublic;
+  readonly key: TpmPublic;
+  readonly csr: Buffer;
+  readonly manufacturer: string;
+  /** The exact challenge payload, resent for a redelivered enroll. */
+  readonly payload: Buffer;
+}
+
+const MAX_PENDING = 50_000;
+const noopLogger: EnrollmentLogger = { info() {}, warn() {}, error() {} };
+
+export class EnrollmentService {
+  readonly #o: EnrollmentServiceOptions;
+  readonly #log: EnrollmentLogger;
+  readonly #challenges = new Map<string, PendingChallenge>();
+  readonly #byEnrollRequest = new Map<string, string>();
+  readonly #inFlight = new Map<string, Promise<Reply>>();
+
+  constructor(options: EnrollmentServiceOptions) {
+    this.#o = options;
+    this.#log = options.logger ?? noopLogger;
+  }
+
+  /** Subscription filters this service needs. */
+  filters(): string[] {
+    return [this.#o.topics.allDevices('enroll'), this.#o.topics.allDevices('enrollProof')];
+  }
+
+  /** Handles one incoming message; undefined when the topic is not ours (nothing to answer). */
+  async handle(topic: string, payload: Buffer): Promise<Reply | undefined> {
+    const parsed = this.#o.topics.parseDevice(topic);
+    if (!parsed || (parsed.topic !== 'enroll' && parsed.topic !== 'enrollProof')) return undefined;
+    const { deviceId } = parsed;
+    const requestId = peekRequestId(payload);
+    const key = `${deviceId}/${parsed.topic}/${requestId}`;
+    const running = this.#inFlight.get(key);
+    if (running) return running;
+    const work = this.#run(parsed.topic, deviceId, requestId, payload).finally(() => this.#inFlight.delete(key));
+    this.#inFlight.set(key, work);
+    return work;
+  }
+
+  async #run(kind: 'enroll' | 'enrollProof', deviceId: string, requestId: string, payload: Buffer): Promise<Reply> {
+    const now = this.#o.clock.now();
+    try {
+      return kind === 'enroll' ? await this.#enroll(deviceId, payload, now) : await this.#proof(deviceId, payload, now);
+    } catch (e) {
+      const rejection = this.#asRejection(e, { deviceId, kind, requestId });
+      return {
+        topic: this.#o.topics.device(deviceId, 'enrollRejected'),
+        payload: encodeRejection(requestId, now, rejection.code, {
+          message: REJECTION_CODES[rejection.code].message,
+          ...(rejection.retryAfterSec === undefined ? {} : { retryAfterSec: rejection.retryAfterSec }),
+        }),
+      };
+    }
+  }
+
+  #asRejection(e: unknown, ctx: Record<string, string>): EnrollmentRejection {
+    if (e instanceof EnrollmentRejection) {
+      this.#log.warn({ ...ctx, code: e.code, reason: e.message }, 'enrollment request rejected');
+      return e;
+    }
+    if (e instanceof SchemaError) {
+      this.#log.warn({ ...ctx, code: 'BAD_REQUEST', schemaCode: e.code, path: e.path }, 'malformed enrollment message');
+      return new EnrollmentRejection('BAD_REQUEST', e.message);
+    }
+    if (e instanceof InventoryError && e.code === 'INVENTORY_TOKEN_USED') {
+      this.#log.warn(ctx, 'token consumed concurrently');
+      return new EnrollmentRejection('TOKEN_USED', 'token already used');
+    }
+    // Internals go to the log, never to the wire.
+    this.#log.error({ ...ctx, err: e }, 'enrollment handler failed');
+    return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: 5 });
+  }
+
+  #rateLimit(deviceId: string): void {
+    const verdict = this.#o.limiter?.take(deviceId);
+    if (verdict && !verdict.allowed) {
+      throw new EnrollmentRejection('RATE_LIMITED', `rate limited (${verdict.scope})`, { retryAfterSec: verdict.retryAfterSec });
+    }
+  }
+
+  async #enroll(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
+    const msg = decode('enroll', payload);
+    const body: EnrollRequest = msg.body;
+    if (body.deviceId !== deviceId) reject('BAD_REQUEST', 'deviceId differs from the topic the broker authenticated');
+    this.#rateLimit(deviceId);
+
+    const existing = this.#challenges.get(this.#byEnrollRequest.get(msg.requestId) ?? '');
+    if (existing && existing.deviceId === deviceId && existing.expiresAt > now) {
+      return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: existing.payload };
+    }
+
+    const tokenHash = hashEnrollmentToken(body.token);
+    const token = this.#o.inventory.getToken(tokenHash);
+    if (!token) return reject('TOKEN_UNKNOWN', 'unknown token');
+    if (token.usedAt !== undefined) reject('TOKEN_USED', 'token already used');
+    if (token.expiresAt <= now) reject('TOKEN_EXPIRED', 'token expired');
+    if (token.deviceId !== deviceId) reject('TOKEN_MISMATCH', 'token belongs to another device');
+
+    const ek = parseWirePublic(body.ekPublic, 'EK_MISMATCH', 'EK public');
+    let ekSpki: Buffer;
+    try {
+      ekSpki = publicToSpki(ek);
+    } catch (e) {
+      return reject('EK_MISMATCH', 'EK public area holds no valid key', e);
+    }
+    if (sha256Hex(ekSpki) !== token.ekPublicHash) reject('TOKEN_MISMATCH', 'token is bound to another EK');
+    const { root } = checkEk(body.ekCertificate, ek, this.#o.ekTrust, now);
+
+    const ak = parseWirePublic(body.akPublic, 'AK_INVALID', 'AK public');
+    checkAk(ak);
+    const key = parseWirePublic(body.keyPublic, 'CERTIFY_INVALID', 'identity key public');
+
+    const secret = randomBytes(32);
+    const nonce = randomBytes(32);
+    let credential;
+    try {
+      credential = makeCredential({ ekPublic: ek, objectName: objectName(ak), credential: secret });
+    } catch (e) {
+      return reject('EK_MISMATCH', 'cannot make a credential for this EK', e);
+    }
+    const challengeId = randomBytes(18).toString('base64url');
+    const expiresAt = now + (this.#o.challengeTtlMs ?? 120_000);
+    const reply = encode('enrollChallenge', msg.requestId, now, {
+      challengeId,
+      credentialBlob: credential.credentialBlob,
+      encryptedSecret: credential.encryptedSecret,
+      nonce,
+      expiresAt,
+    });
+    this.#remember({
+      challengeId,
+      deviceId,
+      enrollRequestId: msg.requestId,
+      tokenHash,
+      secret,
+      nonce,
+      expiresAt,
+      ak,
+      key,
+      csr: body.csr,
+      manufacturer: root,
+      payload: reply,
+    }, now);
+    this.#log.info({ deviceId, requestId: msg.requestId, challengeId }, 'enrollment challenge issued');
+    return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: reply };
+  }
+
+  /** One live challenge per device; expired ones are swept so memory stays bounded. */
+  #remember(c: PendingChallenge, now: number): void {
+    for (const [id, old] of this.#challenges) {
+      if (old.deviceId === c.deviceId || old.expiresAt <= now) this.#forget(id);
+    }
+    if (this.#challenges.size >= MAX_PENDING) reject('UNAVAILABLE', 'too many enrollments in progress');
+    this.#challenges.set(c.challengeId, c);
+    this.#byEnrollRequest.set(c.enrollRequestId, c.challengeId);
+  }
+
+  #forget(challengeId: string): void {
+    const c = this.#challenges.get(challengeId);
+    if (!c) return;
+    this.#challenges.delete(challengeId);
+    this.#byEnrollRequest.delete(c.enrollRequestId);
+  }
+
+  async #proof(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
+    const msg = decode('enrollProof', payload);
+    const body: EnrollProof = msg.body;
+    const cached = this.#o.inventory.getResponse(msg.requestId);
+    if (cached && cached.deviceId === deviceId) {
+      return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
+    }
+    this.#rateLimit(deviceId);
+
+    const c = this.#challenges.get(body.challengeId);
+    if (!c || c.deviceId !== deviceId) return reject('CHALLENGE_UNKNOWN', 'no such challenge for this device');
+    if (c.expiresAt <= now) {
+      this.#forget(c.challengeId);
+      reject('CHALLENGE_EXPIRED', 'challenge expired');
+    }
+    // One answer per challenge: a wrong one burns it, so activation cannot be brute-forced.
+    this.#forget(c.challengeId);
+    checkActivation(c.secret, body.secret);
+    checkCertify({ certifyInfo: body.certifyInfo, signature: body.certifySignature, ak: c.ak, key: c.key, nonce: c.nonce });
+    const keySpki = checkCsr(c.csr, deviceId, c.key);
+
+    const token = this.#o.inventory.getToken(c.tokenHash);
+    if (!token || token.usedAt !== undefined) reject('TOKEN_USED', 'token already used');
+    const device = this.#o.inventory.getDevice(deviceId);
+    if (!device) return reject('TOKEN_UNKNOWN', 'device is not registered');
+    const decision = this.#o.policy.decide({ kind: 'enroll', device, manufacturer: c.manufacturer, now });
+    if (!decision.allow) return reject('POLICY_DENIED', decision.reason);
+
+    const issued = await this.#o.issuer.issue({
+      deviceId,
+      publicKeySpki: keySpki,
+      lifetimeSec: decision.constraints.lifetimeSec,
+      backdateSec: decision.constraints.backdateSec,
+      trustDomain: decision.constraints.trustDomain,
+    });
+    const certificate = toPem(issued.certificateDer, 'CERTIFICATE');
+    const topic = this.#o.topics.device(deviceId, 'enrollAccepted');
+    const reply = encode('enrollAccepted', msg.requestId, now, {
+      deviceId,
+      certificate,
+      chain: [...this.#o.chainPems],
+      trustBundle: [...this.#o.trustBundlePems],
+      serial: issued.serialNumber,
+      notAfter: issued.notAfter.getTime(),
+    });
+    const akName = objectName(c.ak).toString('hex');
+    await this.#o.inventory.completeEnrollment({
+      tokenHash: c.tokenHash,
+      requestId: msg.requestId,
+      deviceId,
+      akName,
+      certificate: {
+        serial: issued.serialNumber,
+        deviceId,
+        notBefore: issued.notBefore.getTime(),
+        notAfter: issued.notAfter.getTime(),
+        issuedAt: now,
+        pem: certificate,
+        keySpkiHash: sha256Hex(keySpki),
+      },
+      response: { requestId: msg.requestId, deviceId, topic, payload: reply.toString('base64'), storedAt: now },
+      audit: [
+        { at: now, type: 'enrollment.accepted', deviceId, details: { serial: issued.serialNumber, akName, manufacturer: c.manufacturer } },
+        { at: now, type: 'token.consumed', deviceId },
+      ],
+      at: now,
+    });
+    this.#log.info({ deviceId, serial: issued.serialNumber, notAfter: issued.notAfter.toISOString() }, 'device enrolled');
+    return { topic, payload: reply };
+  }
+}
+
+/** The requestId of a payload we may not be able to validate, for addressing the rejection. */
+function peekRequestId(payload: Buffer): string {
+  if (payload.length <= 64 * 1024) {
+    try {
+      const v = (JSON.parse(payload.toString('utf8')) as { requestId?: unknown }).requestId;
+      if (typeof v === 'string' && /^[A-Za-z0-9_-]{8,64}$/.test(v)) return v;
+    } catch {
+      // not JSON: answered with BAD_REQUEST under a placeholder id
+    }
+  }
+  return 'unknown0';
+}
+
