@@ -11,7 +11,7 @@ import { parseAndVerifyCsr } from '../../broker-bridge/src/ca/csr.js';
 import { pemBlocks, toPem } from '../../common/der.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
 import type { Pkcs11Ca } from '../../broker-bridge/src/ca/pkcs11-ca.js';
-import { startSoftHsm } from '../../broker-bridge/src/ca/test-softhsm.js';
+import { startSoftHsm } from '../harness/softhsm.js';
 
 /**
  * `npm run bench:ca`: CSR -> signed PEM certificate, per second, in one Node process with N requests

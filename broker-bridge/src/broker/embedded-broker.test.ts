@@ -26,7 +26,7 @@ describe('generated broker config (real mosquitto)', () => {
     dir = mkdtempSync(join(tmpdir(), 'broker-test-'));
     x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
     const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
-    const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as CryptoKeyPair;
+    const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
     const root = await x509.X509CertificateGenerator.createSelfSigned({
       serialNumber: '01',
       name: 'CN=Test Fleet Root',

@@ -14,7 +14,7 @@ import { toPem } from '../../../common/der.js';
 import { CertificateIssuer } from './issuer.js';
 import { Pkcs11Ca, type Pkcs11CaOpenRequest } from './pkcs11-ca.js';
 import { attime, buildCsr, deviceKey, expectCode, openssl } from './test-util.js';
-import { startSoftHsm, type SoftHsm } from './test-softhsm.js';
+import { startSoftHsm, type SoftHsm } from '../../../test/harness/softhsm.js';
 
 const TD = 'fleet.example';
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 
 /**
- * Test/bench-only stand-in for test/harness's startSoftHsm (same shape): one fresh SoftHSM2 token in
+ * A fresh SoftHSM2 token (a real PKCS#11 module) in
  * a temp dir. The caller must put `env.SOFTHSM2_CONF` into process.env before the first C_Initialize.
  */
 export interface SoftHsm {

@@ -1,0 +1,54 @@
+import { ManagedProcess } from '../../common/managed-process.js';
+import { existsSync } from 'node:fs';
+
+/**
+ * How the harness runs swtpm and mosquitto. `process`: local processes on loopback ports (always
+ * available). `container`: the same programs in a locally built image through testcontainers, when a
+ * Docker engine is reachable (global-setup.ts starts one where it can). Selected by TEST_BACKEND
+ * (process | container | auto, default auto); see docs/testing.md.
+ */
+export type Backend = 'process' | 'container';
+
+export interface RunningService {
+  readonly pid?: number;
+  stop(): Promise<void>;
+}
+
+export interface ServiceSpec {
+  readonly name: string;
+  readonly command: string;
+  /** Arguments; `{bind}` is replaced by the address to listen on (127.0.0.1, or 0.0.0.0 in a container). */
+  readonly args: readonly string[];
+  /** Host ports the service listens on (the container backend maps the same numbers). */
+  readonly ports: readonly number[];
+  /** Host directories the service reads or writes (bind-mounted at the same path in a container). */
+  readonly mounts: readonly string[];
+}
+
+export interface ServiceRunner {
+  readonly backend: Backend;
+  /** Address services bind to, as seen by the service. */
+  readonly bindAddress: string;
+  start(spec: ServiceSpec): Promise<RunningService>;
+}
+
+export const processRunner: ServiceRunner = {
+  backend: 'process',
+  bindAddress: '127.0.0.1',
+  async start(spec) {
+    const command = spec.command === 'mosquitto' && existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : spec.command;
+    const proc = await ManagedProcess.start({
+      name: spec.name,
+      command,
+      args: spec.args.map((a) => a.replaceAll('{bind}', '127.0.0.1')),
+      ports: spec.ports,
+    });
+    return { ...(proc.pid === undefined ? {} : { pid: proc.pid }), stop: () => proc.stop() };
+  },
+};
+
+export function requestedBackend(): 'process' | 'container' | 'auto' {
+  const v = (process.env['TEST_BACKEND'] ?? 'auto').toLowerCase();
+  if (v === 'process' || v === 'container' || v === 'auto') return v;
+  throw new Error(`TEST_BACKEND must be process, container or auto, not ${JSON.stringify(v)}`);
+}
