@@ -109,28 +109,30 @@ export function portAnswers(host: string, port: number): Promise<boolean> {
   });
 }
 
-/** A free TCP port on `host`, optionally with `count` consecutive free ports (swtpm uses P and P+1). */
+/**
+ * `count` consecutive free TCP ports on `host`; returns the first. Candidates are drawn at random below
+ * Linux's ephemeral range (32768+), where the kernel never hands out ports on its own, so parallel
+ * callers rarely race for the same one; callers still retry a start that loses a race.
+ */
 export async function freePorts(count = 1, host = '127.0.0.1'): Promise<number> {
-  for (let attempt = 0; attempt < 50; attempt++) {
-    const base = await new Promise<number>((resolve, reject) => {
-      const srv = createServer();
-      srv.once('error', reject);
-      srv.listen(0, host, () => {
-        const addr = srv.address();
-        srv.close(() => resolve(typeof addr === 'object' && addr ? addr.port : 0));
-      });
-    });
-    let ok = base > 0 && base + count - 1 <= 65535;
-    for (let i = 1; ok && i < count; i++) ok = await canListen(host, base + i);
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const base = 20_000 + Math.floor(Math.random() * (12_000 - count));
+    let ok = true;
+    for (let i = 0; ok && i < count; i++) ok = await canListen(host, base + i);
     if (ok) return base;
   }
   throw new CodedError('PROCESS_START_FAILED', `no ${count} consecutive free ports on ${host}`);
 }
 
-function canListen(host: string, port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const srv = createServer();
-    srv.once('error', () => resolve(false));
-    srv.listen(port, host, () => srv.close(() => resolve(true)));
-  });
+/** Free on `host` and on the wildcard address (a container's port proxy binds 0.0.0.0). */
+async function canListen(host: string, port: number): Promise<boolean> {
+  for (const h of [host, '0.0.0.0']) {
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, h, () => srv.close(() => resolve(true)));
+    });
+    if (!free) return false;
+  }
+  return true;
 }

@@ -52,3 +52,15 @@ export function requestedBackend(): 'process' | 'container' | 'auto' {
   if (v === 'process' || v === 'container' || v === 'auto') return v;
   throw new Error(`TEST_BACKEND must be process, container or auto, not ${JSON.stringify(v)}`);
 }
+
+/** Starts a service on freshly chosen ports, choosing again when a port was taken meanwhile. */
+export async function startWithFreshPorts<T>(attempt: () => Promise<T>, tries = 4): Promise<T> {
+  for (let i = 1; ; i++) {
+    try {
+      return await attempt();
+    } catch (e) {
+      const msg = String((e as Error).message);
+      if (i >= tries || !/address already in use|EADDRINUSE|did not open port|exited during start/i.test(msg)) throw e;
+    }
+  }
+}

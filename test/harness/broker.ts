@@ -5,6 +5,7 @@ import { freePorts } from '../../common/managed-process.js';
 import { createTestCa, type TestCa } from './pki.js';
 import { runner } from './select.js';
 import { track } from './registry.js';
+import { startWithFreshPorts } from './backend.js';
 
 /** mosquitto with generated config: a mutual-TLS listener and an anonymous TLS listener. */
 export interface TestBroker {
@@ -60,12 +61,10 @@ export async function startBroker(opts?: {
     clientCa: file('client-ca.pem', opts?.clientCaPem ?? clientCa.certPem),
     log: join(dir, 'mosquitto.log'),
   };
-  const tlsPort = await freePorts(1);
-  const enrollPort = await freePorts(1);
   const bind = r.bindAddress;
   const acl = opts?.aclFile !== undefined ? [`acl_file ${file('acl', opts.aclFile)}`] : [];
   const tls = [`certfile ${files.serverCert}`, `keyfile ${files.serverKey}`];
-  const conf =
+  const configFor = (tlsPort: number, enrollPort: number) =>
     opts?.configText?.({ enrollPort, tlsPort, bind }, files) ??
     [
       'per_listener_settings true',
@@ -89,9 +88,17 @@ export async function startBroker(opts?: {
       ...acl,
       '',
     ].join('\n');
-  const configPath = file('mosquitto.conf', conf);
-  const spec = { name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports: [tlsPort, enrollPort], mounts: [dir] };
-  let svc = await r.start(spec);
+  const configPath = join(dir, 'mosquitto.conf');
+  let tlsPort = 0;
+  let enrollPort = 0;
+  const specFor = () => ({ name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports: [tlsPort, enrollPort], mounts: [dir] });
+  let svc = await startWithFreshPorts(async () => {
+    tlsPort = await freePorts(1);
+    enrollPort = await freePorts(1);
+    file('mosquitto.conf', configFor(tlsPort, enrollPort));
+    return r.start(specFor());
+  });
+  const spec = specFor();
   let stopped = false;
   const stop = async () => {
     if (stopped) return;

@@ -5,6 +5,7 @@ import { freePorts } from '../../common/managed-process.js';
 import { createManufacturer, manufactureTpm, type Manufacturer } from '../../sim/src/swtpm.js';
 import { runner } from './select.js';
 import { track } from './registry.js';
+import { startWithFreshPorts } from './backend.js';
 
 /** A manufactured software TPM (RSA + ECC EKs with certificates in NV) served by swtpm. */
 export interface TestTpm {
@@ -37,17 +38,21 @@ export async function startTpm(opts?: { manufacturer?: Manufacturer }): Promise<
   const stateDir = mkdtempSync(join(tmpdir(), 'swtpm-state-'));
   // Each TPM is manufactured fresh: distinct EKs, and no dictionary-attack counter carried over.
   await manufactureTpm(stateDir, manufacturer);
-  const port = await freePorts(2);
   const r = await runner();
-  const spec = {
+  const specFor = (port: number) => ({
     name: 'swtpm',
     command: 'swtpm',
     args: ['socket', '--tpm2', '--server', `type=tcp,port=${port},bindaddr={bind}`, '--ctrl', `type=tcp,port=${port + 1},bindaddr={bind}`,
       '--flags', 'not-need-init,startup-clear', '--tpmstate', `dir=${stateDir}`],
     ports: [port, port + 1],
     mounts: [stateDir],
-  };
-  let svc = await r.start(spec);
+  });
+  let port = 0;
+  let svc = await startWithFreshPorts(async () => {
+    port = await freePorts(2);
+    return r.start(specFor(port));
+  });
+  const spec = specFor(port);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;

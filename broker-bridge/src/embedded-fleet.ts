@@ -1,0 +1,128 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Clock } from '../../common/clock.js';
+import { Topics } from '../../common/protocol/topics.js';
+import { MqttTransport } from '../../common/transport/mqtt-transport.js';
+import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
+import { Bridge } from './bridge.js';
+import { EmbeddedBroker } from './broker/embedded-broker.js';
+import { BRIDGE_IDENTITY } from './broker/mosquitto-config.js';
+import { issueServiceCertificate } from './broker/service-cert.js';
+import { createCa, type BackendSpec, type CaMaterial } from './ca/ca-setup.js';
+import { CertificateIssuer } from './ca/issuer.js';
+import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollment-service.js';
+import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
+import { RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
+import { LevelInventory } from './inventory/level-inventory.js';
+
+/**
+ * A whole fleet side in one process, on loopback: fleet CA (key file or PKCS#11), inventory, mosquitto
+ * with generated config and ACLs, and the bridge connected as `role:bridge`. The demo, the simulator
+ * and the integration tests run this; production runs the same parts as separate services.
+ */
+export interface EmbeddedFleetOptions {
+  readonly dir: string;
+  readonly clock: Clock;
+  readonly trustDomain: string;
+  readonly ekTrust: EkTrustStore;
+  readonly baseTopic?: string;
+  /** Where the issuing CA key lives; default a key file in `dir/ca`. */
+  readonly caBackend?: BackendSpec;
+  readonly policy?: EnrollmentPolicy;
+  readonly certificateLifetimeSec?: number;
+  readonly rateLimit?: { perDevice: RateLimit; global: RateLimit };
+  readonly challengeTtlMs?: number;
+  readonly logger?: EnrollmentLogger;
+}
+
+export class EmbeddedFleet {
+  readonly topics: Topics;
+  readonly ca: CaMaterial;
+  readonly broker: EmbeddedBroker;
+  readonly inventory: LevelInventory;
+  /** PEM roots devices trust (the fleet root; the broker's server certificate chains to it). */
+  readonly trustBundle: string[];
+  readonly #o: EmbeddedFleetOptions;
+  readonly #bridgeTls: { certPem: string; keyPem: string };
+  #bridge: Bridge | undefined;
+  #issuer: CertificateIssuer;
+
+  private constructor(o: EmbeddedFleetOptions, ca: CaMaterial, broker: EmbeddedBroker, inventory: LevelInventory, bridgeTls: { certPem: string; keyPem: string }) {
+    this.#o = o;
+    this.topics = new Topics(o.baseTopic ?? 'fleet/v1');
+    this.ca = ca;
+    this.broker = broker;
+    this.inventory = inventory;
+    this.trustBundle = [ca.rootCertificatePem];
+    this.#bridgeTls = bridgeTls;
+    this.#issuer = new CertificateIssuer({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock, trustDomain: o.trustDomain });
+  }
+
+  static async start(o: EmbeddedFleetOptions): Promise<EmbeddedFleet> {
+    const ca = await createCa({
+      outDir: join(o.dir, 'ca'),
+      clock: o.clock,
+      trustDomain: o.trustDomain,
+      root: { commonName: `${o.trustDomain} root` },
+      issuing: { commonName: `${o.trustDomain} issuing CA` },
+      backend: o.caBackend ?? { kind: 'file', keyPath: join(o.dir, 'ca', 'issuing-key.pem') },
+      keepRootKey: true,
+    });
+    const rootKeyPem = readFileSync(ca.files.rootKey!, 'utf8');
+    const service = (commonName: string, usage: 'server' | 'client', hosts?: string[]) =>
+      issueServiceCertificate({ rootCertPem: ca.rootCertificatePem, rootKeyPem, commonName, usage, clock: o.clock, ...(hosts ? { hosts } : {}) });
+    const [server, bridgeTls] = await Promise.all([service('fleet-broker', 'server', ['127.0.0.1', 'localhost']), service(BRIDGE_IDENTITY, 'client')]);
+    const broker = await EmbeddedBroker.start({
+      dir: join(o.dir, 'broker'),
+      baseTopic: o.baseTopic ?? 'fleet/v1',
+      serverCertPem: server.certPem,
+      serverKeyPem: server.keyPem,
+      clientCaPem: ca.chainPem,
+    });
+    const inventory = new LevelInventory(join(o.dir, 'inventory'));
+    await inventory.open();
+    const fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls);
+    await fleet.startBridge();
+    return fleet;
+  }
+
+  /** Starts the bridge (a fresh process-equivalent: no in-memory state from before). */
+  async startBridge(): Promise<void> {
+    if (this.#bridge) return;
+    const o = this.#o;
+    const enrollment = new EnrollmentService({
+      inventory: this.inventory,
+      issuer: this.#issuer,
+      policy: o.policy ?? new DefaultEnrollmentPolicy({ trustDomain: o.trustDomain, lifetimeSec: o.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 }),
+      ekTrust: o.ekTrust,
+      clock: o.clock,
+      topics: this.topics,
+      chainPems: [this.#issuer.issuingCertificatePem],
+      trustBundlePems: this.trustBundle,
+      ...(o.rateLimit ? { limiter: new RateLimiter({ perKey: o.rateLimit.perDevice, global: o.rateLimit.global, clock: o.clock }) } : {}),
+      ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }),
+      ...(o.logger ? { logger: o.logger } : {}),
+    });
+    const transport = new MqttTransport({
+      url: this.broker.deviceUrl,
+      clientId: `bridge-${process.pid}`,
+      tls: { ca: this.ca.rootCertificatePem, cert: this.#bridgeTls.certPem, key: this.#bridgeTls.keyPem },
+    });
+    const bridge = new Bridge({ transport, topics: this.topics, enrollment, trustBundlePems: this.trustBundle, ...(o.logger ? { logger: o.logger } : {}) });
+    await bridge.start();
+    this.#bridge = bridge;
+  }
+
+  async stopBridge(): Promise<void> {
+    const b = this.#bridge;
+    this.#bridge = undefined;
+    await b?.stop();
+  }
+
+  async stop(): Promise<void> {
+    await this.stopBridge();
+    await this.broker.stop();
+    await this.inventory.close();
+    await this.ca.backend.close();
+  }
+}
