@@ -1,10 +1,12 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { TAG, encodeOid, seq, tlv } from '../../common/der.js';
+import { randomBytes } from 'node:crypto';
+import { buildCsr } from '../../agent/src/csr.js';
 import { decode, encode, type MessageOf } from '../../common/protocol/messages.js';
 import type { Topics } from '../../common/protocol/topics.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
 import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
+
+export { buildCsr };
 
 /**
  * A device driven step by step by a test: real TPM operations, real MQTT, but every field of every
@@ -19,14 +21,6 @@ export interface DeviceMaterial {
   readonly ak: TpmKey;
   readonly key: TpmKey;
   readonly csr: Buffer;
-}
-
-/** PKCS#10 with CN=deviceId over `spki`, signed by `signDigest` (ecdsa-with-SHA256). */
-export async function buildCsr(deviceId: string, spki: Buffer, signDigest: (digest: Buffer) => Promise<Buffer>): Promise<Buffer> {
-  const cn = tlv(TAG.SET, seq(encodeOid('2.5.4.3'), tlv(TAG.UTF8_STRING, Buffer.from(deviceId, 'utf8'))));
-  const info = seq(tlv(TAG.INTEGER, Buffer.from([0])), seq(cn), spki, tlv(0xa0));
-  const sig = await signDigest(createHash('sha256').update(info).digest());
-  return seq(info, seq(encodeOid('1.2.840.10045.4.3.2')), tlv(TAG.BIT_STRING, Buffer.from([0]), sig));
 }
 
 /** A CSR for a fresh TPM key that is then flushed (call before prepareDevice: swtpm has three slots). */

@@ -1,0 +1,57 @@
+import { readFileSync, statSync } from 'node:fs';
+import { CodedError } from '../../common/coded-error.js';
+import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
+import { array, int, literal, object, optional, str, type Infer } from '../../common/protocol/schema.js';
+
+/**
+ * The bootstrap config the factory station writes for each device (provisioning/). It holds the
+ * one-time enrollment token, so the file must be readable by its owner only.
+ */
+export type AgentConfigErrorCode = 'AGENT_CONFIG_INVALID' | 'AGENT_CONFIG_PERMISSIONS' | 'AGENT_CONFIG_UNREADABLE';
+
+const url = str({ max: 256, pattern: /^mqtts:\/\/[A-Za-z0-9.:[\]-]+:\d{1,5}$/ });
+const pem = str({ max: 8192, pattern: /^-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----\s*$/ });
+
+export const bootstrapSchema = object({
+  v: literal(1),
+  deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
+  tcti: str({ min: 1, max: 256 }),
+  baseTopic: optional(str({ max: 128, pattern: /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/ })),
+  enrollUrl: url,
+  deviceUrl: url,
+  trustBundle: array(pem, { min: 1, max: 8 }),
+  token: str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ }),
+  tokenExpiresAt: int({ min: 0, max: 8_640_000_000_000_000 }),
+});
+
+export type BootstrapConfig = Infer<typeof bootstrapSchema>;
+
+export function parseBootstrap(json: unknown): BootstrapConfig {
+  try {
+    return bootstrapSchema.parse(json, '');
+  } catch (e) {
+    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_INVALID', `bootstrap config: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/** Reads the bootstrap file, refusing one that group or others can read (it holds the token). */
+export function loadBootstrap(path: string): BootstrapConfig {
+  let text: string;
+  try {
+    const mode = statSync(path).mode & 0o077;
+    if (mode !== 0) {
+      throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_PERMISSIONS', `${path} is accessible to group/others (mode ${(mode | 0o600).toString(8)}); chmod 600 it`);
+    }
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    if (e instanceof CodedError) throw e;
+    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_UNREADABLE', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_INVALID', `${path} is not JSON`, { cause: e });
+  }
+  return parseBootstrap(json);
+}
