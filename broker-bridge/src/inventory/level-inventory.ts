@@ -90,6 +90,10 @@ export class LevelInventory implements Inventory {
       if (token && (token.deviceId !== device.deviceId || token.ekPublicHash !== device.ekPublicHash)) {
         throw new InventoryError('INVENTORY_CONFLICT', 'token is not bound to this device and EK');
       }
+      const sameToken = !token || JSON.stringify(this.#tokens.get(token.tokenHash)) === JSON.stringify(token);
+      if (existing && sameToken && JSON.stringify(existing.metadata) === JSON.stringify(device.metadata) && existing.ekCertificate === device.ekCertificate) {
+        return; // already registered exactly like this: nothing to write, not even an audit event
+      }
       const record: DeviceRecord = existing ? { ...existing, ...device, registeredAt: existing.registeredAt } : device;
       const ops: BatchOp[] = [{ type: 'put', sublevel: this.#devicesDb as never, key: device.deviceId, value: record }];
       if (token) ops.push({ type: 'put', sublevel: this.#tokensDb as never, key: token.tokenHash, value: token });
