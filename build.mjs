@@ -5,6 +5,9 @@ import { build } from 'esbuild';
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 
 const programs = {
+  agent: 'agent/src/main.ts',
+  bridge: 'broker-bridge/src/main.ts',
+  station: 'provisioning/src/main.ts',
   demo: 'sim/src/demo.ts',
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',

@@ -1,0 +1,192 @@
+/**
+ * broker-bridge CLI. Entry flow: `run` → Bridge.start() → EnrollmentService.handle() per request.
+ *   bridge ca init   --dir DIR --trust-domain TD [--pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
+ *   bridge ca import --dir DIR --trust-domain TD --root PEM --issuing PEM --issuing-key PEM
+ *   bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F
+ *                        --client-ca F [--base-topic fleet/v1] [--station ID]... [--operator ID]...
+ *   bridge run --config bridge.json
+ * Logs JSON lines to stdout.
+ */
+import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import pino from 'pino';
+import { systemClock } from '../../common/clock.js';
+import { Topics } from '../../common/protocol/topics.js';
+import { array, int, object, optional, parseMessage, str } from '../../common/protocol/schema.js';
+import { MqttTransport } from '../../common/transport/mqtt-transport.js';
+import { Bridge } from './bridge.js';
+import { generateMosquittoConfig } from './broker/mosquitto-config.js';
+import { createCa, importCa, openBackend, type BackendSpec } from './ca/ca-setup.js';
+import { CertificateIssuer } from './ca/issuer.js';
+import { EnrollmentService } from './enrollment/enrollment-service.js';
+import { DefaultEnrollmentPolicy } from './enrollment/policy.js';
+import { RateLimiter } from './enrollment/rate-limiter.js';
+import { LevelInventory } from './inventory/level-inventory.js';
+
+const logger = pino({ base: { program: 'broker-bridge' } });
+
+function fail(msg: string): never {
+  process.stderr.write(`bridge: ${msg}\n`);
+  process.exit(2);
+}
+
+const configSchema = object({
+  dataDir: str({ max: 512 }),
+  trustDomain: str({ max: 253 }),
+  baseTopic: optional(str({ max: 128 })),
+  brokerUrl: str({ max: 256, pattern: /^mqtts:\/\// }),
+  /** PEM files: the bridge's role:bridge client certificate and key, the CA files from `ca init`. */
+  bridgeCert: str({ max: 512 }),
+  bridgeKey: str({ max: 512 }),
+  caDir: str({ max: 512 }),
+  issuingKey: optional(str({ max: 512 })),
+  pkcs11: optional(object({ module: str({ max: 512 }), tokenLabel: str({ max: 64 }), pinEnv: str({ max: 64 }), keyLabel: optional(str({ max: 64 })) })),
+  manufacturerRoots: array(str({ max: 512 }), { min: 1, max: 64 }),
+  certificateLifetimeSec: optional(int({ min: 3600, max: 366 * 86_400 })),
+  sharedGroup: optional(str({ max: 64, pattern: /^[A-Za-z0-9_-]+$/ })),
+});
+
+function backendSpec(dir: string, o: { issuingKey?: string; pkcs11?: { module: string; tokenLabel: string; pinEnv: string; keyLabel?: string } }): BackendSpec {
+  if (o.pkcs11) {
+    const pin = process.env[o.pkcs11.pinEnv] ?? fail(`environment variable ${o.pkcs11.pinEnv} (PKCS#11 PIN) is not set`);
+    return { kind: 'pkcs11', modulePath: o.pkcs11.module, tokenLabel: o.pkcs11.tokenLabel, pin, keyLabel: o.pkcs11.keyLabel ?? 'fleet-issuing-ca' };
+  }
+  return { kind: 'file', keyPath: o.issuingKey ?? join(dir, 'issuing-key.pem') };
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const cmd = argv[0] === 'ca' ? `ca ${argv[1] ?? ''}` : (argv[0] ?? '');
+  const rest = argv.slice(cmd.startsWith('ca ') ? 2 : 1);
+  const { values: v } = parseArgs({
+    args: rest,
+    strict: true,
+    options: {
+      dir: { type: 'string' },
+      'trust-domain': { type: 'string' },
+      'pkcs11-module': { type: 'string' },
+      'pkcs11-token': { type: 'string' },
+      'pkcs11-pin-env': { type: 'string' },
+      root: { type: 'string' },
+      issuing: { type: 'string' },
+      'issuing-key': { type: 'string' },
+      out: { type: 'string' },
+      host: { type: 'string' },
+      'enroll-port': { type: 'string' },
+      'device-port': { type: 'string' },
+      'server-cert': { type: 'string' },
+      'server-key': { type: 'string' },
+      'client-ca': { type: 'string' },
+      'base-topic': { type: 'string', default: 'fleet/v1' },
+      station: { type: 'string', multiple: true },
+      operator: { type: 'string', multiple: true },
+      config: { type: 'string' },
+    },
+  });
+  const need = (k: keyof typeof v) => (v[k] as string | undefined) ?? fail(`--${k} is required`);
+  const pkcs11 = v['pkcs11-module']
+    ? { module: v['pkcs11-module'], tokenLabel: need('pkcs11-token'), pinEnv: need('pkcs11-pin-env') }
+    : undefined;
+
+  switch (cmd) {
+    case 'ca init': {
+      const dir = need('dir');
+      const ca = await createCa({
+        outDir: dir,
+        clock: systemClock,
+        trustDomain: need('trust-domain'),
+        root: { commonName: `${v['trust-domain']} root` },
+        issuing: { commonName: `${v['trust-domain']} issuing CA` },
+        backend: backendSpec(dir, pkcs11 ? { pkcs11 } : {}),
+        keepRootKey: true,
+      });
+      await ca.backend.close();
+      logger.info({ files: ca.files }, 'CA created; keep root-key.pem offline');
+      return;
+    }
+    case 'ca import': {
+      const dir = need('dir');
+      const ca = await importCa({
+        outDir: dir,
+        trustDomain: need('trust-domain'),
+        rootCertificate: readFileSync(need('root')),
+        issuingCertificate: readFileSync(need('issuing')),
+        backend: backendSpec(dir, pkcs11 ? { pkcs11 } : { issuingKey: need('issuing-key') }),
+      });
+      await ca.backend.close();
+      logger.info({ files: ca.files }, 'CA imported');
+      return;
+    }
+    case 'broker-config': {
+      const out = need('out');
+      mkdirSync(out, { recursive: true });
+      const port = (k: 'enroll-port' | 'device-port') => {
+        const n = Number(need(k));
+        return Number.isInteger(n) && n > 0 && n < 65536 ? n : fail(`--${k} must be a port number`);
+      };
+      const host = need('host');
+      const { conf, enrollAcl, deviceAcl } = generateMosquittoConfig({
+        baseTopic: v['base-topic']!,
+        enrollListener: { host, port: port('enroll-port') },
+        deviceListener: { host, port: port('device-port') },
+        tls: { serverCertFile: need('server-cert'), serverKeyFile: need('server-key'), clientCaFile: need('client-ca') },
+        enrollAclFile: join(out, 'enroll.acl'),
+        deviceAclFile: join(out, 'device.acl'),
+        stationIdentities: v.station ?? [],
+        operatorIdentities: v.operator ?? [],
+      });
+      writeFileSync(join(out, 'mosquitto.conf'), conf);
+      writeFileSync(join(out, 'enroll.acl'), enrollAcl);
+      writeFileSync(join(out, 'device.acl'), deviceAcl);
+      logger.info({ out }, 'wrote mosquitto.conf, enroll.acl, device.acl');
+      return;
+    }
+    case 'run': {
+      const cfg = parseMessage(readFileSync(need('config')), configSchema, 64 * 1024);
+      const backend = await openBackend(backendSpec(cfg.caDir, cfg), 'find');
+      const issuer = new CertificateIssuer({ backend, issuingCertificate: readFileSync(join(cfg.caDir, 'issuing.pem')), clock: systemClock, trustDomain: cfg.trustDomain });
+      const root = readFileSync(join(cfg.caDir, 'root.pem'), 'utf8');
+      const inventory = new LevelInventory(join(cfg.dataDir, 'inventory'));
+      await inventory.open();
+      const topics = new Topics(cfg.baseTopic ?? 'fleet/v1');
+      const enrollment = new EnrollmentService({
+        inventory,
+        issuer,
+        policy: new DefaultEnrollmentPolicy({ trustDomain: cfg.trustDomain, lifetimeSec: cfg.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 }),
+        ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) },
+        clock: systemClock,
+        topics,
+        chainPems: [issuer.issuingCertificatePem],
+        trustBundlePems: [root],
+        limiter: new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock }),
+        logger,
+      });
+      const transport = new MqttTransport({
+        url: cfg.brokerUrl,
+        clientId: `bridge-${process.pid}`,
+        tls: { ca: root, cert: readFileSync(cfg.bridgeCert, 'utf8'), key: readFileSync(cfg.bridgeKey, 'utf8') },
+        logger,
+      });
+      const bridge = new Bridge({ transport, topics, enrollment, trustBundlePems: [root], logger, ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}) });
+      await bridge.start();
+      logger.info({ broker: cfg.brokerUrl }, 'bridge running');
+      const stop = async () => {
+        await bridge.stop();
+        await inventory.close();
+        await backend.close();
+        process.exit(0);
+      };
+      process.once('SIGINT', () => void stop());
+      process.once('SIGTERM', () => void stop());
+      return;
+    }
+    default:
+      fail(`unknown command "${argv.join(' ')}"; commands: ca init, ca import, broker-config, run`);
+  }
+}
+
+main().catch((e: { code?: string; message?: string }) => {
+  logger.error({ code: e.code }, e.message ?? String(e));
+  process.exit(1);
+});
