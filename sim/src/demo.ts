@@ -1,29 +1,28 @@
 /**
- * `npm run demo`: the main job, step by step. Today: a TPM is manufactured (swtpm with EK certificates
- * from a throwaway manufacturer CA), its EK certificate is verified, an identity key is created inside
- * it, a throwaway fleet CA certifies that key, and the device connects to mosquitto over mutual TLS
- * with the handshake signed inside the TPM. Everything runs on loopback and is removed at the end.
+ * `npm run demo`: the embedded fleet, step by step, on loopback. A TPM manufacturer (throwaway CA) builds
+ * three swtpm devices; the fleet side starts (CA, inventory, mosquitto with generated config, bridge);
+ * the factory station verifies each TPM's EK certificate and provisions it; each device's agent enrolls
+ * with its one-time token (credential activation + TPM2_Certify), then connects over mutual TLS with a
+ * key that never left its TPM. A table shows the result. Everything is removed at the end.
  */
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createHash, X509Certificate } from 'node:crypto';
-import mqtt from 'mqtt';
+import { X509Certificate } from 'node:crypto';
 import { systemClock } from '../../common/clock.js';
-import { Topics } from '../../common/protocol/topics.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
-import { verifyEkCertificate } from '../../native/lib/ek-certificate.js';
-import { attributesOf } from '../../native/lib/wire/public.js';
-import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
-import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
-import { toPem } from '../../common/der.js';
-import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
-import { EmbeddedBroker } from '../../broker-bridge/src/broker/embedded-broker.js';
+import { attributesOf, parsePublic2b, publicToSpki } from '../../native/lib/wire/public.js';
+
+const parsePublicSpki = (b64: string) => publicToSpki(parsePublic2b(Buffer.from(b64, 'base64')));
+import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
+import { InventorySink } from '../../provisioning/src/sinks.js';
+import { provisionBatch } from '../../provisioning/src/batch.js';
+import { Agent } from '../../agent/src/agent.js';
+import { loadBootstrap } from '../../agent/src/config.js';
+import { AgentStore } from '../../agent/src/store.js';
 import { createManufacturer, manufactureTpm, SwtpmProcess } from './swtpm.js';
 
-const TRUST_DOMAIN = 'demo.fleet.example';
-const DEVICE_ID = 'demo-device-1';
-
+const DEVICES = 3;
 let stepNo = 0;
 const step = (text: string) => console.log(`\n[${++stepNo}] ${text}`);
 const info = (text: string) => console.log(`    ${text}`);
@@ -32,104 +31,78 @@ async function main(): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'tpm-fleet-demo-'));
   const cleanup: (() => Promise<void>)[] = [];
   try {
-    step('Manufacturing a TPM: swtpm_setup writes RSA and ECC EK certificates signed by a throwaway manufacturer CA');
+    step(`Manufacturing ${DEVICES} TPMs: swtpm_setup writes RSA and ECC EK certificates signed by a throwaway manufacturer CA`);
     const manufacturer = createManufacturer(join(work, 'manufacturer'));
     const t0 = Date.now();
-    await manufactureTpm(join(work, 'tpm'), manufacturer);
-    const swtpm = await SwtpmProcess.start(join(work, 'tpm'));
-    cleanup.push(() => swtpm.stop());
-    info(`manufactured in ${Date.now() - t0} ms; serving on ${swtpm.tcti} (pid ${swtpm.pid})`);
+    // The first TPM creates the manufacturer CA; the others can then be made in parallel.
+    await manufactureTpm(join(work, 'tpm-0'), manufacturer);
+    await Promise.all(Array.from({ length: DEVICES - 1 }, (_, i) => manufactureTpm(join(work, `tpm-${i + 1}`), manufacturer)));
+    const tpms = await Promise.all(Array.from({ length: DEVICES }, (_, i) => SwtpmProcess.start(join(work, `tpm-${i}`))));
+    cleanup.push(() => Promise.all(tpms.map((t) => t.stop())).then(() => undefined));
+    info(`manufactured in ${Date.now() - t0} ms: ${tpms.map((t) => t.tcti).join(', ')}`);
 
-    step('Opening the TPM through tpm2-tss ESAPI (native addon)');
-    const tpm = await NativeTpm.open(swtpm.tcti);
-    cleanup.push(() => tpm.close());
-    const caps = await tpm.capabilities();
-    info(`manufacturer ${caps.manufacturer} "${caps.vendorString}", firmware ${caps.firmwareVersion}, spec revision ${caps.specRevision / 100}`);
-
-    step('Reading the EK certificate from NV and verifying it against the manufacturer root');
-    const ekCert = await tpm.readEkCertificate('ecc');
-    if (!ekCert) throw new Error('the TPM has no ECC EK certificate');
-    const verified = verifyEkCertificate(ekCert, { roots: [manufacturer.rootPem()], intermediates: [manufacturer.intermediatePem()] }, Date.now());
-    info(`EK certificate: issuer "${verified.certificate.issuer.replace(/\n/g, ', ')}", chain of ${verified.chain.length} up to "${verified.root}"`);
-    const ek = await tpm.createEk('ecc');
-    const ekMatches = ek.spki.equals(verified.ekSpki);
-    info(`EK re-derived in the TPM: ${ek.public.type === 'ecc' ? `ECC curve 0x${ek.public.curveId.toString(16)}` : 'RSA'}; matches the certificate: ${ekMatches}`);
-    await tpm.flush(ek);
-    if (!ekMatches) throw new Error('EK does not match its certificate');
-
-    step('Creating the identity key inside the TPM (under the SRK)');
-    const srk = await tpm.ensureSrk();
-    const { key } = await tpm.createIdentityKey(srk);
-    const attrs = attributesOf(key.public);
-    info(`TPM Name ${key.name.toString('hex').slice(0, 24)}…`);
-    info(`attributes: ${Object.entries(attrs).filter(([, v]) => v).map(([k]) => k).join(', ')}`);
-    info('the private key exists only inside the TPM (fixedTPM, fixedParent, sensitiveDataOrigin)');
-
-    step('A throwaway fleet CA certifies the identity key');
-    const ca = await createCa({
-      outDir: join(work, 'ca'),
+    step('Starting the fleet: CA (key file), inventory (LevelDB), mosquitto with generated config and ACLs, bridge');
+    const fleet = await EmbeddedFleet.start({
+      dir: join(work, 'fleet'),
       clock: systemClock,
-      trustDomain: TRUST_DOMAIN,
-      root: { commonName: 'Demo Fleet Root' },
-      issuing: { commonName: 'Demo Fleet Issuing CA' },
-      backend: { kind: 'file', keyPath: join(work, 'ca', 'issuing-key.pem') },
-      keepRootKey: true,
+      trustDomain: 'demo.fleet.example',
+      ekTrust: { roots: [manufacturer.rootPem()], intermediates: [manufacturer.intermediatePem()] },
+      certificateLifetimeSec: 7 * 86_400,
     });
-    const issuer = new CertificateIssuer({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: systemClock, trustDomain: TRUST_DOMAIN });
-    const issued = await issuer.issue({ deviceId: DEVICE_ID, publicKeySpki: key.spki, lifetimeSec: 7 * 86_400, backdateSec: 60, trustDomain: TRUST_DOMAIN });
-    const deviceCertPem = toPem(issued.certificateDer, 'CERTIFICATE');
-    const leaf = new X509Certificate(deviceCertPem);
-    info(`certificate serial ${issued.serialNumber}, ${issued.spiffeId}, valid until ${issued.notAfter.toISOString()}`);
-    info(`certified key = TPM key: ${createHash('sha256').update(leaf.publicKey.export({ type: 'spki', format: 'der' })).digest('hex') === createHash('sha256').update(key.spki).digest('hex')}`);
+    cleanup.push(() => fleet.stop());
+    info(`enrollment listener ${fleet.broker.enrollUrl} (TLS, no client certificate)`);
+    info(`device listener     ${fleet.broker.deviceUrl} (mutual TLS, username = certificate CN)`);
+    info(`bridge connected as role:bridge; trust domain spiffe://demo.fleet.example`);
 
-    step('Starting mosquitto with generated config: mTLS device listener, per-device ACLs');
-    const server = await issueServiceCertificate({
-      rootCertPem: ca.rootCertificatePem,
-      rootKeyPem: (await import('node:fs')).readFileSync(ca.files.rootKey!, 'utf8'),
-      commonName: 'fleet-broker',
-      usage: 'server',
-      hosts: ['127.0.0.1', 'localhost'],
+    step('Factory station: verify each EK certificate against the manufacturer root, register, mint one-time tokens');
+    const manifest = join(work, 'manifest.jsonl');
+    writeFileSync(manifest, tpms.map((t, i) => JSON.stringify({ deviceId: `demo-device-${i + 1}`, tcti: t.tcti, metadata: { model: 'demo-gw', serial: `SN-00${i + 1}` } })).join('\n'));
+    const summary = await provisionBatch({
+      manifestPath: manifest,
+      outDir: join(work, 'station'),
+      manufacturers: { roots: [manufacturer.rootPem()], intermediates: [manufacturer.intermediatePem()] },
+      fleet: { enrollUrl: fleet.broker.enrollUrl, deviceUrl: fleet.broker.deviceUrl, trustBundle: fleet.trustBundle, baseTopic: 'fleet/v1' },
+      sink: new InventorySink(fleet.inventory),
       clock: systemClock,
+      tokenTtlSec: 86_400,
+      openTpm: (tcti) => NativeTpm.open(tcti),
     });
-    const broker = await EmbeddedBroker.start({
-      dir: join(work, 'broker'),
-      baseTopic: 'fleet/v1',
-      serverCertPem: server.certPem,
-      serverKeyPem: server.keyPem,
-      clientCaPem: ca.chainPem,
-    });
-    cleanup.push(() => broker.stop());
-    info(`mosquitto pid ${broker.pid}: enrollment ${broker.enrollUrl}, devices ${broker.deviceUrl}`);
+    for (const e of summary.entries) info(`${e.deviceId}: ${e.result}${e.code ? ` [${e.code}]` : ''}; EK ${e.ekPublicHash?.slice(0, 16) ?? '-'}…; bootstrap ${e.bootstrapPath ? 'written (mode 0600)' : '-'}`);
+    if (summary.provisioned !== DEVICES) throw new Error('the station refused a device');
 
-    step('Connecting over mutual TLS; OpenSSL asks the TPM (TPM2_Sign) to sign the handshake');
-    const tls = tpm.tlsKey(key);
-    const client = await mqtt.connectAsync(broker.deviceUrl, {
-      ca: ca.rootCertificatePem,
-      cert: `${deviceCertPem}${ca.issuingCertificatePem}`,
-      ...tls,
-      clientId: DEVICE_ID,
-      protocolVersion: 5,
-      reconnectPeriod: 0,
-      connectTimeout: 10_000,
-    } as mqtt.IClientOptions);
-    const socket = (client.stream as unknown as { getProtocol?: () => string; getCipher?: () => { name: string } }) ?? {};
-    info(`connected: ${socket.getProtocol?.() ?? 'TLS'} ${socket.getCipher?.().name ?? ''}, broker authenticated us as ${DEVICE_ID}`);
-    const topics = new Topics('fleet/v1');
-    const status = JSON.stringify({ deviceId: DEVICE_ID, online: true, state: 'enrolled', certSerial: issued.serialNumber });
-    const ack = await client.publishAsync(topics.device(DEVICE_ID, 'status'), status, { qos: 1, retain: true });
-    info(`QoS1 PUBLISH of our retained status acknowledged (PUBACK reason ${(ack as { reasonCode?: number } | undefined)?.reasonCode ?? 0})`);
-    const denied = await client.publishAsync(topics.device('someone-else', 'status'), status, { qos: 1 }).then(
-      (a) => (a as { reasonCode?: number } | undefined)?.reasonCode ?? 0,
-      (e: { code?: number }) => e.code ?? -1,
+    step('Agents enroll: CSR signed in the TPM, credential activation with the EK, TPM2_Certify of the key, then mTLS');
+    const agents = summary.entries.map((e, i) => new Agent({ bootstrap: loadBootstrap(e.bootstrapPath!), dataDir: join(work, `agent-${i + 1}`) }));
+    cleanup.push(() => Promise.all(agents.map((a) => a.stop())).then(() => undefined));
+    const t1 = Date.now();
+    await Promise.all(agents.map((a) => a.start()));
+    info(`${DEVICES} devices enrolled and online in ${Date.now() - t1} ms`);
+
+    step('Result');
+    const rows = await Promise.all(
+      agents.map(async (a, i) => {
+        const s = a.status();
+        const cert = fleet.inventory.getCertificate(s.certSerial!)!;
+        // What the agent stored for its key: the TPM2B_PUBLIC; the private part is a TPM-encrypted blob.
+        await a.stop();
+        const store = new AgentStore(join(work, `agent-${i + 1}`, 'state'));
+        await store.open();
+        const active = await store.active();
+        await store.close();
+        const attrs = attributesOf(parsePublic2b(Buffer.from(active!.slot.key.public, 'base64')));
+        // The certificate certifies exactly the key the TPM holds.
+        const certified = new X509Certificate(cert.pem).publicKey.export({ type: 'spki', format: 'der' });
+        const inTpm = attrs.fixedTPM && attrs.fixedParent && attrs.sensitiveDataOrigin && certified.equals(parsePublicSpki(active!.slot.key.public));
+        return { id: s.deviceId, serial: s.certSerial!, expires: new Date(s.certNotAfter!).toISOString(), inTpm, sigs: s.tpmSignatures + s.tlsHandshakes };
+      }),
     );
-    info(`PUBLISH to another device's topic: reason 0x${denied.toString(16)} (0x87 = not authorized by the broker ACL)`);
-    await client.endAsync();
-    tpm.releaseTlsKey(tls);
-    await tpm.flush(key);
-    await tpm.flush(srk);
-
-    console.log('\n  device          | serial                           | expires                  | key in TPM');
-    console.log(`  ${DEVICE_ID.padEnd(15)} | ${issued.serialNumber} | ${issued.notAfter.toISOString()} | yes (fixedTPM)`);
+    console.log('\n  device          | serial                           | expires                  | key in TPM | TPM signatures');
+    console.log('  ----------------+----------------------------------+--------------------------+------------+---------------');
+    for (const r of rows) {
+      console.log(`  ${r.id.padEnd(15)} | ${r.serial} | ${r.expires} | ${(r.inTpm ? 'yes' : 'NO').padEnd(10)} | ${r.sigs}`);
+    }
+    const tokensUsed = fleet.inventory.listDevices().filter((d) => d.enrolledAt !== undefined).length;
+    console.log(`\n  inventory: ${fleet.inventory.listDevices().length} devices, ${fleet.inventory.listCertificates().length} certificates, ${tokensUsed} tokens consumed`);
+    console.log(`  CA root: ${new X509Certificate(readFileSync(fleet.ca.files.root)).subject}`);
     console.log('\nDemo complete.');
   } finally {
     for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
