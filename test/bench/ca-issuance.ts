@@ -4,7 +4,6 @@ import { generateKeyPairSync, webcrypto } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { pathToFileURL } from 'node:url';
 import { systemClock } from '../../common/clock.js';
 import { createCa, type CaMaterial } from '../../broker-bridge/src/ca/ca-setup.js';
 import { parseAndVerifyCsr } from '../../broker-bridge/src/ca/csr.js';
@@ -201,20 +200,4 @@ async function naiveIssuer(ca: CaMaterial, keyPath: string, csrs: Buffer[]): Pro
     });
     return cert.toString('pem');
   };
-}
-
-const entry = process.argv[1];
-if (entry && import.meta.url === pathToFileURL(entry).href) {
-  const res = await benchIssuance({ log: (l) => process.stderr.write(l + '\n') });
-  const rows = [
-    ['file-key CA (hand DER)', res.fileCertsPerSec, '>= 1000'],
-    ['PKCS#11 CA (SoftHSM2)', res.pkcs11CertsPerSec, '>= 500'],
-    ['naive @peculiar/x509', res.naiveCertsPerSec, '(baseline)'],
-  ] as const;
-  console.log('CSR -> signed certificate, 8 in flight, one process');
-  console.log('path                     certs/s   target');
-  for (const [name, v, target] of rows) console.log(`${name.padEnd(24)} ${v.toFixed(0).padStart(7)}   ${target}`);
-  console.log(`CKR_OPERATION_ACTIVE seen: ${res.pkcs11OperationActive}`);
-  const ok = res.fileCertsPerSec >= 1000 && res.pkcs11CertsPerSec >= 500 && res.pkcs11OperationActive === 0;
-  process.exitCode = ok ? 0 : 1;
 }
