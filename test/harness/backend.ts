@@ -1,5 +1,6 @@
 import { ManagedProcess } from '../../common/managed-process.js';
-import { existsSync } from 'node:fs';
+import { existsSync, rmSync } from 'node:fs';
+import { track } from './registry.js';
 
 /**
  * How the harness runs swtpm and mosquitto. `process`: local processes on loopback ports (always
@@ -63,4 +64,42 @@ export async function startWithFreshPorts<T>(attempt: () => Promise<T>, tries = 
       if (i >= tries || !/address already in use|EADDRINUSE|did not open port|exited during start/i.test(msg)) throw e;
     }
   }
+}
+
+export interface TrackedService {
+  readonly pid: number | undefined;
+  /** Stops the service and removes `ownedDir`; idempotent. */
+  stop(): Promise<void>;
+  /** Stops and starts the same spec (same ports, same files). */
+  restart(): Promise<void>;
+}
+
+/**
+ * Starts `spec()` (which chooses ports; retried with new ones when a port was taken meanwhile) and
+ * registers it for teardown, so every harness service stops once and cleans up after itself.
+ */
+export async function startTracked(r: ServiceRunner, spec: () => Promise<ServiceSpec>, ownedDir: string): Promise<TrackedService> {
+  let chosen!: ServiceSpec;
+  let svc = await startWithFreshPorts(async () => {
+    chosen = await spec();
+    return r.start(chosen);
+  });
+  let stopped = false;
+  const service: TrackedService = {
+    get pid() {
+      return svc.pid;
+    },
+    async stop() {
+      if (stopped) return;
+      stopped = true;
+      await svc.stop();
+      rmSync(ownedDir, { recursive: true, force: true });
+    },
+    async restart() {
+      await svc.stop();
+      svc = await r.start(chosen);
+    },
+  };
+  track(service);
+  return service;
 }

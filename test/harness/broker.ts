@@ -1,11 +1,10 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { freePorts } from '../../common/managed-process.js';
 import { createTestCa, type TestCa } from './pki.js';
 import { runner } from './select.js';
-import { track } from './registry.js';
-import { startWithFreshPorts } from './backend.js';
+import { startTracked } from './backend.js';
 
 /** mosquitto with generated config: a mutual-TLS listener and an anonymous TLS listener. */
 export interface TestBroker {
@@ -91,22 +90,16 @@ export async function startBroker(opts?: {
   const configPath = join(dir, 'mosquitto.conf');
   let tlsPort = 0;
   let enrollPort = 0;
-  const specFor = () => ({ name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports: [tlsPort, enrollPort], mounts: [dir] });
-  let svc = await startWithFreshPorts(async () => {
-    tlsPort = await freePorts(1);
-    enrollPort = await freePorts(1);
-    file('mosquitto.conf', configFor(tlsPort, enrollPort));
-    return r.start(specFor());
-  });
-  const spec = specFor();
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
-    await svc.stop();
-    rmSync(dir, { recursive: true, force: true });
-  };
-  track({ stop });
+  const svc = await startTracked(
+    r,
+    async () => {
+      tlsPort = await freePorts(1);
+      enrollPort = await freePorts(1);
+      file('mosquitto.conf', configFor(tlsPort, enrollPort));
+      return { name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports: [tlsPort, enrollPort], mounts: [dir] };
+    },
+    dir,
+  );
   return {
     host: '127.0.0.1',
     tlsPort,
@@ -119,10 +112,7 @@ export async function startBroker(opts?: {
     get pid() {
       return svc.pid;
     },
-    stop,
-    async restart() {
-      await svc.stop();
-      svc = await r.start(spec);
-    },
+    stop: () => svc.stop(),
+    restart: () => svc.restart(),
   };
 }

@@ -5,7 +5,7 @@ import { freePorts } from '../../common/managed-process.js';
 import { createManufacturer, manufactureTpm, type Manufacturer } from '../../sim/src/swtpm.js';
 import { runner } from './select.js';
 import { track } from './registry.js';
-import { startWithFreshPorts } from './backend.js';
+import { startTracked } from './backend.js';
 
 /** A manufactured software TPM (RSA + ECC EKs with certificates in NV) served by swtpm. */
 export interface TestTpm {
@@ -39,28 +39,22 @@ export async function startTpm(opts?: { manufacturer?: Manufacturer }): Promise<
   // Each TPM is manufactured fresh: distinct EKs, and no dictionary-attack counter carried over.
   await manufactureTpm(stateDir, manufacturer);
   const r = await runner();
-  const specFor = (port: number) => ({
-    name: 'swtpm',
-    command: 'swtpm',
-    args: ['socket', '--tpm2', '--server', `type=tcp,port=${port},bindaddr={bind}`, '--ctrl', `type=tcp,port=${port + 1},bindaddr={bind}`,
-      '--flags', 'not-need-init,startup-clear', '--tpmstate', `dir=${stateDir}`],
-    ports: [port, port + 1],
-    mounts: [stateDir],
-  });
   let port = 0;
-  let svc = await startWithFreshPorts(async () => {
-    port = await freePorts(2);
-    return r.start(specFor(port));
-  });
-  const spec = specFor(port);
-  let stopped = false;
-  const stop = async () => {
-    if (stopped) return;
-    stopped = true;
-    await svc.stop();
-    rmSync(stateDir, { recursive: true, force: true });
-  };
-  track({ stop });
+  const svc = await startTracked(
+    r,
+    async () => {
+      port = await freePorts(2);
+      return {
+        name: 'swtpm',
+        command: 'swtpm',
+        args: ['socket', '--tpm2', '--server', `type=tcp,port=${port},bindaddr={bind}`, '--ctrl', `type=tcp,port=${port + 1},bindaddr={bind}`,
+          '--flags', 'not-need-init,startup-clear', '--tpmstate', `dir=${stateDir}`],
+        ports: [port, port + 1],
+        mounts: [stateDir],
+      };
+    },
+    stateDir,
+  );
   return {
     tcti: `swtpm:host=127.0.0.1,port=${port}`,
     host: '127.0.0.1',
@@ -73,10 +67,7 @@ export async function startTpm(opts?: { manufacturer?: Manufacturer }): Promise<
     get pid() {
       return svc.pid;
     },
-    stop,
-    async restart() {
-      await svc.stop();
-      svc = await r.start(spec);
-    },
+    stop: () => svc.stop(),
+    restart: () => svc.restart(),
   };
 }
