@@ -252,6 +252,9 @@ export class MqttTransport implements Transport {
     previous?.end(true);
     const client = mqttConnect(this.#opts.url, this.#clientOptions());
     this.#client = client;
+    // Request/response traffic is small packets both ways: with Nagle on, each exchange can wait for
+    // a delayed ACK (~40 ms). mqtt.js leaves it on.
+    (client.stream as { setNoDelay?: (on: boolean) => void } | undefined)?.setNoDelay?.(true);
     return new Promise<void>((resolve, reject) => {
       let settled = false;
       const timer = setTimeout(() => {
