@@ -30,10 +30,13 @@ export interface EmbeddedFleetOptions {
   readonly caBackend?: BackendSpec;
   readonly policy?: EnrollmentPolicy;
   readonly certificateLifetimeSec?: number;
+  /** Default: 10 requests burst then 1/s per device, 1000 burst then 500/s in all. */
   readonly rateLimit?: { perDevice: RateLimit; global: RateLimit };
   readonly challengeTtlMs?: number;
   readonly logger?: EnrollmentLogger;
 }
+
+const DEFAULT_RATE = { perDevice: { ratePerSec: 1, burst: 10 }, global: { ratePerSec: 500, burst: 1000 } } as const;
 
 export class EmbeddedFleet {
   readonly topics: Topics;
@@ -99,7 +102,7 @@ export class EmbeddedFleet {
       topics: this.topics,
       chainPems: [this.#issuer.issuingCertificatePem],
       trustBundlePems: this.trustBundle,
-      ...(o.rateLimit ? { limiter: new RateLimiter({ perKey: o.rateLimit.perDevice, global: o.rateLimit.global, clock: o.clock }) } : {}),
+      limiter: new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock }),
       ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }),
       ...(o.logger ? { logger: o.logger } : {}),
     });

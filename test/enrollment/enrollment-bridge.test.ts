@@ -210,6 +210,20 @@ describe('enrollment through the bridge', () => {
     await expectRefused('BAD_REQUEST', () => ask(enrollPayload('abcdefgh4', { ...enrollBody(devB, token), deviceId: 'dev-a' }), 'abcdefgh4'));
   });
 
+  it('rate-limits a device that floods enroll requests, telling it when to retry', async () => {
+    const t = await client('dev-flood');
+    const codes: string[] = [];
+    let retryAfter: number | undefined;
+    for (let i = 0; i < 12; i++) {
+      const ans = await enroll(t, 'dev-flood', { ...enrollBody(devB, mintEnrollmentToken().token), deviceId: 'dev-flood' });
+      codes.push(rejectedWith(ans));
+      if (ans.kind === 'rejected' && ans.msg.error.code === 'RATE_LIMITED') retryAfter = ans.msg.error.retryAfterSec;
+    }
+    expect(codes.slice(0, 10)).toEqual(Array(10).fill('TOKEN_UNKNOWN'));
+    expect(codes.slice(10)).toEqual(['RATE_LIMITED', 'RATE_LIMITED']);
+    expect(retryAfter).toBeGreaterThanOrEqual(1);
+  });
+
   it('lets the broker deny a client publishing to another device\'s topics', async () => {
     const t = await client('dev-b9');
     await expect(t.publish(fleet.topics.device('dev-a', 'enroll'), Buffer.from('{}'), { qos: 1 })).rejects.toMatchObject({
