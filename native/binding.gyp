@@ -21,7 +21,7 @@
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "-Wno-missing-field-initializers"],
-      "libraries": ["-ltss2-esys", "-ltss2-tctildr", "-ltss2-mu", "-ltss2-rc"]
+      "libraries": ["-ltss2-esys", "-ltss2-sys", "-ltss2-tctildr", "-ltss2-mu", "-ltss2-rc"]
     }
   ]
 }

@@ -116,6 +116,10 @@ export class Agent {
       this.#ownsTpm = !this.#o.tpm;
       this.#tpm = this.#o.tpm ?? (await NativeTpm.open(cfg.tcti));
       const tpm = this.#tpm;
+      // A previous agent process killed mid-operation may have left objects in a TPM without resource
+      // manager (swtpm); take those slots back before loading anything.
+      const reclaimed = await tpm.reclaimSlots();
+      if (reclaimed) this.#log('warn', 'flushed TPM objects left by a previous process', { reclaimed });
       const srk = await tpm.ensureSrk();
       this.#loaded.push(srk);
       const ak = await this.#ensureAk(srk);

@@ -62,6 +62,11 @@ export interface RawContext {
    */
   fromPersistent(tpmHandle: number): Promise<EsysHandle | null>;
   /**
+   * Flushes transient objects and loaded sessions that this context did not create (left by a dead
+   * process on a TPM without resource manager); resolves how many were flushed.
+   */
+  flushForeign(): Promise<number>;
+  /**
    * Owner auth. Transient → persistent at `persistentHandle`: resolves the new persistent handle (the
    * transient one stays loaded and tracked). Persistent → evicted (`persistentHandle` ignored): null,
    * and every reference to that handle becomes unknown.

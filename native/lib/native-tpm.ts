@@ -221,6 +221,10 @@ export class NativeTpm implements Tpm {
     return true;
   }
 
+  reclaimSlots(): Promise<number> {
+    return this.#call('reclaimSlots', () => this.#raw.flushForeign());
+  }
+
   async sign(key: TpmKey, digest: Buffer): Promise<TpmSignature> {
     const hash = ({ 32: 'sha256', 48: 'sha384', 64: 'sha512' } as const)[Buffer.isBuffer(digest) ? digest.length : 0];
     if (!hash) throw new TpmError('TPM_BAD_ARGUMENT', 'sign: digest must be a Buffer of 32, 48 or 64 bytes');

@@ -47,6 +47,13 @@ export interface Tpm {
   /** Removes the persistent object at `handle`; resolves false when nothing was there. */
   evict(handle: number): Promise<boolean>;
 
+  /**
+   * Frees TPM slots held by objects and sessions of connections that no longer exist (a killed process
+   * on a TPM without resource manager, such as swtpm). Call before loading anything. Behind a resource
+   * manager (/dev/tpmrm0) it finds nothing foreign and does nothing. Resolves how many were flushed.
+   */
+  reclaimSlots(): Promise<number>;
+
   /** ECDSA over a precomputed digest (32, 48 or 64 bytes select SHA-256/384/512). */
   sign(key: TpmKey, digest: Buffer): Promise<TpmSignature>;
   /** TPM2_Certify: `ak` attests that `key` is loaded in this TPM; `qualifyingData` ≤ 64 bytes. */

@@ -1,6 +1,7 @@
 #include "context.h"
 
 #include <tss2/tss2_mu.h>
+#include <tss2/tss2_sys.h>
 #include <tss2/tss2_tctildr.h>
 
 #include <algorithm>
@@ -600,6 +601,41 @@ class ActivateCredentialJob : public Job {
   Napi::Value Result(Napi::Env env, Context&) override { return ToBuffer(env, certInfo); }
 };
 
+// Flushes transient objects and loaded sessions this context does not own. Without a resource manager
+// (swtpm) a process that died leaves its objects in the TPM's few slots; the next owner reclaims them.
+// Behind a resource manager (/dev/tpmrm0, tabrmd) only this connection's own handles are visible, so
+// nothing foreign is touched. Flushing by TPM handle goes through SAPI: no ESYS_TR exists for them.
+class FlushForeignJob : public Job {
+ public:
+  explicit FlushForeignJob(Napi::Env env) : Job(env, "flushForeign") {}
+  std::vector<ESYS_TR> owned;
+  uint32_t flushed = 0;
+  void Run(ContextState& st) override {
+    std::vector<TPM2_HANDLE> mine;
+    for (ESYS_TR tr : owned) {
+      TPM2_HANDLE h = 0;
+      if (Esys_TR_GetTpmHandle(st.esys, tr, &h) == TSS2_RC_SUCCESS) mine.push_back(h);
+    }
+    TSS2_SYS_CONTEXT* sys = nullptr;
+    if (!Check("Esys_GetSysContext", Esys_GetSysContext(st.esys, &sys))) return;
+    for (TPM2_HANDLE first : {static_cast<TPM2_HANDLE>(TPM2_TRANSIENT_FIRST), static_cast<TPM2_HANDLE>(TPM2_LOADED_SESSION_FIRST)}) {
+      TPMS_CAPABILITY_DATA* raw = nullptr;
+      TPMI_YES_NO more = TPM2_NO;
+      TSS2_RC rc = Esys_GetCapability(st.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, TPM2_CAP_HANDLES, first,
+                                      TPM2_MAX_CAP_HANDLES, &more, &raw);
+      EsysPtr<TPMS_CAPABILITY_DATA> cap(raw);
+      if (!Check("Esys_GetCapability", rc)) return;
+      for (UINT32 i = 0; i < cap->data.handles.count; i++) {
+        TPM2_HANDLE h = cap->data.handles.handle[i];
+        if ((h >> 24) != (first >> 24)) continue;
+        if (std::find(mine.begin(), mine.end(), h) != mine.end()) continue;
+        if (Tss2_Sys_FlushContext(sys, h) == TSS2_RC_SUCCESS) flushed++;
+      }
+    }
+  }
+  Napi::Value Result(Napi::Env env, Context&) override { return Napi::Number::New(env, flushed); }
+};
+
 class CloseJob : public Job {
  public:
   explicit CloseJob(Napi::Env env) : Job(env, "close") {}
@@ -722,6 +758,7 @@ Napi::Function Context::Define(Napi::Env env) {
                          InstanceMethod<&Context::Load>("load"),
                          InstanceMethod<&Context::ReadPublic>("readPublic"),
                          InstanceMethod<&Context::FromPersistent>("fromPersistent"),
+                         InstanceMethod<&Context::FlushForeign>("flushForeign"),
                          InstanceMethod<&Context::EvictControl>("evictControl"),
                          InstanceMethod<&Context::Flush>("flush"),
                          InstanceMethod<&Context::Sign>("sign"),
@@ -814,6 +851,12 @@ Napi::Value Context::Load(const Napi::CallbackInfo& info) {
 Napi::Value Context::ReadPublic(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<ReadPublicJob>(info.Env());
   Args(info, "readPublic", *job).Handle(0, &job->handle);
+  return queue_.Submit(info.Env(), std::move(job));
+}
+
+Napi::Value Context::FlushForeign(const Napi::CallbackInfo& info) {
+  auto job = std::make_unique<FlushForeignJob>(info.Env());
+  for (const auto& entry : tracked_) job->owned.push_back(entry.first);
   return queue_.Submit(info.Env(), std::move(job));
 }
 

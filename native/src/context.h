@@ -85,6 +85,7 @@ class Context : public Napi::ObjectWrap<Context> {
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value ReadPublic(const Napi::CallbackInfo& info);
   Napi::Value FromPersistent(const Napi::CallbackInfo& info);
+  Napi::Value FlushForeign(const Napi::CallbackInfo& info);
   Napi::Value EvictControl(const Napi::CallbackInfo& info);
   Napi::Value Flush(const Napi::CallbackInfo& info);
   Napi::Value Sign(const Napi::CallbackInfo& info);

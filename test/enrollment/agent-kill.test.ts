@@ -1,0 +1,111 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import mqtt from 'mqtt';
+import { systemClock } from '../../common/clock.js';
+import { mintEnrollmentToken } from '../../common/enrollment-token.js';
+import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
+import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
+import { NativeTpm } from '../../native/lib/native-tpm.js';
+import { startTpm, type TestTpm } from '../harness/index.js';
+
+const run = promisify(execFile);
+
+/**
+ * The agent as a real process, SIGKILLed the moment its enroll or proof reaches the broker: no cleanup
+ * runs, and on swtpm (no resource manager) its TPM objects stay loaded. A restarted agent must take
+ * those slots back and finish with exactly one certificate and the token consumed once.
+ */
+describe('agent process killed mid-enrollment', () => {
+  let dir: string;
+  let fleet: EmbeddedFleet;
+  let tpms: TestTpm[];
+  const children: ChildProcess[] = [];
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agent-kill-'));
+    await run(process.execPath, ['build.mjs']); // the agent under test is the shipped bundle
+    tpms = await Promise.all([startTpm(), startTpm()]);
+    fleet = await EmbeddedFleet.start({
+      dir: join(dir, 'fleet'),
+      clock: systemClock,
+      trustDomain: 'test.fleet',
+      ekTrust: { roots: [tpms[0]!.manufacturerRootPem], intermediates: [tpms[0]!.manufacturerIntermediatePem] },
+    });
+  });
+  afterAll(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await fleet?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function bootstrapFile(deviceId: string, t: TestTpm): Promise<string> {
+    const tpm = await NativeTpm.open(t.tcti);
+    const ekCert = (await tpm.readEkCertificate('ecc'))!;
+    const ek = await tpm.createEk('ecc');
+    await tpm.flush(ek);
+    await tpm.close();
+    const ekPublicHash = createHash('sha256').update(ek.spki).digest('hex');
+    const { token, tokenHash } = mintEnrollmentToken();
+    const now = Date.now();
+    await fleet.inventory.registerDevice(
+      { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: {}, registeredAt: now },
+      { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt: now + 3_600_000 },
+    );
+    const path = join(dir, `${deviceId}.json`);
+    const boot = { v: 1, deviceId, tcti: t.tcti, enrollUrl: fleet.broker.enrollUrl, deviceUrl: fleet.broker.deviceUrl, trustBundle: fleet.trustBundle, token, tokenExpiresAt: now + 3_600_000 };
+    writeFileSync(path, JSON.stringify(boot), { mode: 0o600 });
+    return path;
+  }
+
+  function startAgent(bootstrap: string, dataDir: string): { child: ChildProcess; online: Promise<void>; exited: Promise<number | null> } {
+    const child = spawn(process.execPath, ['dist/agent.mjs', '--bootstrap', bootstrap, '--data', dataDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    children.push(child);
+    let out = '';
+    const online = new Promise<void>((resolve, reject) => {
+      child.stdout!.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('"msg":"online"')) resolve();
+      });
+      child.once('exit', (code) => reject(new Error(`agent exited (${code}) before going online:\n${out}`)));
+    });
+    online.catch(() => undefined);
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    return { child, online, exited };
+  }
+
+  for (const [i, step] of [[0, 'enroll'], [1, 'enroll/proof']] as const) {
+    it(`finishes after SIGKILL right when its ${step} reaches the broker`, async () => {
+      const id = `killed-${i}`;
+      const bootstrap = await bootstrapFile(id, tpms[i]!);
+      const dataDir = join(dir, `data-${i}`);
+      // Watch the broker as the bridge role does: the instant the message is there, kill the agent.
+      const role = await issueServiceCertificate({
+        rootCertPem: fleet.ca.rootCertificatePem,
+        rootKeyPem: readFileSync(fleet.ca.files.rootKey!, 'utf8'),
+        commonName: 'role:bridge',
+        usage: 'client',
+        clock: systemClock,
+      });
+      const watcher = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, reconnectPeriod: 0 });
+      await watcher.subscribeAsync(fleet.topics.device(id, step === 'enroll' ? 'enroll' : 'enrollProof'), { qos: 1 });
+      const first = startAgent(bootstrap, dataDir);
+      await new Promise<void>((resolve) => watcher.once('message', () => resolve()));
+      first.child.kill('SIGKILL');
+      await first.exited;
+      await watcher.endAsync();
+
+      const second = startAgent(bootstrap, dataDir);
+      await second.online;
+      second.child.kill('SIGTERM');
+      await second.exited;
+      expect(fleet.inventory.listCertificates(id)).toHaveLength(1);
+      expect(fleet.inventory.getDevice(id)?.certSerial).toBe(fleet.inventory.listCertificates(id)[0]!.serial);
+      expect(await fleet.inventory.listAudit({ deviceId: id, type: 'token.consumed' })).toHaveLength(1);
+    });
+  }
+});
