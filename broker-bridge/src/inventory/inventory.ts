@@ -13,7 +13,8 @@ export interface Inventory {
 
   /**
    * Registers a device and (optionally) its enrollment token. Idempotent: registering the same id
-   * with the same EK again succeeds and replaces the token if one is given (a factory line re-run);
+   * with the same EK again succeeds; a new token supersedes (deletes) the device's unused ones, so a
+   * device never has two live tokens (a factory line re-run);
    * the same id with a different EK rejects with INVENTORY_CONFLICT.
    */
   registerDevice(device: DeviceRegistration, token?: TokenRecord): Promise<void>;

@@ -53,6 +53,17 @@ describe('LevelInventory', () => {
     expect(inv.getDevice('d2')).toBeUndefined();
   });
 
+  it('lets a new token supersede the device\'s unused one', async () => {
+    await inv.registerDevice(device('d1'), token('d1', 'old'));
+    await inv.registerDevice(device('d1'), token('d1', 'new'));
+    expect(inv.getToken('old')).toBeUndefined();
+    expect(inv.getToken('new')).toBeDefined();
+    await inv.close();
+    inv = new LevelInventory(dir);
+    await inv.open();
+    expect(inv.getToken('old')).toBeUndefined();
+  });
+
   it('consumes a token exactly once under concurrent completions', async () => {
     await inv.registerDevice(device('d1'), token('d1'));
     const results = await Promise.allSettled(

@@ -96,12 +96,18 @@ export class LevelInventory implements Inventory {
       }
       const record: DeviceRecord = existing ? { ...existing, ...device, registeredAt: existing.registeredAt } : device;
       const ops: BatchOp[] = [{ type: 'put', sublevel: this.#devicesDb as never, key: device.deviceId, value: record }];
+      // A device has at most one live token: a new one (a re-provisioned device) supersedes the rest.
+      const superseded = token
+        ? [...this.#tokens.values()].filter((t) => t.deviceId === device.deviceId && t.usedAt === undefined && t.tokenHash !== token.tokenHash)
+        : [];
       if (token) ops.push({ type: 'put', sublevel: this.#tokensDb as never, key: token.tokenHash, value: token });
       const audit = this.#auditOps([
         { at: device.registeredAt, type: existing ? 'device.reregistered' : 'device.registered', deviceId: device.deviceId },
       ]);
-      await this.#db.batch([...ops, ...audit.ops]);
+      const dels = superseded.map((t) => ({ type: 'del' as const, sublevel: this.#tokensDb as never, key: t.tokenHash }));
+      await this.#db.batch([...ops, ...dels, ...audit.ops] as never);
       this.#devices.set(device.deviceId, record);
+      for (const t of superseded) this.#tokens.delete(t.tokenHash);
       if (token) this.#tokens.set(token.tokenHash, token);
       this.#auditSeq = audit.lastSeq;
     });
