@@ -574,29 +574,38 @@ class ActivateCredentialJob : public Job {
   TPML_DIGEST policyOr{};
   Bytes certInfo;
   void Run(ContextState& st) override {
-    TPMT_SYM_DEF symmetric{};
-    symmetric.algorithm = TPM2_ALG_NULL;
-    ESYS_TR session = ESYS_TR_NONE;
-    TSS2_RC rc = Esys_StartAuthSession(st.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                       nullptr, TPM2_SE_POLICY, &symmetric, sessionHash, &session);
-    if (!Check("Esys_StartAuthSession", rc)) return;
+    if (st.ekSession != ESYS_TR_NONE && st.ekSessionHash != sessionHash) st.DropEkSessionLocked();
+    if (st.ekSession == ESYS_TR_NONE) {
+      TPMT_SYM_DEF symmetric{};
+      symmetric.algorithm = TPM2_ALG_NULL;
+      TSS2_RC rc = Esys_StartAuthSession(st.esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                         nullptr, TPM2_SE_POLICY, &symmetric, sessionHash, &st.ekSession);
+      if (!Check("Esys_StartAuthSession", rc)) {
+        st.ekSession = ESYS_TR_NONE;
+        return;
+      }
+      st.ekSessionHash = sessionHash;
+      Esys_TRSess_SetAttributes(st.esys, st.ekSession, TPMA_SESSION_CONTINUESESSION, TPMA_SESSION_CONTINUESESSION);
+    }
     // EK policy (TCG default): PolicySecret(TPM_RH_ENDORSEMENT) with the (empty) endorsement auth.
-    rc = Esys_PolicySecret(st.esys, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                           nullptr, nullptr, nullptr, 0, nullptr, nullptr);
+    TSS2_RC rc = Esys_PolicySecret(st.esys, ESYS_TR_RH_ENDORSEMENT, st.ekSession, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                   ESYS_TR_NONE, nullptr, nullptr, nullptr, 0, nullptr, nullptr);
     bool ok = Check("Esys_PolicySecret", rc);
     if (ok && policyOr.count > 0) {
-      rc = Esys_PolicyOR(st.esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policyOr);
+      rc = Esys_PolicyOR(st.esys, st.ekSession, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &policyOr);
       ok = Check("Esys_PolicyOR", rc);
     }
     if (ok) {
       TPM2B_DIGEST* raw = nullptr;
-      rc = Esys_ActivateCredential(st.esys, activate, key, ESYS_TR_PASSWORD, session, ESYS_TR_NONE, &credentialBlob,
+      rc = Esys_ActivateCredential(st.esys, activate, key, ESYS_TR_PASSWORD, st.ekSession, ESYS_TR_NONE, &credentialBlob,
                                    &secret, &raw);
       EsysPtr<TPM2B_DIGEST> info(raw);
-      if (Check("Esys_ActivateCredential", rc)) certInfo.assign(info->buffer, info->buffer + info->size);
+      ok = Check("Esys_ActivateCredential", rc);
+      if (ok) certInfo.assign(info->buffer, info->buffer + info->size);
     }
-    // Always flush the session: without a resource manager (swtpm) it would leak in the TPM.
-    if (Esys_FlushContext(st.esys, session) != TSS2_RC_SUCCESS) Esys_TR_Close(st.esys, &session);
+    // After any failure the session's policy state is unknown: start afresh next time (and never leave
+    // it loaded: without a resource manager it would leak in the TPM).
+    if (!ok) st.DropEkSessionLocked();
   }
   Napi::Value Result(Napi::Env env, Context&) override { return ToBuffer(env, certInfo); }
 };
@@ -616,6 +625,10 @@ class FlushForeignJob : public Job {
       TPM2_HANDLE h = 0;
       if (Esys_TR_GetTpmHandle(st.esys, tr, &h) == TSS2_RC_SUCCESS) mine.push_back(h);
     }
+    if (st.ekSession != ESYS_TR_NONE) {
+      TPM2_HANDLE h = 0;
+      if (Esys_TR_GetTpmHandle(st.esys, st.ekSession, &h) == TSS2_RC_SUCCESS) mine.push_back(h);
+    }
     TSS2_SYS_CONTEXT* sys = nullptr;
     if (!Check("Esys_GetSysContext", Esys_GetSysContext(st.esys, &sys))) return;
     for (TPM2_HANDLE first : {static_cast<TPM2_HANDLE>(TPM2_TRANSIENT_FIRST), static_cast<TPM2_HANDLE>(TPM2_LOADED_SESSION_FIRST)}) {
@@ -627,7 +640,11 @@ class FlushForeignJob : public Job {
       if (!Check("Esys_GetCapability", rc)) return;
       for (UINT32 i = 0; i < cap->data.handles.count; i++) {
         TPM2_HANDLE h = cap->data.handles.handle[i];
-        if ((h >> 24) != (first >> 24)) continue;
+        // Loaded sessions are listed under TPM_HT_LOADED_SESSION but carry their own type: 0x02 (HMAC)
+        // or 0x03 (policy).
+        const uint32_t type = h >> 24;
+        const bool wanted = first == TPM2_TRANSIENT_FIRST ? type == 0x80 : (type == 0x02 || type == 0x03);
+        if (!wanted) continue;
         if (std::find(mine.begin(), mine.end(), h) != mine.end()) continue;
         if (Tss2_Sys_FlushContext(sys, h) == TSS2_RC_SUCCESS) flushed++;
       }
@@ -718,7 +735,16 @@ ContextState::~ContextState() {
   FinalizeLocked();
 }
 
+void ContextState::DropEkSessionLocked() {
+  if (ekSession != ESYS_TR_NONE && esys != nullptr) {
+    if (Esys_FlushContext(esys, ekSession) != TSS2_RC_SUCCESS) Esys_TR_Close(esys, &ekSession);
+  }
+  ekSession = ESYS_TR_NONE;
+  ekSessionHash = 0;
+}
+
 void ContextState::FinalizeLocked() {
+  DropEkSessionLocked();
   open.store(false);
   if (esys != nullptr) Esys_Finalize(&esys);
   if (tcti != nullptr) Tss2_TctiLdr_Finalize(&tcti);

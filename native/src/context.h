@@ -28,6 +28,12 @@ struct ContextState {
   TSS2_TCTI_CONTEXT* tcti = nullptr;
   std::atomic<bool> open{false};    // readable without the mutex
   uint32_t nvBufferMax = 0;         // cached TPM2_PT_NV_BUFFER_MAX (guarded by mu)
+  // The EK policy session, kept across activateCredential calls (guarded by mu): used with
+  // continueSession, the TPM resets its policy digest after each successful use, so each activation
+  // costs PolicySecret (+ PolicyOR) + ActivateCredential instead of also starting and flushing a session.
+  ESYS_TR ekSession = ESYS_TR_NONE;
+  uint16_t ekSessionHash = 0;
+  void DropEkSessionLocked();
 
   ContextState() = default;
   ContextState(const ContextState&) = delete;

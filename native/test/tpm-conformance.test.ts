@@ -198,6 +198,27 @@ describe('NativeTpm conformance (swtpm)', () => {
     });
   }
 
+  it('leaves nothing loaded in the TPM after close, including the kept EK policy session', async () => {
+    const ak = (await tpm.createAttestationKey(srk)).key;
+    const ek = await tpm.createEk('ecc');
+    for (let i = 0; i < 3; i++) {
+      const secret = randomBytes(32);
+      const cred = makeCredential({ ekPublic: ek.public, objectName: ak.name, credential: secret });
+      expect((await tpm.activateCredential(ak, ek, cred.credentialBlob, cred.encryptedSecret)).equals(secret)).toBe(true);
+    }
+    const bad = makeCredential({ ekPublic: ek.public, objectName: srk.name, credential: randomBytes(32) });
+    await expectCode(tpm.activateCredential(ak, ek, bad.credentialBlob, bad.encryptedSecret), /^TPM_RC_/);
+    const again = makeCredential({ ekPublic: ek.public, objectName: ak.name, credential: Buffer.alloc(32, 3) });
+    expect((await tpm.activateCredential(ak, ek, again.credentialBlob, again.encryptedSecret)).equals(Buffer.alloc(32, 3))).toBe(true);
+    await tpm.flush(ek);
+    await tpm.flush(ak);
+    await tpm.close();
+    tpm = await NativeTpm.open(sw.tcti);
+    // swtpm has no resource manager: anything the closed context left would be visible (and flushed) here.
+    expect(await tpm.reclaimSlots()).toBe(0);
+    srk = await tpm.ensureSrk();
+  });
+
   it('refuses to activate a credential made for another TPM', async () => {
     const other = await startTpm();
     const otherTpm = await NativeTpm.open(other.tcti);
