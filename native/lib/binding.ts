@@ -90,7 +90,8 @@ export interface RawContext {
   quote(signer: EsysHandle, qualifyingData: Buffer, pcrSelection: Buffer): Promise<{ attest: Buffer; signature: Buffer }>;
   /**
    * `activate` (AK) with a password session; `key` (EK) with a policy session satisfying
-   * PolicySecret(TPM_RH_ENDORSEMENT), flushed afterwards in every case. credentialBlob: marshalled
+   * PolicySecret(TPM_RH_ENDORSEMENT). The session is kept for the next call (continueSession: the TPM
+   * resets its policy after each use) and flushed after any failure and on close. credentialBlob: marshalled
    * TPM2B_ID_OBJECT; secret: marshalled TPM2B_ENCRYPTED_SECRET. Resolves the certInfo bytes.
    * sessionHash: the policy session's hash (the EK's nameAlg; default SHA-256). policyOr: a marshalled
    * TPML_DIGEST; when given, PolicyOR over it follows PolicySecret (TCG high-range EKs' PolicyB).
