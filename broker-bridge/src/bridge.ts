@@ -7,8 +7,9 @@ import type { EnrollmentLogger, EnrollmentService } from './enrollment/enrollmen
  * reply to the requesting device's own topic; publishes the retained trust bundle. Handlers run
  * concurrently (each reply is independent); the services serialize what must be serialized.
  *
- * Scaling out: with `sharedGroup` set, several bridge instances split the requests through an MQTT 5
- * shared subscription (`$share/<group>/…`); the handlers are idempotent by requestId.
+ * `sharedGroup` subscribes through an MQTT 5 shared subscription (`$share/<group>/…`). Several
+ * instances also need the challenge state and inventory in a shared store, which does not exist yet
+ * (see README).
  */
 export interface BridgeOptions {
   readonly transport: Transport;
