@@ -19,7 +19,7 @@ import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { Agent } from '../../agent/src/agent.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
-import { startTpm } from '../harness/index.js';
+import { startTpm, stopAll } from '../harness/index.js';
 import { benchIssuance, type BenchIssuanceResult } from './ca-issuance.js';
 import { percentile, round, timeMs } from './stats.js';
 
@@ -76,6 +76,7 @@ async function enrollmentLatency(): Promise<{ samples: number[]; signatures: num
   } finally {
     await fleet.stop();
     await Promise.all(tpms.map((t) => t.stop()));
+    await stopAll(); // the harness's manufacturer CA directory
     rmSync(dir, { recursive: true, force: true });
   }
 }

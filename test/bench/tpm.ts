@@ -5,7 +5,7 @@
  * ratio (tools time / addon time) ≥ 10.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { startTpm } from '../harness/index.js';
+import { startTpm, stopAll } from '../harness/index.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { makeCredential } from '../../native/lib/wire/make-credential.js';
 import { measureToolsBaseline, type BaselineOp } from './tools-baseline.js';
@@ -83,6 +83,7 @@ async function main(): Promise<void> {
     console.log(JSON.stringify(result));
   } finally {
     await sw.stop();
+    await stopAll(); // the harness's manufacturer CA directory
   }
 }
 
