@@ -41,6 +41,7 @@ export class TpmReader {
     return v;
   }
   bytes(n: number, what = 'bytes'): Buffer {
+    if (!Number.isInteger(n) || n < 0) throw new TpmWireError('TPM_WIRE_INVALID', `invalid length ${n} for ${what}`);
     this.#need(n, what);
     const v = this.#buf.subarray(this.#off, this.#off + n);
     this.#off += n;
@@ -50,6 +51,10 @@ export class TpmReader {
   tpm2b(what = 'TPM2B'): Buffer {
     return this.bytes(this.u16(`${what} size`), what);
   }
+  /** The unread bytes (copied), without consuming them. */
+  rest(): Buffer {
+    return Buffer.from(this.#buf.subarray(this.#off));
+  }
   expectEnd(what: string): void {
     if (this.remaining !== 0) throw new TpmWireError('TPM_WIRE_INVALID', `${this.remaining} trailing bytes after ${what}`);
   }
@@ -57,21 +62,32 @@ export class TpmReader {
 
 export class TpmWriter {
   readonly #parts: Buffer[] = [];
-  u8(v: number): this {
-    const b = Buffer.alloc(1);
-    b.writeUInt8(v);
+  #uint(v: number, bytes: 1 | 2 | 4): this {
+    // Range-checked here so a bad field surfaces as a coded error, not a RangeError from Buffer.
+    if (!Number.isInteger(v) || v < 0 || v >= 2 ** (8 * bytes)) {
+      throw new TpmWireError('TPM_WIRE_INVALID', `${v} does not fit in ${bytes * 8} bits`);
+    }
+    const b = Buffer.alloc(bytes);
+    b.writeUIntBE(v, 0, bytes);
     this.#parts.push(b);
     return this;
+  }
+  u8(v: number): this {
+    return this.#uint(v, 1);
   }
   u16(v: number): this {
-    const b = Buffer.alloc(2);
-    b.writeUInt16BE(v);
-    this.#parts.push(b);
-    return this;
+    return this.#uint(v, 2);
   }
   u32(v: number): this {
-    const b = Buffer.alloc(4);
-    b.writeUInt32BE(v >>> 0);
+    // Results of JS bitwise operators are signed int32; accept them as the u32 they encode.
+    return this.#uint(Number.isInteger(v) && v < 0 && v >= -(2 ** 31) ? v >>> 0 : v, 4);
+  }
+  u64(v: bigint | number): this {
+    if (typeof v === 'number' && !Number.isSafeInteger(v)) throw new TpmWireError('TPM_WIRE_INVALID', `${v} is not a 64-bit integer`);
+    const n = BigInt(v);
+    if (n < 0n || n >= 1n << 64n) throw new TpmWireError('TPM_WIRE_INVALID', `${n} does not fit in 64 bits`);
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(n);
     this.#parts.push(b);
     return this;
   }

@@ -10,10 +10,14 @@ export interface SymDef {
   readonly mode?: number;
 }
 
-/** TPMT_RSA_SCHEME / TPMT_ECC_SCHEME / TPMT_KDF_SCHEME: a scheme and, unless NULL, its hash. */
+/**
+ * TPMT_RSA_SCHEME / TPMT_ECC_SCHEME / TPMT_KDF_SCHEME: a scheme and its details — none for NULL and
+ * RSAES, a hash for the others, a hash and a commit count for ECDAA (Part 2 §11.2).
+ */
 export interface SchemeDef {
   readonly scheme: number;
   readonly hashAlg?: number;
+  readonly count?: number;
 }
 
 interface PublicCommon {
@@ -61,10 +65,18 @@ function readSym(r: TpmReader): SymDef {
   return { algorithm, keyBits: r.u16('symmetric.keyBits'), mode: r.u16('symmetric.mode') };
 }
 
+/** Schemes whose details are a TPMS_SCHEME_HASH (Part 2 §11.2: signing, encryption, key exchange, KDF). */
+const HASH_SCHEMES: ReadonlySet<number> = new Set([
+  ALG.RSASSA, ALG.RSAPSS, ALG.OAEP, ALG.ECDSA, ALG.ECDH, ALG.SM2, ALG.ECSCHNORR, ALG.ECMQV,
+  ALG.MGF1, ALG.KDF1_SP800_56A, ALG.KDF2, ALG.KDF1_SP800_108,
+]);
+
 function readScheme(r: TpmReader, what: string): SchemeDef {
   const scheme = r.u16(what);
-  if (scheme === ALG.NULL) return { scheme };
-  if (scheme === 0x001a) throw new TpmWireError('TPM_WIRE_UNSUPPORTED', 'ECDAA schemes are not supported');
+  if (scheme === ALG.NULL || scheme === ALG.RSAES) return { scheme };
+  if (scheme === ALG.ECDAA) return { scheme, hashAlg: r.u16(`${what}.hashAlg`), count: r.u16(`${what}.count`) };
+  // An unknown scheme has details of unknown size: reading on would misparse everything after it.
+  if (!HASH_SCHEMES.has(scheme)) throw new TpmWireError('TPM_WIRE_UNSUPPORTED', `unsupported ${what} 0x${scheme.toString(16)}`);
   return { scheme, hashAlg: r.u16(`${what}.hashAlg`) };
 }
 
@@ -75,7 +87,9 @@ function writeSym(w: TpmWriter, s: SymDef): void {
 
 function writeScheme(w: TpmWriter, s: SchemeDef): void {
   w.u16(s.scheme);
-  if (s.scheme !== ALG.NULL) w.u16(s.hashAlg ?? ALG.NULL);
+  if (s.scheme === ALG.NULL || s.scheme === ALG.RSAES) return;
+  w.u16(s.hashAlg ?? ALG.NULL);
+  if (s.scheme === ALG.ECDAA) w.u16(s.count ?? 0);
 }
 
 /** Reads a TPMT_PUBLIC from `r` (leaves the reader after it). */

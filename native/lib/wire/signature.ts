@@ -1,7 +1,8 @@
-import { KeyObject, verify as cryptoVerify } from 'node:crypto';
+import { KeyObject, constants as cryptoConstants, verify as cryptoVerify } from 'node:crypto';
 import { TpmReader } from './buffer-io.js';
-import { ALG, hashInfo, type HashName } from './constants.js';
+import { ALG, hashAlgOf, hashInfo, type HashName } from './constants.js';
 import { TpmWireError } from './errors.js';
+import { ecdsaVerifyDigest, rsapssVerifyDigest, rsassaVerifyDigest, type NistCurve } from './prehashed.js';
 import { publicToKeyObject, type TpmPublic } from './public.js';
 
 /** A parsed TPMT_SIGNATURE (Part 2 §11.3.4). */
@@ -67,8 +68,28 @@ export function verifyTpmSignature(publicKey: TpmPublic | KeyObject, message: Bu
       return cryptoVerify(parsed.hash, message, { key, dsaEncoding: 'der' }, ecdsaToDer(parsed.r, parsed.s));
     }
     if (parsed.sigAlg === 'rsassa') return cryptoVerify(parsed.hash, message, key, parsed.sig);
-    return cryptoVerify(parsed.hash, message, { key, padding: 6 /* RSA_PKCS1_PSS_PADDING */, saltLength: -2 /* auto */ }, parsed.sig);
+    // Salt length recovered from the signature: TPMs differ (digest size in the reference code, maximum in others).
+    return cryptoVerify(parsed.hash, message, { key, padding: cryptoConstants.RSA_PKCS1_PSS_PADDING, saltLength: cryptoConstants.RSA_PSS_SALTLEN_AUTO }, parsed.sig);
   } catch {
     return false;
   }
+}
+
+/**
+ * Verifies a TPM signature over a digest computed by the caller (what TPM2_Sign signs: the TPM never
+ * sees the message). `digest` must be as long as the signature's hash. Same results as verifyTpmSignature.
+ */
+export function verifyDigestSignature(publicKey: TpmPublic | KeyObject, digest: Buffer, sig: TpmtSignature | Buffer): boolean {
+  const parsed = Buffer.isBuffer(sig) ? parseSignature(sig) : sig;
+  const size = hashInfo(hashAlgOf(parsed.hash))!.size;
+  if (digest.length !== size) throw new TpmWireError('TPM_WIRE_INVALID', `digest is ${digest.length} bytes, ${parsed.hash} needs ${size}`);
+  const key = publicKey instanceof KeyObject ? publicKey : publicToKeyObject(publicKey);
+  if (parsed.sigAlg === 'ecdsa') {
+    if (key.asymmetricKeyType !== 'ec') return false;
+    const jwk = key.export({ format: 'jwk' });
+    if (jwk.crv !== 'P-256' && jwk.crv !== 'P-384' && jwk.crv !== 'P-521') return false;
+    return ecdsaVerifyDigest(jwk.crv as NistCurve, Buffer.from(jwk.x ?? '', 'base64url'), Buffer.from(jwk.y ?? '', 'base64url'), digest, parsed.r, parsed.s);
+  }
+  if (key.asymmetricKeyType !== 'rsa') return false;
+  return parsed.sigAlg === 'rsassa' ? rsassaVerifyDigest(key, parsed.hash, digest, parsed.sig) : rsapssVerifyDigest(key, parsed.hash, digest, parsed.sig);
 }
