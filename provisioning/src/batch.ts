@@ -1,123 +1,164 @@
-import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Clock } from '../../common/clock.js';
-import { object, optional, parseMessage, str, type Infer } from '../../common/protocol/schema.js';
-import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
+import { systemClock, type Clock } from '../../common/clock.js';
 import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
+import { NativeTpm } from '../../native/lib/native-tpm.js';
 import type { Tpm } from '../../native/lib/tpm.js';
+import { AuditLog, type AuditEntry } from './audit.js';
+import { stageBootstrapFile } from './bootstrap.js';
+import { StationError, toStationError } from './errors.js';
+import { readManifest, type ManifestEntry } from './manifest.js';
+import type { ProgressEvent } from './progress.js';
 import type { RegistrationSink } from './sinks.js';
-import { StationError, provisionDevice, type FleetEndpoints } from './station.js';
+import { DEFAULT_TOKEN_TTL_SEC, provisionDevice, type FleetEndpoints, type Provisioned, type StationPolicy } from './station.js';
 
 /**
- * Batch provisioning from a manifest (JSON lines: { deviceId, tcti, metadata }). Resumable and
- * idempotent per device: outDir/audit.jsonl records every outcome (never a token), and a device whose
- * bootstrap file exists and whose last outcome is `provisioned` is skipped on a re-run; a refused or
- * failed device is tried again. One refused device does not stop the batch.
+ * Batch provisioning from a manifest. Resumable and idempotent per device: a device whose bootstrap
+ * file exists and whose last recorded outcome is `provisioned` is skipped; any other is provisioned
+ * (again). A refused device never stops the batch; only a manifest error (before any TPM is touched)
+ * or a failure to write the audit manifest does.
+ *
+ * Layout of outDir: `audit.jsonl`, and `devices/<deviceId>.json` (bootstrap configs, mode 0600).
  */
-const manifestLine = object({
-  deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
-  tcti: str({ min: 1, max: 256 }),
-  metadata: optional(object({ model: optional(str({ max: 128 })), serial: optional(str({ max: 128 })), owner: optional(str({ max: 128 })) })),
-});
-export type ManifestEntry = Infer<typeof manifestLine>;
-
-export function readManifest(path: string): ManifestEntry[] {
-  const entries: ManifestEntry[] = [];
-  const seen = new Set<string>();
-  readFileSync(path, 'utf8')
-    .split('\n')
-    .forEach((text, i) => {
-      if (!text.trim()) return;
-      let entry: ManifestEntry;
-      try {
-        entry = parseMessage(text, manifestLine, 4096);
-      } catch (e) {
-        throw new StationError('STATION_MANIFEST_INVALID', `${path}:${i + 1}: ${(e as Error).message}`, { cause: e });
-      }
-      if (seen.has(entry.deviceId)) throw new StationError('STATION_MANIFEST_INVALID', `${path}:${i + 1}: duplicate device ${entry.deviceId}`);
-      seen.add(entry.deviceId);
-      entries.push(entry);
-    });
-  return entries;
-}
-
-export interface AuditEntry {
-  readonly at: number;
-  readonly deviceId: string;
-  readonly result: 'provisioned' | 'refused' | 'skipped';
-  readonly code?: string;
-  readonly message?: string;
-  readonly ekPublicHash?: string;
-  readonly bootstrapPath?: string;
-}
-
 export interface BatchOptions {
   readonly manifestPath: string;
   readonly outDir: string;
   readonly manufacturers: EkTrustStore;
   readonly fleet: FleetEndpoints;
   readonly sink: RegistrationSink;
-  readonly clock: Clock;
-  readonly tokenTtlSec: number;
-  readonly openTpm: (tcti: string) => Promise<Tpm>;
-  readonly progress?: (done: number, total: number, deviceId: string) => void;
+  readonly clock?: Clock;
+  /** Enrollment token lifetime; default 7 days. */
+  readonly tokenTtlSec?: number;
+  readonly openTpm?: (tcti: string) => Promise<Tpm>;
+  /** Devices worked on at once, each on its own TPM; default 1. Registrations stay one at a time. */
+  readonly concurrency?: number;
+  readonly progress?: (event: ProgressEvent) => void;
 }
 
 export interface BatchSummary {
+  readonly total: number;
   readonly provisioned: number;
   readonly refused: number;
   readonly skipped: number;
-  readonly entries: AuditEntry[];
+  /** This run's outcomes, in manifest order. */
+  readonly entries: readonly AuditEntry[];
+}
+
+export function bootstrapPathFor(outDir: string, deviceId: string): string {
+  return join(outDir, 'devices', `${deviceId}.json`);
 }
 
 export async function provisionBatch(o: BatchOptions): Promise<BatchSummary> {
+  const concurrency = o.concurrency ?? 1;
+  const tokenTtlSec = o.tokenTtlSec ?? DEFAULT_TOKEN_TTL_SEC;
+  if (!Number.isInteger(concurrency) || concurrency < 1) throw new StationError('STATION_USAGE', 'concurrency must be a positive integer');
+  if (!Number.isFinite(tokenTtlSec) || tokenTtlSec <= 0) throw new StationError('STATION_USAGE', 'token lifetime must be positive');
   const entries = readManifest(o.manifestPath);
-  mkdirSync(join(o.outDir, 'devices'), { recursive: true, mode: 0o700 });
-  const auditPath = join(o.outDir, 'audit.jsonl');
-  const last = new Map<string, AuditEntry>();
-  if (existsSync(auditPath)) {
-    for (const text of readFileSync(auditPath, 'utf8').split('\n')) {
-      if (!text.trim()) continue;
+  let audit: AuditLog;
+  try {
+    mkdirSync(join(o.outDir, 'devices'), { recursive: true, mode: 0o700 });
+    audit = AuditLog.open(join(o.outDir, 'audit.jsonl'));
+  } catch (e) {
+    throw toStationError(e, `cannot use output directory ${o.outDir}`);
+  }
+  const policy: StationPolicy = { manufacturers: o.manufacturers, fleet: o.fleet, clock: o.clock ?? systemClock, tokenTtlSec };
+  const device = new DeviceRun(o, policy, audit);
+  const outcomes: AuditEntry[] = [];
+  let next = 0;
+  let done = 0;
+  let fatal: unknown;
+  const worker = async () => {
+    while (next < entries.length && fatal === undefined) {
+      const index = next++;
+      const entry = entries[index]!;
+      o.progress?.({ type: 'start', done, total: entries.length, deviceId: entry.deviceId });
       try {
-        const e = JSON.parse(text) as AuditEntry;
-        if (e.result !== 'skipped') last.set(e.deviceId, e);
-      } catch {
-        // a torn last line from an interrupted run: ignore it, the device is retried
+        outcomes[index] = await device.run(entry);
+      } catch (e) {
+        fatal ??= e;
+        return;
       }
+      done++;
+      o.progress?.({ type: 'outcome', done, total: entries.length, entry: outcomes[index]! });
     }
-  }
-  const audit = (e: AuditEntry) => {
-    appendFileSync(auditPath, `${JSON.stringify(e)}\n`, { mode: 0o600 });
-    return e;
   };
-  const out: AuditEntry[] = [];
-  for (const [i, entry] of entries.entries()) {
-    o.progress?.(i, entries.length, entry.deviceId);
-    const bootstrapPath = join(o.outDir, 'devices', `${entry.deviceId}.json`);
-    const prior = last.get(entry.deviceId);
+  try {
+    await Promise.all(Array.from({ length: Math.min(concurrency, entries.length) }, worker));
+  } finally {
+    audit.close();
+  }
+  if (fatal !== undefined) throw toStationError(fatal, `writing the audit manifest ${audit.path}`);
+  o.progress?.({ type: 'end', done, total: entries.length });
+  const count = (r: AuditEntry['result']) => outcomes.filter((e) => e.result === r).length;
+  return { total: entries.length, provisioned: count('provisioned'), refused: count('refused'), skipped: count('skipped'), entries: outcomes };
+}
+
+/** One device's turn in a batch; `run` resolves its audited outcome and throws only if auditing fails. */
+class DeviceRun {
+  readonly #o: BatchOptions;
+  readonly #policy: StationPolicy;
+  readonly #audit: AuditLog;
+  readonly #openTpm: (tcti: string) => Promise<Tpm>;
+  #commits: Promise<unknown> = Promise.resolve();
+
+  constructor(o: BatchOptions, policy: StationPolicy, audit: AuditLog) {
+    this.#o = o;
+    this.#policy = policy;
+    this.#audit = audit;
+    this.#openTpm = o.openTpm ?? ((tcti) => NativeTpm.open(tcti));
+  }
+
+  async run(entry: ManifestEntry): Promise<AuditEntry> {
+    const { deviceId } = entry;
+    const bootstrapPath = bootstrapPathFor(this.#o.outDir, deviceId);
+    const prior = this.#audit.lastOutcome(deviceId);
+    const at = () => this.#policy.clock.now();
     if (prior?.result === 'provisioned' && existsSync(bootstrapPath)) {
-      out.push(audit({ at: o.clock.now(), deviceId: entry.deviceId, result: 'skipped', bootstrapPath }));
-      continue;
+      return this.#audit.append({ at: at(), deviceId, result: 'skipped', ...(prior.ekPublicHash ? { ekPublicHash: prior.ekPublicHash } : {}), bootstrapPath });
     }
-    let tpm: Tpm | undefined;
+    let outcome: AuditEntry;
     try {
-      tpm = await o.openTpm(entry.tcti);
-      const p = await provisionDevice(tpm, { deviceId: entry.deviceId, tcti: entry.tcti, metadata: { ...(entry.metadata ?? {}) } as Record<string, string> }, o);
-      await o.sink.register(p.device, p.token);
-      writeFileSync(bootstrapPath, `${JSON.stringify(p.bootstrap, null, 2)}\n`, { mode: 0o600 });
-      out.push(audit({ at: o.clock.now(), deviceId: entry.deviceId, result: 'provisioned', ekPublicHash: p.device.ekPublicHash, bootstrapPath }));
+      const p = await this.#withTpm(entry.tcti, (tpm) => provisionDevice(tpm, entry, this.#policy));
+      await this.#serialized(() => this.#commit(p, bootstrapPath));
+      outcome = { at: at(), deviceId, result: 'provisioned', ekPublicHash: p.device.ekPublicHash, bootstrapPath };
     } catch (e) {
-      const err = e as { code?: string; message?: string };
-      out.push(audit({ at: o.clock.now(), deviceId: entry.deviceId, result: 'refused', code: err.code ?? 'STATION_IO', message: err.message ?? String(e) }));
+      const err = toStationError(e, `${deviceId} (${entry.tcti})`);
+      outcome = { at: at(), deviceId, result: 'refused', code: err.code, message: err.message };
+    }
+    return this.#audit.append(outcome);
+  }
+
+  /** One context per TPM, closed before the next device: swtpm serves a single connection at a time. */
+  async #withTpm<T>(tcti: string, fn: (tpm: Tpm) => Promise<T>): Promise<T> {
+    const tpm = await this.#openTpm(tcti);
+    try {
+      // Without a resource manager (swtpm, /dev/tpm0) an interrupted earlier run may still hold
+      // transient slots; a failure here only means createEk will report the full TPM itself.
+      await tpm.reclaimSlots().catch(() => undefined);
+      return await fn(tpm);
     } finally {
-      await tpm?.close().catch(() => undefined);
+      await tpm.close().catch(() => undefined);
     }
   }
-  o.progress?.(entries.length, entries.length, '');
-  return {
-    provisioned: out.filter((e) => e.result === 'provisioned').length,
-    refused: out.filter((e) => e.result === 'refused').length,
-    skipped: out.filter((e) => e.result === 'skipped').length,
-    entries: out,
-  };
+
+  /**
+   * The bootstrap file is staged on disk before the fleet learns the token, and takes its final name
+   * only after: an existing bootstrap file always belongs to a registered device.
+   */
+  async #commit(p: Provisioned, bootstrapPath: string): Promise<void> {
+    const staged = stageBootstrapFile(bootstrapPath, p.bootstrap);
+    try {
+      await this.#o.sink.register(p.device, p.token);
+    } catch (e) {
+      staged.discard();
+      throw e;
+    }
+    staged.commit();
+  }
+
+  #serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#commits.then(fn);
+    this.#commits = run.catch(() => undefined);
+    return run;
+  }
 }

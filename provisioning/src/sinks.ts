@@ -1,105 +1,110 @@
-import { closeSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
+import { dirname } from 'node:path';
 import type { DeviceRegistration, Inventory, TokenRecord } from '../../broker-bridge/src/inventory/inventory.js';
-import { InventoryError } from '../../broker-bridge/src/inventory/inventory.js';
-import { array, int, literal, object, oneOf, str, type Infer } from '../../common/protocol/schema.js';
-import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
-import { StationError } from './station.js';
+import { fsyncDirectory } from './bootstrap.js';
+import { StationError, toStationError } from './errors.js';
+import { decodeRegistrationLine, encodeRegistrationLine } from './registration-line.js';
 
 /**
- * Where registrations go. `InventorySink`: straight into the fleet inventory (a station next to the
- * bridge, the embedded fleet). `ExportFileSink`: an append-only JSON-lines file for offline factory
- * lines, carried to the fleet and imported with `importRegistrations`. Neither holds a token, only
- * its hash.
+ * Where the station's registrations go. Both sinks refuse, with STATION_CONFLICT, a device id already
+ * bound to another EK and an EK already bound to another device id (one TPM, one device). Neither
+ * ever sees a token, only its hash. The batch calls `register` one call at a time.
  */
 export interface RegistrationSink {
   register(device: DeviceRegistration, token: TokenRecord): Promise<void>;
 }
 
+/** Straight into the fleet inventory: a station next to the bridge (the embedded fleet, the demo). */
 export class InventorySink implements RegistrationSink {
   readonly #inventory: Inventory;
+
   constructor(inventory: Inventory) {
     this.#inventory = inventory;
   }
+
   async register(device: DeviceRegistration, token: TokenRecord): Promise<void> {
+    const holder = this.#inventory.listDevices().find((d) => d.ekPublicHash === device.ekPublicHash && d.deviceId !== device.deviceId);
+    if (holder) throw new StationError('STATION_CONFLICT', `this TPM's EK is already registered as device ${holder.deviceId}`);
     try {
       await this.#inventory.registerDevice(device, token);
     } catch (e) {
-      if (e instanceof InventoryError && e.code === 'INVENTORY_CONFLICT') throw new StationError('STATION_CONFLICT', e.message, { cause: e });
-      throw e;
+      throw toStationError(e, `registering ${device.deviceId}`);
     }
   }
 }
 
-const hex64 = str({ min: 64, max: 64, pattern: /^[0-9a-f]{64}$/ });
-const time = int({ min: 0, max: 8_640_000_000_000_000 });
-export const registrationLine = object({
-  v: literal(1),
-  device: object({
-    deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
-    ekPublicHash: hex64,
-    ekCertificate: str({ max: 8192, pattern: /^[A-Za-z0-9+/=]+$/ }),
-    ekKind: oneOf(['rsa', 'ecc'] as const),
-    metadata: array(array(str({ max: 256 }), { min: 2, max: 2 }), { max: 32 }),
-    registeredAt: time,
-  }),
-  token: object({ tokenHash: hex64, createdAt: time, expiresAt: time }),
-});
-type Line = Infer<typeof registrationLine>;
-
+/**
+ * For offline factory lines: appends one JSON line per registration (registration-line.ts) to a file
+ * the fleet imports with `importRegistrations`. Each line is fsync'd before `register` resolves, so
+ * a device never gets a bootstrap file for a registration the file could lose.
+ */
 export class ExportFileSink implements RegistrationSink {
   readonly #path: string;
+  #byDevice: Map<string, string> | undefined;
+  #byEk: Map<string, string> | undefined;
+  #tornTail = false;
+
   constructor(path: string) {
     this.#path = path;
   }
+
   async register(device: DeviceRegistration, token: TokenRecord): Promise<void> {
-    const line: Line = {
-      v: 1,
-      device: { ...device, metadata: Object.entries(device.metadata) },
-      token: { tokenHash: token.tokenHash, createdAt: token.createdAt, expiresAt: token.expiresAt },
-    };
+    const { byDevice, byEk } = this.#index();
+    const ek = byDevice.get(device.deviceId);
+    if (ek !== undefined && ek !== device.ekPublicHash) {
+      throw new StationError('STATION_CONFLICT', `device ${device.deviceId} is already exported with another EK`);
+    }
+    const holder = byEk.get(device.ekPublicHash);
+    if (holder !== undefined && holder !== device.deviceId) {
+      throw new StationError('STATION_CONFLICT', `this TPM's EK is already exported as device ${holder}`);
+    }
+    try {
+      this.#append(`${encodeRegistrationLine(device, token)}\n`);
+    } catch (e) {
+      throw toStationError(e, `appending to ${this.#path}`);
+    }
+    byDevice.set(device.deviceId, device.ekPublicHash);
+    byEk.set(device.ekPublicHash, device.deviceId);
+  }
+
+  #index(): { byDevice: Map<string, string>; byEk: Map<string, string> } {
+    if (!this.#byDevice || !this.#byEk) {
+      this.#byDevice = new Map();
+      this.#byEk = new Map();
+      if (existsSync(this.#path)) {
+        let text: string;
+        try {
+          text = readFileSync(this.#path, 'utf8');
+        } catch (e) {
+          throw toStationError(e, `reading ${this.#path}`);
+        }
+        // An interrupted write may have left a partial last line; the next line must not extend it.
+        this.#tornTail = text.length > 0 && !text.endsWith('\n');
+        for (const line of text.split('\n')) {
+          if (!line.trim()) continue;
+          try {
+            const { device } = decodeRegistrationLine(line);
+            this.#byDevice.set(device.deviceId, device.ekPublicHash);
+            this.#byEk.set(device.ekPublicHash, device.deviceId);
+          } catch {
+            // import reports bad lines with their numbers; here they only cannot conflict
+          }
+        }
+      }
+    }
+    return { byDevice: this.#byDevice, byEk: this.#byEk };
+  }
+
+  #append(text: string): void {
+    const created = !existsSync(this.#path);
     const fd = openSync(this.#path, 'a', 0o600);
     try {
-      writeSync(fd, `${JSON.stringify(line)}\n`);
+      writeSync(fd, this.#tornTail ? `\n${text}` : text);
       fsyncSync(fd);
+      this.#tornTail = false;
     } finally {
       closeSync(fd);
     }
+    if (created) fsyncDirectory(dirname(this.#path));
   }
-}
-
-export interface ImportSummary {
-  readonly imported: number;
-  readonly conflicts: { line: number; deviceId: string; reason: string }[];
-  readonly invalid: { line: number; reason: string }[];
-}
-
-/** Imports an export file. Idempotent: re-importing registers the same devices and tokens again. */
-export async function importRegistrations(path: string, inventory: Inventory): Promise<ImportSummary> {
-  const lines = readFileSync(path, 'utf8').split('\n');
-  let imported = 0;
-  const conflicts: ImportSummary['conflicts'] = [];
-  const invalid: ImportSummary['invalid'] = [];
-  for (const [i, text] of lines.entries()) {
-    if (!text.trim()) continue;
-    let line: Line;
-    try {
-      line = registrationLine.parse(JSON.parse(text), '');
-    } catch (e) {
-      invalid.push({ line: i + 1, reason: (e as Error).message });
-      continue;
-    }
-    const device: DeviceRegistration = { ...line.device, metadata: Object.fromEntries(line.device.metadata) };
-    const existing = inventory.getToken(line.token.tokenHash);
-    try {
-      await inventory.registerDevice(
-        device,
-        existing ?? { ...line.token, deviceId: device.deviceId, ekPublicHash: device.ekPublicHash },
-      );
-      imported++;
-    } catch (e) {
-      if (e instanceof InventoryError && e.code === 'INVENTORY_CONFLICT') conflicts.push({ line: i + 1, deviceId: device.deviceId, reason: e.message });
-      else throw e;
-    }
-  }
-  return { imported, conflicts, invalid };
 }

@@ -1,0 +1,71 @@
+import { X509Certificate } from 'node:crypto';
+import type { DeviceRegistration, TokenRecord } from '../../broker-bridge/src/inventory/inventory.js';
+import { base64, int, literal, object, oneOf, parseMessage, SchemaError, str, type Schema } from '../../common/protocol/schema.js';
+import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
+import { ekPublicHash } from './ek.js';
+import { metadataSchema } from './metadata.js';
+
+/**
+ * One line of an export file: `{ "v": 1, "device": DeviceRegistration, "token": TokenRecord }`, binary
+ * fields in base64. The token record holds the token's hash only. Decoding checks everything the
+ * fleet will rely on, including that the EK hash is the hash of the certificate's key.
+ */
+export interface Registration {
+  readonly device: DeviceRegistration;
+  readonly token: TokenRecord;
+}
+
+const hex64 = str({ min: 64, max: 64, pattern: /^[0-9a-f]{64}$/ });
+const time = int({ min: 0, max: 8_640_000_000_000_000 });
+const certificateB64: Schema<string> = {
+  parse(v, path) {
+    base64({ maxBytes: 4096, minBytes: 1 }).parse(v, path);
+    return v as string;
+  },
+};
+
+const lineSchema = object({
+  v: literal(1),
+  device: object({
+    deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
+    ekPublicHash: hex64,
+    ekCertificate: certificateB64,
+    ekKind: oneOf(['rsa', 'ecc'] as const),
+    metadata: metadataSchema,
+    registeredAt: time,
+  }),
+  token: object({ tokenHash: hex64, deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }), ekPublicHash: hex64, createdAt: time, expiresAt: time }),
+});
+
+const MAX_LINE_BYTES = 16_384;
+
+export function encodeRegistrationLine(device: DeviceRegistration, token: TokenRecord): string {
+  const { deviceId, ekPublicHash: ek, ekCertificate, ekKind, metadata, registeredAt } = device;
+  const { tokenHash, createdAt, expiresAt } = token;
+  return JSON.stringify({
+    v: 1,
+    device: { deviceId, ekPublicHash: ek, ekCertificate, ekKind, metadata, registeredAt },
+    token: { tokenHash, deviceId: token.deviceId, ekPublicHash: token.ekPublicHash, createdAt, expiresAt },
+  });
+}
+
+/** Parses and checks one line; throws a SchemaError whose message names the offending field. */
+export function decodeRegistrationLine(text: string): Registration {
+  const { device, token } = parseMessage(text, lineSchema, MAX_LINE_BYTES);
+  const bad = (path: string, message: string): never => {
+    throw new SchemaError('SCHEMA_INVALID', path, message);
+  };
+  if (token.deviceId !== device.deviceId) bad('token.deviceId', 'differs from device.deviceId');
+  if (token.ekPublicHash !== device.ekPublicHash) bad('token.ekPublicHash', 'differs from device.ekPublicHash');
+  if (token.expiresAt <= token.createdAt) bad('token.expiresAt', 'not after createdAt');
+  let cert: X509Certificate;
+  try {
+    cert = new X509Certificate(Buffer.from(device.ekCertificate, 'base64'));
+  } catch {
+    return bad('device.ekCertificate', 'not an X.509 certificate');
+  }
+  const key = cert.publicKey;
+  if ((key.asymmetricKeyType === 'ec' ? 'ecc' : key.asymmetricKeyType) !== device.ekKind) bad('device.ekKind', `the certificate holds a ${key.asymmetricKeyType} key`);
+  if (ekPublicHash(key.export({ type: 'spki', format: 'der' })) !== device.ekPublicHash) bad('device.ekPublicHash', "not the hash of the certificate's key");
+  return { device, token };
+}
