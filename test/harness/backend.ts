@@ -1,5 +1,5 @@
-import { ManagedProcess } from '../../common/managed-process.js';
 import { existsSync, rmSync } from 'node:fs';
+import { startProcess } from './processes.js';
 import { track } from './registry.js';
 
 /**
@@ -38,7 +38,7 @@ export const processRunner: ServiceRunner = {
   bindAddress: '127.0.0.1',
   async start(spec) {
     const command = spec.command === 'mosquitto' && existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : spec.command;
-    const proc = await ManagedProcess.start({
+    const proc = await startProcess({
       name: spec.name,
       command,
       args: spec.args.map((a) => a.replaceAll('{bind}', '127.0.0.1')),
@@ -61,13 +61,15 @@ export async function startWithFreshPorts<T>(attempt: () => Promise<T>, tries = 
       return await attempt();
     } catch (e) {
       const msg = String((e as Error).message);
-      if (i >= tries || !/address already in use|EADDRINUSE|did not open port|exited during start/i.test(msg)) throw e;
+      if (i >= tries || !/address already in use|EADDRINUSE|port is already allocated|did not open port|exited during start/i.test(msg)) throw e;
     }
   }
 }
 
 export interface TrackedService {
   readonly pid: number | undefined;
+  /** Host ports of the running service (the same across restart). */
+  readonly ports: readonly number[];
   /** Stops the service and removes `ownedDir`; idempotent. */
   stop(): Promise<void>;
   /** Stops and starts the same spec (same ports, same files). */
@@ -77,8 +79,14 @@ export interface TrackedService {
 /**
  * Starts `spec()` (which chooses ports; retried with new ones when a port was taken meanwhile) and
  * registers it for teardown, so every harness service stops once and cleans up after itself.
+ * `beforeStop` runs before every stop and restart (swtpm: an orderly TPM2_Shutdown); it must not throw.
  */
-export async function startTracked(r: ServiceRunner, spec: () => Promise<ServiceSpec>, ownedDir: string): Promise<TrackedService> {
+export async function startTracked(
+  r: ServiceRunner,
+  spec: () => Promise<ServiceSpec>,
+  ownedDir: string,
+  beforeStop?: (spec: ServiceSpec) => Promise<void>,
+): Promise<TrackedService> {
   let chosen!: ServiceSpec;
   let svc = await startWithFreshPorts(async () => {
     chosen = await spec();
@@ -89,13 +97,19 @@ export async function startTracked(r: ServiceRunner, spec: () => Promise<Service
     get pid() {
       return svc.pid;
     },
+    get ports() {
+      return chosen.ports;
+    },
     async stop() {
       if (stopped) return;
       stopped = true;
+      await beforeStop?.(chosen);
       await svc.stop();
       rmSync(ownedDir, { recursive: true, force: true });
     },
     async restart() {
+      if (stopped) throw new Error(`${chosen.name} was stopped; start a new one instead of restarting`);
+      await beforeStop?.(chosen);
       await svc.stop();
       svc = await r.start(chosen);
     },

@@ -1,7 +1,7 @@
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { freePorts } from '../../common/managed-process.js';
+import { freePort } from './ports.js';
 import { createTestCa, type TestCa } from './pki.js';
 import { runner } from './select.js';
 import { startTracked } from './backend.js';
@@ -13,6 +13,8 @@ export interface TestBroker {
   readonly tlsPort: number;
   /** TLS, no client certificate, anonymous allowed. */
   readonly enrollPort: number;
+  /** Plain TCP (no TLS), anonymous allowed; only when started with `plainListener: true`. */
+  readonly plainPort?: number;
   /** CA of the broker's server certificate (trust it as `ca`). */
   readonly caPem: string;
   /** CA the mTLS listener trusts for client certificates (unless `clientCaPem` was given). */
@@ -20,8 +22,11 @@ export interface TestBroker {
   readonly dir: string;
   readonly configPath: string;
   readonly logPath: string;
+  /** PID of mosquitto (process backend); undefined for the container backend. */
   readonly pid: number | undefined;
+  /** SIGTERM (then SIGKILL after 3 s) or container stop; removes the temp dir. */
   stop(): Promise<void>;
+  /** Stops and starts mosquitto with the same config on the same ports. */
   restart(): Promise<void>;
 }
 
@@ -39,6 +44,14 @@ export async function startBroker(opts?: {
   aclFile?: string;
   /** Trust this CA bundle for client certificates instead of a generated one. */
   clientCaPem?: string;
+  /**
+   * Lines added to the generated config, before the first listener (global settings such as
+   * `max_inflight_messages` or `message_size_limit`). A block starting with its own `listener` line
+   * works too: the harness's listeners follow it. Ignored with `configText`.
+   */
+  extraConfig?: string;
+  /** Also open a plain-TCP anonymous listener (`plainPort`), e.g. to prove a client refuses plaintext. */
+  plainListener?: boolean;
   /** Full custom mosquitto.conf (e.g. the fleet's generated one); the harness provides ports, files and the process. */
   configText?: (ports: { enrollPort: number; tlsPort: number; bind: string }, files: BrokerFiles) => string;
 }): Promise<TestBroker> {
@@ -48,7 +61,7 @@ export async function startBroker(opts?: {
   const server = await serverCa.issue({ cn: 'localhost', dnsNames: ['localhost'], ipAddresses: ['127.0.0.1'], serverAuth: true });
   const file = (name: string, content: string) => {
     const p = join(dir, name);
-    // World-readable on purpose: in a container mosquitto reads them as another user. Throwaway test keys.
+    // 0644 (in a 0700 dir): throwaway test keys, readable whichever user mosquitto ends up as.
     writeFileSync(p, content, { mode: 0o644 });
     return p;
   };
@@ -63,16 +76,19 @@ export async function startBroker(opts?: {
   const bind = r.bindAddress;
   const acl = opts?.aclFile !== undefined ? [`acl_file ${file('acl', opts.aclFile)}`] : [];
   const tls = [`certfile ${files.serverCert}`, `keyfile ${files.serverKey}`];
-  const configFor = (tlsPort: number, enrollPort: number) =>
+  const configFor = (tlsPort: number, enrollPort: number, plainPort: number | undefined) =>
     opts?.configText?.({ enrollPort, tlsPort, bind }, files) ??
     [
       'per_listener_settings true',
       // Without it QoS1 pipelining stalls ~44 ms per batch (FACTS.md).
       'set_tcp_nodelay true',
       'persistence false',
-      // Started as root, mosquitto would drop to user `mosquitto`; stay root so it can read the temp files.
+      // Started as root (CI, and always inside the container), mosquitto 2.0 drops to user `mosquitto`,
+      // which cannot enter the 0700 temp dir mkdtemp made. Staying root is simpler than loosening the
+      // dir; the files are 0644 anyway for any other user a container might run as.
       'user root',
       `log_dest file ${files.log}`,
+      ...(opts?.extraConfig !== undefined ? ['# extraConfig', opts.extraConfig, '# end of extraConfig'] : []),
       `listener ${tlsPort} ${bind}`,
       ...tls,
       `cafile ${files.clientCa}`,
@@ -85,18 +101,26 @@ export async function startBroker(opts?: {
       'require_certificate false',
       'allow_anonymous true',
       ...acl,
+      ...(plainPort !== undefined ? [`listener ${plainPort} ${bind}`, 'allow_anonymous true', ...acl] : []),
       '',
     ].join('\n');
   const configPath = join(dir, 'mosquitto.conf');
   let tlsPort = 0;
   let enrollPort = 0;
+  let plainPort: number | undefined;
   const svc = await startTracked(
     r,
     async () => {
-      tlsPort = await freePorts(1);
-      enrollPort = await freePorts(1);
-      file('mosquitto.conf', configFor(tlsPort, enrollPort));
-      return { name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports: [tlsPort, enrollPort], mounts: [dir] };
+      const ports: number[] = [];
+      const want = opts?.plainListener && !opts.configText ? 3 : 2;
+      while (ports.length < want) {
+        const p = await freePort();
+        if (!ports.includes(p)) ports.push(p);
+      }
+      [tlsPort, enrollPort] = ports as [number, number];
+      plainPort = ports[2];
+      file('mosquitto.conf', configFor(tlsPort, enrollPort, plainPort));
+      return { name: 'mosquitto', command: 'mosquitto', args: ['-c', configPath], ports, mounts: [dir] };
     },
     dir,
   );
@@ -104,6 +128,7 @@ export async function startBroker(opts?: {
     host: '127.0.0.1',
     tlsPort,
     enrollPort,
+    ...(plainPort !== undefined ? { plainPort } : {}),
     caPem: serverCa.certPem,
     clientCa,
     dir,

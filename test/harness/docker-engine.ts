@@ -1,5 +1,5 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { execFile, spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -8,17 +8,81 @@ import { promisify } from 'node:util';
  * machine kind: no engine runs by default, so dockerd is started by hand (own data root, no iptables),
  * and with no registry reachable the image is built locally with debootstrap and `docker import`
  * (once per machine: the data root persists, later runs reuse the image).
+ *
+ * Several vitest runs on one machine share the engine we start: each registers in RUN_DIR/users (by
+ * PID, under a lock); the last one out stops dockerd (by the PID in its pidfile) and removes the
+ * bridge. Each run removes only its own containers (label tpmfleet.run), except the last one, which
+ * removes every testcontainers container left on our engine.
  */
 const run = promisify(execFile);
 
 export const TEST_IMAGE = 'tpmfleet-test:bookworm';
 const DATA_ROOT = '/var/lib/tpmfleet-docker';
 const RUN_DIR = '/run/tpmfleet-docker';
+const USERS = join(RUN_DIR, 'users');
+const LOCK = join(RUN_DIR, 'lock');
+const PIDFILE = join(RUN_DIR, 'docker.pid');
+const OUR_HOST = `unix://${RUN_DIR}/docker.sock`;
+export const SYSTEM_SOCKET = '/var/run/docker.sock';
+const SYSTEM_HOST = `unix://${SYSTEM_SOCKET}`;
 
 export interface DockerEngine {
   readonly host: string;
-  /** Set when we started dockerd and must stop it. */
-  readonly child?: ChildProcess;
+  /** True when the engine is the one this harness starts (ours to stop when the last run ends). */
+  readonly ours: boolean;
+}
+
+/** True while `pid` runs (a zombie counts as gone: whoever reaps it is not necessarily us). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return true;
+  }
+}
+
+/** A lock shared by concurrent vitest runs (mkdir is atomic); a lock whose holder died is broken. */
+async function withLock<T>(fn: () => Promise<T>, waitMs = 15 * 60_000): Promise<T> {
+  mkdirSync(RUN_DIR, { recursive: true });
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      mkdirSync(LOCK);
+      writeFileSync(join(LOCK, 'pid'), String(process.pid));
+      break;
+    } catch {
+      let holder = NaN;
+      try {
+        holder = Number(readFileSync(join(LOCK, 'pid'), 'utf8'));
+      } catch {
+        // being created or removed right now
+      }
+      if (Number.isInteger(holder) && holder > 0 && !alive(holder)) rmSync(LOCK, { recursive: true, force: true });
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${LOCK}`);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  }
+  try {
+    return await fn();
+  } finally {
+    rmSync(LOCK, { recursive: true, force: true });
+  }
+}
+
+function liveUsers(): number[] {
+  mkdirSync(USERS, { recursive: true });
+  const live: number[] = [];
+  for (const f of readdirSync(USERS)) {
+    const pid = Number(f);
+    if (Number.isInteger(pid) && alive(pid)) live.push(pid);
+    else rmSync(join(USERS, f), { force: true });
+  }
+  return live;
 }
 
 async function answers(host: string): Promise<boolean> {
@@ -30,81 +94,151 @@ async function answers(host: string): Promise<boolean> {
   }
 }
 
-/** Finds a reachable engine or starts one (root only). Resolves undefined with a reason when impossible. */
+/**
+ * Finds a reachable engine or starts ours (root only), and registers this process as a user of it.
+ * Resolves `{ unavailable }` with the reason when impossible.
+ */
 export async function ensureDockerEngine(log: (s: string) => void): Promise<DockerEngine | { unavailable: string }> {
-  for (const host of [process.env['DOCKER_HOST'], `unix://${RUN_DIR}/docker.sock`, 'unix:///var/run/docker.sock']) {
-    if (host && (await answers(host))) return { host };
+  const external = process.env['DOCKER_HOST'];
+  if (external && external !== OUR_HOST) {
+    return (await answers(external)) ? { host: external, ours: false } : { unavailable: `DOCKER_HOST=${external} does not answer` };
   }
-  if (process.getuid?.() !== 0) return { unavailable: 'no Docker engine reachable and not root to start one' };
-  if (!existsSync('/usr/sbin/dockerd') && !existsSync('/usr/bin/dockerd')) return { unavailable: 'dockerd is not installed' };
-  mkdirSync(RUN_DIR, { recursive: true });
-  mkdirSync(DATA_ROOT, { recursive: true });
-  const host = `unix://${RUN_DIR}/docker.sock`;
-  log(`[harness] starting dockerd (data root ${DATA_ROOT})`);
-  const child = spawn(
-    'dockerd',
-    ['--data-root', DATA_ROOT, '--exec-root', join(RUN_DIR, 'exec'), '--pidfile', join(RUN_DIR, 'docker.pid'), '-H', host,
-      '--iptables=false', '--ip-forward=false', '--ip-masq=false'],
-    { stdio: 'ignore' },
-  );
-  const exited = new Promise<string>((resolve) => child.once('exit', (code) => resolve(`dockerd exited with ${code}`)));
-  const deadline = Date.now() + 30_000;
-  while (Date.now() < deadline) {
-    if (await answers(host)) return { host, child };
-    const done = await Promise.race([exited, new Promise<undefined>((r) => setTimeout(() => r(undefined), 300))]);
-    if (done) return { unavailable: done };
-  }
-  child.kill('SIGKILL');
-  return { unavailable: 'dockerd did not answer within 30 s' };
+  // An engine the machine already runs (CI with Docker, a developer's laptop) is used as is: starting a
+  // second dockerd next to it would fight over docker0 and containerd.
+  if (existsSync(SYSTEM_SOCKET) && (await answers(SYSTEM_HOST))) return { host: SYSTEM_HOST, ours: false };
+  if (process.getuid?.() !== 0) return { unavailable: 'no Docker engine reachable, and not root to start one' };
+  return withLock(async () => {
+    liveUsers();
+    writeFileSync(join(USERS, String(process.pid)), '');
+    if (await answers(OUR_HOST)) return { host: OUR_HOST, ours: true };
+    if (!existsSync('/usr/sbin/dockerd') && !existsSync('/usr/bin/dockerd')) {
+      rmSync(join(USERS, String(process.pid)), { force: true });
+      return { unavailable: 'dockerd is not installed (apt-get install docker.io)' };
+    }
+    mkdirSync(DATA_ROOT, { recursive: true });
+    log(`[harness] starting dockerd (data root ${DATA_ROOT}, socket ${OUR_HOST})`);
+    const started = Date.now();
+    const args = ['--data-root', DATA_ROOT, '--exec-root', join(RUN_DIR, 'exec'), '--pidfile', PIDFILE, '-H', OUR_HOST,
+      '--iptables=false', '--ip-forward=false', '--ip-masq=false'];
+    const logPath = join(RUN_DIR, 'dockerd.log');
+    const child = spawn('sh', ['-c', `exec dockerd "$@" >>${logPath} 2>&1`, 'dockerd', ...args], { stdio: 'ignore' });
+    // Other runs may still use it after we exit; it is stopped by PID by the last one.
+    child.unref();
+    let exited: string | undefined;
+    child.once('exit', (code) => (exited = `dockerd exited with ${code} (see ${logPath})`));
+    child.once('error', (e) => (exited = `cannot run dockerd: ${e.message}`));
+    const deadline = Date.now() + 30_000;
+    while (Date.now() < deadline) {
+      if (await answers(OUR_HOST)) {
+        log(`[harness] dockerd ready in ${Date.now() - started} ms`);
+        return { host: OUR_HOST, ours: true };
+      }
+      if (exited) break;
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    rmSync(join(USERS, String(process.pid)), { force: true });
+    if (!exited) {
+      child.kill('SIGKILL');
+      exited = `dockerd did not answer within 30 s (see ${logPath})`;
+    }
+    const tail = existsSync(logPath) ? readFileSync(logPath, 'utf8').trim().split('\n').slice(-1)[0] ?? '' : '';
+    return { unavailable: `${exited}${tail ? `: ${tail.slice(0, 300)}` : ''}` };
+  });
 }
 
 function debianMirror(): string {
+  const files: string[] = [];
   try {
-    for (const f of readdirSync('/etc/apt/sources.list.d')) {
-      if (!f.endsWith('.sources') && !f.endsWith('.list')) continue;
-      const m = /URIs:\s*(\S+\/debian)\s*$/m.exec(readFileSync(join('/etc/apt/sources.list.d', f), 'utf8'));
-      if (m) return m[1]!;
-    }
+    files.push(
+      '/etc/apt/sources.list',
+      ...readdirSync('/etc/apt/sources.list.d')
+        .filter((f) => /\.(sources|list)$/.test(f))
+        .sort()
+        .map((f) => join('/etc/apt/sources.list.d', f)),
+    );
   } catch {
-    // fall through to the default mirror
+    // no sources.list.d
+  }
+  for (const f of files) {
+    try {
+      const text = readFileSync(f, 'utf8');
+      const m = /^URIs:\s*(\S+)\s*$/m.exec(text) ?? /^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+bookworm\s/m.exec(text);
+      if (m && !/security/.test(m[1]!)) return m[1]!;
+    } catch {
+      // unreadable: try the next
+    }
   }
   return 'http://deb.debian.org/debian';
 }
 
-/** Builds the test image (debootstrap + docker import) unless it exists. */
-export async function ensureTestImage(host: string, log: (s: string) => void): Promise<void> {
-  try {
-    await run('docker', ['-H', host, 'image', 'inspect', TEST_IMAGE], { timeout: 10_000 });
-    return;
-  } catch {
-    // not built yet
-  }
-  const rootfs = '/var/lib/tpmfleet-rootfs';
-  rmSync(rootfs, { recursive: true, force: true });
-  log(`[harness] building ${TEST_IMAGE} with debootstrap (about a minute, once per machine)`);
-  await run('debootstrap', ['--variant=minbase', '--include=mosquitto,swtpm,swtpm-tools', 'bookworm', rootfs, debianMirror()], {
-    timeout: 15 * 60_000,
-    maxBuffer: 64 * 1024 * 1024,
-  });
-  await run('sh', ['-c', `tar -C ${rootfs} -c . | docker -H ${host} import - ${TEST_IMAGE}`], { timeout: 10 * 60_000, maxBuffer: 64 * 1024 * 1024 });
-  rmSync(rootfs, { recursive: true, force: true });
-  log(`[harness] ${TEST_IMAGE} ready`);
+/** Builds the test image (debootstrap + docker import) unless it exists; serialized across runs. */
+export async function ensureTestImage(host: string, log: (s: string) => void, image = TEST_IMAGE): Promise<void> {
+  const exists = async () => {
+    try {
+      await run('docker', ['-H', host, 'image', 'inspect', image], { timeout: 10_000 });
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (await exists()) return;
+  const build = async () => {
+    if (await exists()) return;
+    const rootfs = `/var/lib/tpmfleet-rootfs-${process.pid}`;
+    rmSync(rootfs, { recursive: true, force: true });
+    const mirror = debianMirror();
+    log(`[harness] building ${image}: debootstrap bookworm from ${mirror} (about a minute, once per machine)`);
+    const started = Date.now();
+    try {
+      await run('debootstrap', ['--variant=minbase', '--include=mosquitto,swtpm,swtpm-tools', 'bookworm', rootfs, mirror], {
+        timeout: 15 * 60_000,
+        maxBuffer: 256 * 1024 * 1024,
+      });
+      log(`[harness] debootstrap done in ${((Date.now() - started) / 1000).toFixed(1)} s; docker import`);
+      await run('sh', ['-c', `tar -C ${rootfs} -c . | docker -H ${host} import - ${image}`], { timeout: 10 * 60_000, maxBuffer: 64 * 1024 * 1024 });
+    } finally {
+      rmSync(rootfs, { recursive: true, force: true });
+    }
+    log(`[harness] ${image} ready in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  };
+  if (host === OUR_HOST) await withLock(build);
+  else await build();
 }
 
-/** Removes test containers, stops a dockerd we started, and removes the bridge it created. */
-export async function stopDockerEngine(engine: DockerEngine): Promise<void> {
+async function removeContainers(host: string, filter: string): Promise<void> {
   try {
-    const { stdout } = await run('docker', ['-H', engine.host, 'ps', '-aq', '--filter', 'label=org.testcontainers=true']);
+    const { stdout } = await run('docker', ['-H', host, 'ps', '-aq', '--filter', filter], { timeout: 10_000 });
     const ids = stdout.split(/\s+/).filter(Boolean);
-    if (ids.length) await run('docker', ['-H', engine.host, 'rm', '-f', ...ids]);
+    if (ids.length) await run('docker', ['-H', host, 'rm', '-f', ...ids], { timeout: 30_000 });
   } catch {
     // engine already gone
   }
-  if (!engine.child) return;
-  const exited = new Promise((r) => engine.child!.once('exit', r));
-  engine.child.kill('SIGTERM');
-  const timer = setTimeout(() => engine.child!.kill('SIGKILL'), 15_000);
-  await exited;
-  clearTimeout(timer);
-  await run('ip', ['link', 'del', 'docker0']).catch(() => undefined);
+}
+
+/**
+ * Removes this run's containers; if this was the last run using our engine, also every testcontainers
+ * container on it, stops dockerd by its PID (waiting for it to exit) and deletes docker0.
+ */
+export async function releaseDockerEngine(engine: DockerEngine, runId: string): Promise<void> {
+  await removeContainers(engine.host, `label=tpmfleet.run=${runId}`);
+  if (!engine.ours) return;
+  await withLock(async () => {
+    rmSync(join(USERS, String(process.pid)), { force: true });
+    if (liveUsers().length > 0) return;
+    await removeContainers(engine.host, 'label=org.testcontainers=true');
+    let pid = NaN;
+    try {
+      pid = Number(readFileSync(PIDFILE, 'utf8').trim());
+    } catch {
+      // no pidfile: dockerd is not running
+    }
+    if (Number.isInteger(pid) && pid > 0 && alive(pid)) {
+      process.kill(pid, 'SIGTERM');
+      const deadline = Date.now() + 20_000;
+      while (alive(pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
+      if (alive(pid)) process.kill(pid, 'SIGKILL');
+      while (alive(pid)) await new Promise((r) => setTimeout(r, 50));
+    }
+    await run('ip', ['link', 'del', 'docker0']).catch(() => undefined);
+  });
 }

@@ -3,10 +3,12 @@ import { mkdtemp, rm, writeFile, mkdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { track } from './registry.js';
 
 /**
- * A fresh SoftHSM2 token (a real PKCS#11 module) in
- * a temp dir. The caller must put `env.SOFTHSM2_CONF` into process.env before the first C_Initialize.
+ * A fresh SoftHSM2 token (a real PKCS#11 module, in-process for both backends) in a temp dir. The
+ * caller must put `env.SOFTHSM2_CONF` into process.env before the first C_Initialize. stop() deletes
+ * the token dir (also done by the harness teardown if a test forgot).
  */
 export interface SoftHsm {
   readonly modulePath: string;
@@ -39,6 +41,8 @@ export async function startSoftHsm(opts: { tokenLabel?: string } = {}): Promise<
   );
   const m = /reassigned to slot (\d+)/.exec(stdout);
   if (!m) throw new Error(`softhsm2-util did not report a slot: ${stdout}`);
+  const stop = () => rm(dir, { recursive: true, force: true });
+  track({ stop });
   return {
     modulePath: SOFTHSM_MODULE,
     confPath,
@@ -47,6 +51,6 @@ export async function startSoftHsm(opts: { tokenLabel?: string } = {}): Promise<
     tokenLabel,
     pin,
     soPin,
-    stop: () => rm(dir, { recursive: true, force: true }),
+    stop,
   };
 }
