@@ -1,6 +1,7 @@
-import { readFileSync, statSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { CodedError } from '../../common/coded-error.js';
-import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
+import { DEFAULT_BASE_TOPIC, DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
 import { array, int, literal, object, optional, str, type Infer } from '../../common/protocol/schema.js';
 
 /**
@@ -8,6 +9,8 @@ import { array, int, literal, object, optional, str, type Infer } from '../../co
  * one-time enrollment token, so the file must be readable by its owner only.
  */
 export type AgentConfigErrorCode = 'AGENT_CONFIG_INVALID' | 'AGENT_CONFIG_PERMISSIONS' | 'AGENT_CONFIG_UNREADABLE';
+
+export class AgentConfigError extends CodedError<AgentConfigErrorCode> {}
 
 const url = str({ max: 256, pattern: /^mqtts:\/\/[A-Za-z0-9.:[\]-]+:\d{1,5}$/ });
 const pem = str({ max: 8192, pattern: /^-----BEGIN CERTIFICATE-----[\s\S]+-----END CERTIFICATE-----\s*$/ });
@@ -19,6 +22,7 @@ export const bootstrapSchema = object({
   baseTopic: optional(str({ max: 128, pattern: /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/ })),
   enrollUrl: url,
   deviceUrl: url,
+  /** PEM roots; the brokers' server certificates and the fleet CA chain to them. */
   trustBundle: array(pem, { min: 1, max: 8 }),
   token: str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ }),
   tokenExpiresAt: int({ min: 0, max: 8_640_000_000_000_000 }),
@@ -26,32 +30,57 @@ export const bootstrapSchema = object({
 
 export type BootstrapConfig = Infer<typeof bootstrapSchema>;
 
+/** Validates a parsed bootstrap document; `baseTopic` defaults to `fleet/v1`. */
 export function parseBootstrap(json: unknown): BootstrapConfig {
+  let config: BootstrapConfig;
   try {
-    return bootstrapSchema.parse(json, '');
+    config = bootstrapSchema.parse(json, '');
   } catch (e) {
-    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_INVALID', `bootstrap config: ${(e as Error).message}`, { cause: e });
+    throw new AgentConfigError('AGENT_CONFIG_INVALID', `bootstrap config: ${(e as Error).message}`, { cause: e });
   }
+  return { ...config, baseTopic: config.baseTopic ?? DEFAULT_BASE_TOPIC };
 }
 
-/** Reads the bootstrap file, refusing one that group or others can read (it holds the token). */
+/**
+ * Parses every trust bundle certificate. Separate from the schema check because the station's tests
+ * write placeholder PEMs; the agent calls it before it connects anywhere.
+ */
+export function checkTrustBundle(config: BootstrapConfig): void {
+  config.trustBundle.forEach((p, i) => {
+    try {
+      new X509Certificate(p);
+    } catch (e) {
+      throw new AgentConfigError('AGENT_CONFIG_INVALID', `bootstrap config: trustBundle[${i}] is not a certificate`, { cause: e });
+    }
+  });
+}
+
+/** Reads the bootstrap file, refusing one that group or others can access (it holds the token). */
 export function loadBootstrap(path: string): BootstrapConfig {
   let text: string;
+  let fd: number | undefined;
   try {
-    const mode = statSync(path).mode & 0o077;
+    fd = openSync(path, 'r');
+    // fstat the descriptor we read from: the mode checked is the mode of the file read.
+    const mode = fstatSync(fd).mode & 0o077;
     if (mode !== 0) {
-      throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_PERMISSIONS', `${path} is accessible to group/others (mode ${(mode | 0o600).toString(8)}); chmod 600 it`);
+      throw new AgentConfigError(
+        'AGENT_CONFIG_PERMISSIONS',
+        `${path} is accessible to group/others (mode ${(mode | 0o600).toString(8)}); chmod 600 it`,
+      );
     }
-    text = readFileSync(path, 'utf8');
+    text = readFileSync(fd, 'utf8');
   } catch (e) {
-    if (e instanceof CodedError) throw e;
-    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_UNREADABLE', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+    if (e instanceof AgentConfigError) throw e;
+    throw new AgentConfigError('AGENT_CONFIG_UNREADABLE', `cannot read ${path}: ${(e as Error).message}`, { cause: e });
+  } finally {
+    if (fd !== undefined) closeSync(fd);
   }
   let json: unknown;
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw new CodedError<AgentConfigErrorCode>('AGENT_CONFIG_INVALID', `${path} is not JSON`, { cause: e });
+    throw new AgentConfigError('AGENT_CONFIG_INVALID', `${path} is not JSON`, { cause: e });
   }
   return parseBootstrap(json);
 }

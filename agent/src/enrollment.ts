@@ -1,221 +1,346 @@
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../common/clock.js';
-import { CodedError } from '../../common/coded-error.js';
+import { CodedError, isCodedError } from '../../common/coded-error.js';
 import { REJECTION_CODES, type RejectionCode } from '../../common/protocol/errors.js';
-import { decode, encode } from '../../common/protocol/messages.js';
-import type { Topics } from '../../common/protocol/topics.js';
+import { decode, encode, type EnrollAccepted, type EnrollChallenge, type EnrollRequest, type Rejection } from '../../common/protocol/messages.js';
+import type { DeviceTopic, Topics } from '../../common/protocol/topics.js';
 import { request } from '../../common/transport/request.js';
 import type { Transport } from '../../common/transport/transport.js';
-import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
+import type { EkKind, KeyBlobs, Tpm, TpmKey } from '../../native/lib/tpm.js';
+import { Backoff, throwIfAborted, type Sleep } from './backoff.js';
 import type { BootstrapConfig } from './config.js';
-import { buildCsr } from './csr.js';
-import type { AgentStore, PendingEnrollment, StoredBlobs } from './store.js';
+import { buildTpmCsr } from './csr.js';
+import { checkIssuedCertificate } from './issued-certificate.js';
+import { countSignatures } from './signature-counter.js';
+import type { AgentStore, IdentitySlot, PendingEnrollment, SentEnvelope, SlotName, StoredBlobs } from './store.js';
 
 /**
- * Enrollment, device side (protocol: docs/protocol.md). Resumable: the identity key, the CSR and every
- * message sent are stored in `pending` before they are sent, so a restarted agent resends the same
- * bytes under the same requestId and the bridge answers with what it answered before (never a second
- * certificate, never a second key). TPM signatures: CSR 1, certify 1.
+ * Enrollment, device side (protocol: docs/protocol.md): enroll → challenge → proof → accepted.
  *
- * Rejections map to a closed set of reactions: retryable codes wait (retryAfterSec or backoff) and
- * resend; CHALLENGE_UNKNOWN/EXPIRED start over with a new requestId (same key, same token); anything
- * else stops with AGENT_ENROLLMENT_REJECTED.
+ * Resumable: the identity key is stored in `pending` right after it is created, and every message is
+ * stored there before it is sent. A restarted agent resends the same bytes under the same requestId
+ * and the bridge answers a repeated requestId with its first answer: one key, one certificate, the
+ * token used once, whenever the agent was killed.
+ *
+ * Reactions to rejections (closed set):
+ * - retryable (RATE_LIMITED, UNAVAILABLE, INTERNAL) and response timeouts: wait (retryAfterSec, else
+ *   backoff with jitter) and resend the same envelope;
+ * - CHALLENGE_UNKNOWN / CHALLENGE_EXPIRED: start over with a new requestId, same key, CSR and token;
+ * - anything else: AGENT_ENROLLMENT_REJECTED carrying the code.
+ *
+ * TPM signatures: CSR 1, certify 1 (again only if a restart or a new challenge forces it).
  */
-export type EnrollmentErrorCode = 'AGENT_ENROLLMENT_REJECTED' | 'AGENT_ENROLLMENT_INVALID_RESPONSE' | 'AGENT_ENROLLMENT_GAVE_UP';
+export type EnrollmentErrorCode =
+  | 'AGENT_ENROLLMENT_REJECTED'
+  | 'AGENT_ENROLLMENT_GAVE_UP'
+  | 'AGENT_NO_EK_CERTIFICATE'
+  | 'AGENT_PROTOCOL_ERROR';
 
 export class EnrollmentError extends CodedError<EnrollmentErrorCode> {
+  /** The bridge's rejection code, for AGENT_ENROLLMENT_REJECTED. */
   readonly rejection: RejectionCode | undefined;
-  constructor(code: EnrollmentErrorCode, message: string, rejection?: RejectionCode) {
-    super(code, message);
-    this.rejection = rejection;
+  constructor(code: EnrollmentErrorCode, message: string, opts?: { rejection?: RejectionCode; cause?: unknown }) {
+    super(code, message, opts?.cause === undefined ? undefined : { cause: opts.cause });
+    this.rejection = opts?.rejection;
   }
+}
+
+export interface EnrollmentLog {
+  (msg: string, fields?: Record<string, unknown>): void;
 }
 
 export interface EnrollmentDeps {
   readonly tpm: Tpm;
   readonly srk: TpmKey;
+  /** The loaded attestation key (owned by the caller). */
   readonly ak: TpmKey;
   readonly store: AgentStore;
+  /** Connected to the enrollment listener. */
   readonly transport: Transport;
   readonly topics: Topics;
   readonly config: BootstrapConfig;
   readonly clock: Clock;
-  /** Waits `ms` (injectable so tests need not sleep). */
-  readonly sleep: (ms: number) => Promise<void>;
+  readonly sleep: Sleep;
+  readonly signal?: AbortSignal;
+  /** Wait for an answer per publication. Default 15 000. */
   readonly responseTimeoutMs?: number;
+  /** Re-publications of an unanswered message before it counts as a failed attempt. Default 2. */
+  readonly republish?: number;
+  /** Failed attempts (rejections, timeouts) before AGENT_ENROLLMENT_GAVE_UP. Default 20. */
   readonly maxAttempts?: number;
-  readonly onTpmSignature?: () => void;
-  readonly log?: (msg: string, fields?: Record<string, unknown>) => void;
+  readonly backoff?: Backoff;
+  readonly log?: EnrollmentLog;
 }
 
 export interface EnrollmentResult {
+  /** The identity key, still loaded: the caller owns it from here (TLS, then flush). */
   readonly key: TpmKey;
-  readonly certificate: string;
-  readonly chain: readonly string[];
-  readonly serial: string;
-  readonly notAfter: number;
+  readonly slot: SlotName;
+  readonly identity: IdentitySlot;
+  readonly trustBundle: readonly string[];
+  /** TPM signing operations this enrollment run asked for (CSR, certify). */
+  readonly tpmSignatures: number;
+  /** Messages sent, counting resends after rejections and timeouts. */
+  readonly messagesSent: number;
+  /** True when this run continued an enrollment a previous process had started. */
+  readonly resumed: boolean;
 }
 
-const b64 = (b: Buffer) => b.toString('base64');
-const fromB64 = (s: string) => Buffer.from(s, 'base64');
-export const toStored = (b: { private: Buffer; public: Buffer }): StoredBlobs => ({ private: b64(b.private), public: b64(b.public) });
-export const fromStored = (b: StoredBlobs) => ({ private: fromB64(b.private), public: fromB64(b.public) });
+export const toStored = (b: KeyBlobs): StoredBlobs => ({ private: b.private.toString('base64'), public: b.public.toString('base64') });
+export const fromStored = (b: StoredBlobs): KeyBlobs => ({ private: Buffer.from(b.private, 'base64'), public: Buffer.from(b.public, 'base64') });
+
 const newRequestId = () => randomBytes(12).toString('base64url');
+const envelope = (requestId: string, payload: Buffer): SentEnvelope => ({ requestId, payload: payload.toString('base64') });
 
-export async function enroll(d: EnrollmentDeps): Promise<EnrollmentResult> {
-  const loaded: TpmKey[] = [];
-  try {
-    return await enrollLoaded(d, loaded);
-  } catch (e) {
-    // The key stays recoverable from `pending`; don't leave it occupying a TPM slot (swtpm has no
-    // resource manager to flush it for us).
-    for (const k of loaded) await d.tpm.flush(k).catch(() => undefined);
-    throw e;
-  }
+export function enroll(deps: EnrollmentDeps): Promise<EnrollmentResult> {
+  return new EnrollmentRun(deps).run();
 }
 
-async function enrollLoaded(d: EnrollmentDeps, loaded: TpmKey[]): Promise<EnrollmentResult> {
-  const { tpm, srk, ak, store, transport, topics, config } = d;
-  const id = config.deviceId;
-  const log = d.log ?? (() => undefined);
-  let pending = await store.getPending();
-  let key: TpmKey;
-  if (pending) {
-    key = await tpm.loadKey(srk, fromStored(pending.key));
-    loaded.push(key);
-    log('resuming enrollment', { requestId: pending.enrollRequestId, proofSent: Boolean(pending.proof) });
-  } else {
-    const created = await tpm.createIdentityKey(srk);
-    key = created.key;
-    loaded.push(key);
-    const csr = await buildCsr(id, key.spki, async (digest) => {
-      d.onTpmSignature?.();
-      return (await tpm.sign(key, digest)).der;
-    });
-    const ekKind = (await tpm.readEkCertificate('ecc')) ? 'ecc' : 'rsa';
-    pending = { slot: 'A', key: toStored(created.blobs), csr: b64(csr), ekKind, enrollRequestId: newRequestId() };
-    await store.putPending(pending);
+type Answer =
+  | { readonly kind: 'challenge'; readonly body: EnrollChallenge }
+  | { readonly kind: 'accepted'; readonly body: EnrollAccepted }
+  | { readonly kind: 'rejected'; readonly error: Rejection['error'] }
+  | { readonly kind: 'timeout'; readonly error: unknown };
+
+/** One enrollment attempt sequence; owns the TPM objects it loads (key until success, EK always). */
+class EnrollmentRun {
+  readonly #d: EnrollmentDeps;
+  readonly #tpm: Tpm;
+  readonly #signatures: () => number;
+  readonly #backoff: Backoff;
+  readonly #log: EnrollmentLog;
+  #key: TpmKey | undefined;
+  #ek: TpmKey | undefined;
+  #sent = 0;
+  #failures = 0;
+
+  constructor(deps: EnrollmentDeps) {
+    this.#d = deps;
+    const counted = countSignatures(deps.tpm);
+    this.#tpm = counted.tpm;
+    this.#signatures = counted.signatures;
+    this.#backoff = deps.backoff ?? new Backoff();
+    this.#log = deps.log ?? (() => undefined);
   }
 
-  const ekCertificate = await tpm.readEkCertificate(pending.ekKind);
-  if (!ekCertificate) throw new EnrollmentError('AGENT_ENROLLMENT_INVALID_RESPONSE', `the TPM has no ${pending.ekKind} EK certificate`);
-  const timeoutMs = d.responseTimeoutMs ?? 15_000;
-  const maxAttempts = d.maxAttempts ?? 20;
-  let backoffMs = 1000;
+  async run(): Promise<EnrollmentResult> {
+    try {
+      return await this.#run();
+    } catch (e) {
+      // The key stays recoverable from `pending`; don't leave it in a TPM slot (swtpm has three).
+      if (this.#key) await this.#tpm.flush(this.#key).catch(() => undefined);
+      this.#key = undefined;
+      throw e;
+    } finally {
+      await this.#flushEk();
+    }
+  }
 
-  for (let attempt = 1; ; attempt++) {
-    if (attempt > maxAttempts) throw new EnrollmentError('AGENT_ENROLLMENT_GAVE_UP', `no enrollment after ${maxAttempts} attempts`);
-    const cur: PendingEnrollment = pending;
-    let answer: { topic: string; payload: Buffer };
-    if (cur.proof) {
-      const requestId = cur.proof.requestId;
-      answer = await request(transport, {
-        requestTopic: topics.device(id, 'enrollProof'),
-        payload: fromB64(cur.proof.payload),
-        responseTopics: [topics.device(id, 'enrollAccepted'), topics.device(id, 'enrollRejected')],
-        match: (m) => peekRequestId(m.payload) === requestId,
-        timeoutMs,
-        retries: 2,
-      });
-    } else {
-      const ek = await tpm.createEk(cur.ekKind);
-      const payload = encode('enroll', cur.enrollRequestId, d.clock.now(), {
-        deviceId: id,
-        token: config.token,
-        ekKind: cur.ekKind,
-        ekCertificate,
-        ekPublic: ek.publicArea,
-        akPublic: ak.publicArea,
-        keyPublic: key.publicArea,
-        csr: fromB64(cur.csr),
-      });
-      try {
-        const requestId = cur.enrollRequestId;
-        answer = await request(transport, {
-          requestTopic: topics.device(id, 'enroll'),
-          payload,
-          responseTopics: [topics.device(id, 'enrollChallenge'), topics.device(id, 'enrollRejected')],
-          match: (m) => peekRequestId(m.payload) === requestId,
-          timeoutMs,
-          retries: 2,
-        });
-        if (answer.topic === topics.device(id, 'enrollChallenge')) {
-          const c = decode('enrollChallenge', answer.payload).body;
-          const secret = await tpm.activateCredential(ak, ek, c.credentialBlob, c.encryptedSecret);
-          d.onTpmSignature?.();
-          const att = await tpm.certify(key, ak, c.nonce);
-          const proofRequestId = newRequestId();
-          const proof = encode('enrollProof', proofRequestId, d.clock.now(), {
-            challengeId: c.challengeId,
-            secret,
-            certifyInfo: att.attest,
-            certifySignature: att.signature,
-          });
-          pending = { ...cur, proof: { requestId: proofRequestId, payload: b64(proof) } };
-          await store.putPending(pending);
-          continue;
-        }
-      } finally {
-        await tpm.flush(ek);
+  async #run(): Promise<EnrollmentResult> {
+    const stored = await this.#d.store.getPending();
+    const resumed = stored !== undefined;
+    let p = stored ?? (await this.#begin());
+    if (resumed) {
+      this.#key = await this.#tpm.loadKey(this.#d.srk, fromStored(p.key));
+      this.#log('resuming enrollment', { requestId: p.request?.requestId, proofSent: p.proof !== undefined });
+    }
+    if (!p.proof && this.#tokenChanged(p)) p = await this.#newRequest(p);
+
+    for (;;) {
+      throwIfAborted(this.#d.signal);
+      if (p.proof) {
+        const a = await this.#send('enrollProof', p.proof, ['enrollAccepted', 'enrollRejected']);
+        if (a.kind === 'accepted') return this.#finish(p, a.body, resumed);
+        p = await this.#react(p, a);
+      } else {
+        const sent = p.request ? p : await this.#newRequest(p);
+        const a = await this.#send('enroll', sent.request!, ['enrollChallenge', 'enrollRejected']);
+        p = a.kind === 'challenge' ? await this.#answer(sent, a.body) : await this.#react(sent, a);
       }
     }
+  }
 
-    if (answer.topic === topics.device(id, 'enrollAccepted')) {
-      const body = decode('enrollAccepted', answer.payload).body;
-      checkIssued(body.certificate, body.chain, body.trustBundle, key, id);
-      await store.completeEnrollment(cur.slot, {
-        key: cur.key,
-        certificate: body.certificate,
-        chain: body.chain,
-        serial: body.serial,
-        notAfter: body.notAfter,
-        issuedAt: d.clock.now(),
-      }, body.trustBundle);
-      log('enrolled', { serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });
-      return { key, certificate: body.certificate, chain: body.chain, serial: body.serial, notAfter: body.notAfter };
+  /** A fresh identity key, stored before anything else happens so a restart never makes a second one. */
+  async #begin(): Promise<PendingEnrollment> {
+    const slot = await this.#d.store.freeSlot();
+    const created = await this.#tpm.createIdentityKey(this.#d.srk);
+    this.#key = created.key;
+    const p: PendingEnrollment = { kind: 'enroll', slot, key: toStored(created.blobs), startedAt: this.#d.clock.now() };
+    await this.#d.store.putPending(p);
+    this.#log('identity key created', { slot });
+    return p;
+  }
+
+  #tokenChanged(p: PendingEnrollment): boolean {
+    if (!p.request) return false;
+    // The operator may have re-provisioned the device with a new token after the old one was refused.
+    return decode('enroll', Buffer.from(p.request.payload, 'base64')).body.token !== this.#d.config.token;
+  }
+
+  /**
+   * Builds (or rebuilds, with a new requestId) the enroll envelope and stores it before it is sent.
+   * Key, CSR and EK kind carry over; any earlier request, challenge and proof are dropped.
+   */
+  async #newRequest(p: PendingEnrollment): Promise<PendingEnrollment> {
+    const ekKind = p.ekKind ?? (await this.#findEkKind());
+    const csr = p.csr ?? (await buildTpmCsr(this.#tpm, this.#key!, this.#d.config.deviceId)).toString('base64');
+    const ek = await this.#loadEk(ekKind);
+    const ekCertificate = await this.#tpm.readEkCertificate(ekKind);
+    if (!ekCertificate) throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', `the TPM's ${ekKind} EK certificate disappeared`);
+    const body: EnrollRequest = {
+      deviceId: this.#d.config.deviceId,
+      token: this.#d.config.token,
+      ekKind,
+      ekCertificate,
+      ekPublic: ek.publicArea,
+      akPublic: this.#d.ak.publicArea,
+      keyPublic: this.#key!.publicArea,
+      csr: Buffer.from(csr, 'base64'),
+    };
+    const requestId = newRequestId();
+    const next: PendingEnrollment = {
+      kind: p.kind,
+      slot: p.slot,
+      key: p.key,
+      startedAt: p.startedAt,
+      ekKind,
+      csr,
+      request: envelope(requestId, encode('enroll', requestId, this.#d.clock.now(), body)),
+    };
+    await this.#d.store.putPending(next);
+    return next;
+  }
+
+  async #findEkKind(): Promise<EkKind> {
+    for (const kind of ['ecc', 'rsa'] as const) {
+      if (await this.#tpm.readEkCertificate(kind)) return kind;
     }
+    throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', 'the TPM has no EK certificate (neither ECC nor RSA)');
+  }
 
-    const rejection = decode('enrollRejected', answer.payload).error;
-    log('enrollment rejected', { code: rejection.code, retryable: rejection.retryable });
-    if (rejection.code === 'CHALLENGE_UNKNOWN' || rejection.code === 'CHALLENGE_EXPIRED') {
+  async #loadEk(kind: EkKind): Promise<TpmKey> {
+    this.#ek ??= await this.#tpm.createEk(kind);
+    return this.#ek;
+  }
+
+  async #flushEk(): Promise<void> {
+    const ek = this.#ek;
+    this.#ek = undefined;
+    if (ek) await this.#tpm.flush(ek).catch(() => undefined);
+  }
+
+  /** Credential activation and key certification; the proof is stored before it is sent. */
+  async #answer(p: PendingEnrollment, c: EnrollChallenge): Promise<PendingEnrollment> {
+    this.#backoff.reset();
+    const ek = await this.#loadEk(p.ekKind!);
+    const secret = await this.#tpm.activateCredential(this.#d.ak, ek, c.credentialBlob, c.encryptedSecret);
+    await this.#flushEk();
+    const attestation = await this.#tpm.certify(this.#key!, this.#d.ak, c.nonce);
+    const requestId = newRequestId();
+    const proof = encode('enrollProof', requestId, this.#d.clock.now(), {
+      challengeId: c.challengeId,
+      secret,
+      certifyInfo: attestation.attest,
+      certifySignature: attestation.signature,
+    });
+    const next: PendingEnrollment = { ...p, challenge: { challengeId: c.challengeId, expiresAt: c.expiresAt }, proof: envelope(requestId, proof) };
+    await this.#d.store.putPending(next);
+    this.#log('challenge answered', { challengeId: c.challengeId });
+    return next;
+  }
+
+  async #react(p: PendingEnrollment, a: Answer): Promise<PendingEnrollment> {
+    if (a.kind === 'challenge' || a.kind === 'accepted') throw new EnrollmentError('AGENT_PROTOCOL_ERROR', `unexpected ${a.kind} answer`);
+    this.#failures++;
+    const maxAttempts = this.#d.maxAttempts ?? 20;
+    if (a.kind === 'timeout') {
+      if (this.#failures >= maxAttempts) {
+        throw new EnrollmentError('AGENT_ENROLLMENT_GAVE_UP', `no answer from the fleet after ${this.#failures} attempts`, { cause: a.error });
+      }
+      const waitMs = this.#backoff.next();
+      this.#log('no answer from the fleet; retrying', { waitMs });
+      await this.#d.sleep(waitMs, this.#d.signal);
+      return p;
+    }
+    const { code, retryAfterSec } = a.error;
+    this.#log('enrollment rejected', { code, retryAfterSec });
+    if (code === 'CHALLENGE_UNKNOWN' || code === 'CHALLENGE_EXPIRED') {
       // The bridge lost or expired our challenge (e.g. it restarted): start over, same key and token.
-      pending = { slot: cur.slot, key: cur.key, csr: cur.csr, ekKind: cur.ekKind, enrollRequestId: newRequestId() };
-      await store.putPending(pending);
-      continue;
+      if (this.#failures >= maxAttempts) throw this.#gaveUp(code);
+      return this.#newRequest(p);
     }
-    if (REJECTION_CODES[rejection.code].retryable) {
-      const waitMs = rejection.retryAfterSec !== undefined ? rejection.retryAfterSec * 1000 : backoffMs * (0.5 + Math.random());
-      backoffMs = Math.min(backoffMs * 2, 60_000);
-      await d.sleep(waitMs);
-      // A retry is a new request (the rejection was the bridge's answer to the old requestId) and
-      // starts from enroll, so the challenge is fresh too. Same key, same token.
-      pending = { slot: cur.slot, key: cur.key, csr: cur.csr, ekKind: cur.ekKind, enrollRequestId: newRequestId() };
-      await store.putPending(pending);
-      continue;
+    if (REJECTION_CODES[code].retryable) {
+      if (this.#failures >= maxAttempts) throw this.#gaveUp(code);
+      // Same envelope, same requestId: "retryable" means the same request may succeed later unchanged.
+      const waitMs = retryAfterSec !== undefined ? retryAfterSec * 1000 : this.#backoff.next();
+      this.#log('retrying after a retryable rejection', { code, waitMs });
+      await this.#d.sleep(waitMs, this.#d.signal);
+      return p;
     }
-    throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', `enrollment rejected: ${rejection.code} (${rejection.message})`, rejection.code);
+    throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', `enrollment rejected: ${code} (${a.error.message})`, { rejection: code });
   }
-}
 
-/** The certificate must be for our TPM key, name this device, and chain to the trust bundle. */
-function checkIssued(certificate: string, chain: readonly string[], trustBundle: readonly string[], key: TpmKey, deviceId: string): void {
-  const leaf = new X509Certificate(certificate);
-  if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(key.spki)) {
-    throw new EnrollmentError('AGENT_ENROLLMENT_INVALID_RESPONSE', 'issued certificate is not for our TPM key');
+  #gaveUp(code: RejectionCode): EnrollmentError {
+    return new EnrollmentError('AGENT_ENROLLMENT_GAVE_UP', `enrollment still refused (${code}) after ${this.#failures} attempts`, { rejection: code });
   }
-  if (!leaf.subject.split('\n').includes(`CN=${deviceId}`)) {
-    throw new EnrollmentError('AGENT_ENROLLMENT_INVALID_RESPONSE', 'issued certificate does not name this device');
+
+  async #send(topic: DeviceTopic, env: SentEnvelope, answers: readonly DeviceTopic[]): Promise<Answer> {
+    const { deviceId } = this.#d.config;
+    const t = this.#d.topics;
+    const responseTopics = answers.map((a) => t.device(deviceId, a));
+    this.#sent++;
+    let msg;
+    try {
+      msg = await request(this.#d.transport, {
+        requestTopic: t.device(deviceId, topic),
+        payload: Buffer.from(env.payload, 'base64'),
+        responseTopics,
+        match: (m) => peekRequestId(m.payload) === env.requestId,
+        timeoutMs: this.#d.responseTimeoutMs ?? 15_000,
+        retries: this.#d.republish ?? 2,
+        clock: this.#d.clock,
+      });
+    } catch (e) {
+      if (isCodedError(e) && e.code === 'TRANSPORT_TIMEOUT') return { kind: 'timeout', error: e };
+      throw e;
+    }
+    if (msg.topic === t.device(deviceId, 'enrollChallenge')) return { kind: 'challenge', body: decode('enrollChallenge', msg.payload).body };
+    if (msg.topic === t.device(deviceId, 'enrollAccepted')) return { kind: 'accepted', body: decode('enrollAccepted', msg.payload).body };
+    return { kind: 'rejected', error: decode('enrollRejected', msg.payload).error };
   }
-  const pool = [...chain, ...trustBundle].map((p) => new X509Certificate(p));
-  const roots = trustBundle.map((p) => p.replace(/\s+/g, ''));
-  let cur = leaf;
-  for (let depth = 0; depth < 5; depth++) {
-    const issuer = pool.find((c) => c.ca && cur.checkIssued(c) && cur.verify(c.publicKey));
-    if (!issuer) break;
-    if (roots.includes(issuer.toString().replace(/\s+/g, ''))) return;
-    cur = issuer;
+
+  async #finish(p: PendingEnrollment, body: EnrollAccepted, resumed: boolean): Promise<EnrollmentResult> {
+    const { config, clock } = this.#d;
+    const key = this.#key!;
+    checkIssuedCertificate({
+      certificate: body.certificate,
+      chain: body.chain,
+      trustBundle: config.trustBundle,
+      keySpki: key.spki,
+      deviceId: config.deviceId,
+      now: clock.now(),
+    });
+    const identity: IdentitySlot = {
+      key: p.key,
+      certificate: body.certificate,
+      chain: body.chain,
+      serial: body.serial,
+      notAfter: body.notAfter,
+      issuedAt: clock.now(),
+    };
+    await this.#d.store.completeEnrollment(p.slot, identity, body.trustBundle);
+    this.#log('enrolled', { slot: p.slot, serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });
+    this.#key = undefined; // handed to the caller
+    return {
+      key,
+      slot: p.slot,
+      identity,
+      trustBundle: body.trustBundle,
+      tpmSignatures: this.#signatures(),
+      messagesSent: this.#sent,
+      resumed,
+    };
   }
-  throw new EnrollmentError('AGENT_ENROLLMENT_INVALID_RESPONSE', 'issued certificate does not chain to the trust bundle');
 }
 
 function peekRequestId(payload: Buffer): string | undefined {

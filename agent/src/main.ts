@@ -14,14 +14,30 @@ if (!values.bootstrap || !values.data) {
   process.exit(2);
 }
 const logger = pino({ base: { program: 'agent' } });
+let stopping = false;
 try {
   const agent = new Agent({ bootstrap: loadBootstrap(values.bootstrap), dataDir: values.data, logger });
-  const stop = () => void agent.stop().then(() => process.exit(0));
+  agent.onStateChange((state) => logger.info({ state }, 'state'));
+  const stop = (signal: NodeJS.Signals) => {
+    if (stopping) return;
+    stopping = true;
+    logger.info({ signal }, 'stopping');
+    agent.stop().then(
+      () => process.exit(0),
+      (e: unknown) => {
+        logger.error({ code: (e as { code?: string }).code }, `stop failed: ${(e as Error).message}`);
+        process.exit(1);
+      },
+    );
+  };
   process.once('SIGINT', stop);
   process.once('SIGTERM', stop);
   await agent.start();
 } catch (e) {
-  const err = e as { code?: string; message?: string };
-  logger.error({ code: err.code }, err.message ?? String(e));
-  process.exit(1);
+  // A start interrupted by a signal ends through stop() above.
+  if (!stopping) {
+    const err = e as { code?: string; message?: string };
+    logger.error({ code: err.code }, err.message ?? String(e));
+    process.exit(1);
+  }
 }

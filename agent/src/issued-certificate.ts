@@ -1,0 +1,46 @@
+import { X509Certificate } from 'node:crypto';
+import { CodedError } from '../../common/coded-error.js';
+
+/**
+ * Checks a certificate the fleet issued before the agent stores and uses it: it must certify exactly
+ * our TPM key, name this device, be valid now, and chain to the trust bundle the agent already had
+ * (the bootstrap bundle the enrollment connection was authenticated with; a bundle arriving in the
+ * same message as the certificate could vouch for anything).
+ */
+export type IssuedCertificateErrorCode = 'AGENT_CERTIFICATE_INVALID';
+
+export function checkIssuedCertificate(opts: {
+  readonly certificate: string;
+  readonly chain: readonly string[];
+  readonly trustBundle: readonly string[];
+  readonly keySpki: Buffer;
+  readonly deviceId: string;
+  readonly now: number;
+}): void {
+  const fail = (why: string): never => {
+    throw new CodedError<IssuedCertificateErrorCode>('AGENT_CERTIFICATE_INVALID', `issued certificate rejected: ${why}`);
+  };
+  let leaf: X509Certificate;
+  let pool: X509Certificate[];
+  let roots: X509Certificate[];
+  try {
+    leaf = new X509Certificate(opts.certificate);
+    pool = opts.chain.map((p) => new X509Certificate(p));
+    roots = opts.trustBundle.map((p) => new X509Certificate(p));
+  } catch {
+    return fail('unparseable PEM');
+  }
+  if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(opts.keySpki)) fail('it is not for our TPM key');
+  if (!leaf.subject.split('\n').includes(`CN=${opts.deviceId}`)) fail('it does not name this device');
+  if (Date.parse(leaf.validTo) <= opts.now) fail('it has already expired');
+
+  let cur = leaf;
+  for (let depth = 0; depth <= pool.length; depth++) {
+    const root = roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey));
+    if (root) return;
+    const next = pool.find((c) => c.ca && c !== cur && cur.checkIssued(c) && cur.verify(c.publicKey));
+    if (!next) break;
+    cur = next;
+  }
+  fail('it does not chain to the trust bundle');
+}
