@@ -22,6 +22,12 @@ export const REJECTION_CODES = {
   CSR_INVALID: { retryable: false, message: 'certificate request is invalid' },
   CSR_KEY_MISMATCH: { retryable: false, message: 'certificate request key differs from the certified key' },
   POLICY_DENIED: { retryable: false, message: 'enrollment policy refused the request' },
+  DEVICE_UNKNOWN: { retryable: false, message: 'device is not registered' },
+  NOT_ENROLLED: { retryable: false, message: 'device has not enrolled yet' },
+  DEVICE_REVOKED: { retryable: false, message: 'device is revoked' },
+  AK_MISMATCH: { retryable: false, message: 'attestation key differs from the one bound at enrollment' },
+  IDENTITY_EXPIRED: { retryable: false, message: 'current certificate expired; re-attest through the enrollment listener' },
+  IDENTITY_UNKNOWN: { retryable: false, message: 'current certificate is not an active certificate of this device; re-attest' },
   UNAVAILABLE: { retryable: true, message: 'fleet service temporarily unavailable' },
   INTERNAL: { retryable: true, message: 'internal error' },
 } as const satisfies Record<string, { retryable: boolean; message: string }>;

@@ -13,7 +13,7 @@ import {
   type Infer,
   type Schema,
 } from './schema.js';
-import { DEVICE_ID_PATTERN, type DeviceTopic } from './topics.js';
+import { DEVICE_ID_PATTERN, type DeviceTopic, type RejectionTopic } from './topics.js';
 
 /**
  * The protocol contract: one typed map from topic to payload, with the runtime schema and size limit
@@ -38,11 +38,20 @@ function envelope<B>(body: Schema<B>) {
   return object({ v: literal(PROTOCOL_VERSION), requestId, sentAt: timestamp, body });
 }
 
-/** Device → bridge: start enrollment. Everything the bridge verifies before it issues a challenge. */
+const serial = str({ min: 2, max: 64, pattern: /^[0-9a-f]+$/ });
+
+/**
+ * Device → bridge: start enrollment. Everything the bridge verifies before it issues a challenge.
+ * `mode: 'reattest'` (no token) is for a registered, enrolled device whose identity expired while it
+ * was offline or became unusable: the same EK/AK credential activation and key certification, with EK
+ * and AK required to match what the inventory recorded at enrollment.
+ */
 export const enrollRequestBody = object({
   deviceId,
-  /** The one-time enrollment token from the bootstrap config (the bridge stores only its hash). */
-  token: str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ }),
+  /** Default 'token'. */
+  mode: optional(oneOf(['token', 'reattest'] as const)),
+  /** The one-time enrollment token from the bootstrap config (the bridge stores only its hash). Required in mode 'token', absent in 'reattest'. */
+  token: optional(str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ })),
   ekKind: oneOf(['rsa', 'ecc'] as const),
   /** DER EK certificate as read from the TPM's NV index. */
   ekCertificate: base64({ maxBytes: 4096, minBytes: 64 }),
@@ -86,18 +95,102 @@ export const enrollAcceptedBody = object({
   chain: array(pem, { min: 1, max: 4 }),
   /** Roots the device trusts for the fleet (broker server certs chain to these too). */
   trustBundle: array(pem, { min: 1, max: 8 }),
-  serial: str({ min: 2, max: 64, pattern: /^[0-9a-f]+$/ }),
+  serial,
   notAfter: timestamp,
 });
 
-/** Device → fleet (retained): availability and identity state; the last will sets `online: false`. */
+/** What a device reports as its state (the agent's state machine, see agent/README.md). */
+export const DEVICE_STATES = ['enrolling', 'online', 'offline', 'rotating', 'reattesting', 'revoked', 'error'] as const;
+
+/**
+ * Device → fleet (retained): availability and identity state; the last will sets `online: false`,
+ * `state: 'offline'`. Republished on every (re)connect and on every change.
+ */
 export const deviceStatusBody = object({
   deviceId,
   online: bool,
-  state: oneOf(['bootstrapping', 'enrolling', 'enrolled', 'rotating', 'offline', 'error'] as const),
-  certSerial: optional(str({ max: 64, pattern: /^[0-9a-f]+$/ })),
+  state: oneOf(DEVICE_STATES),
+  certSerial: optional(serial),
   certNotAfter: optional(timestamp),
+  /** A/B key slot the identity lives in. */
+  slot: optional(oneOf(['A', 'B'] as const)),
+  lastRotationAt: optional(timestamp),
+  /** 'ok' or the code of the last failed rotation. */
+  lastRotationResult: optional(str({ max: 64, pattern: /^[A-Za-z0-9_]+$/ })),
+  /** Device clock minus its time floor when the clock is behind the floor (negative), else 0. */
+  clockSkewMs: optional(int({ min: -8_640_000_000_000_000, max: 8_640_000_000_000_000 })),
+  /** The code that stopped progress, in state 'error' or 'revoked'. */
+  errorCode: optional(str({ max: 64, pattern: /^[A-Za-z0-9_]+$/ })),
   agentVersion: optional(str({ max: 32 })),
+  tpmManufacturer: optional(str({ max: 16 })),
+  tpmFirmware: optional(str({ max: 32 })),
+  /** Outbox events waiting for delivery, and non-security events dropped because it was full. */
+  outboxPending: optional(int({ min: 0, max: 1_000_000_000 })),
+  outboxDropped: optional(int({ min: 0, max: 1_000_000_000 })),
+});
+
+/** Device → bridge (rotation, over mTLS): ask for a nonce to certify the next key over. */
+export const rotateBeginBody = object({
+  deviceId,
+  /** The certificate the device uses now; the bridge refuses one that is expired, superseded or revoked. */
+  currentSerial: serial,
+});
+
+/** Bridge → device: qualifying data for TPM2_Certify of the new key by the enrollment AK. */
+export const rotateChallengeBody = object({
+  rotationId: str({ min: 16, max: 64, pattern: /^[A-Za-z0-9_-]+$/ }),
+  nonce: base64({ maxBytes: 32, minBytes: 32 }),
+  expiresAt: timestamp,
+});
+
+/** Device → bridge: the new key, its certification by the AK over the nonce, and its CSR. */
+export const rotateRequestBody = object({
+  rotationId: str({ min: 16, max: 64, pattern: /^[A-Za-z0-9_-]+$/ }),
+  /** TPM2B_PUBLIC of the AK; its Name must be the one recorded at enrollment. */
+  akPublic: base64({ maxBytes: 512, minBytes: 16 }),
+  /** TPM2B_PUBLIC of the new identity key. */
+  keyPublic: base64({ maxBytes: 512, minBytes: 16 }),
+  /** TPMS_ATTEST from TPM2_Certify(new key, AK, nonce) and the AK's TPMT_SIGNATURE over it. */
+  certifyInfo: base64({ maxBytes: 1024, minBytes: 16 }),
+  certifySignature: base64({ maxBytes: 600, minBytes: 8 }),
+  /** DER PKCS#10 signed by the new key inside the TPM. */
+  csr: base64({ maxBytes: 2048, minBytes: 64 }),
+});
+
+/** Device → bridge: the device is connected with `serial`; retire its other certificates. */
+export const rotateConfirmBody = object({
+  serial,
+  previousSerial: serial,
+});
+
+/** Bridge → device: the serials now marked superseded (none when already confirmed). */
+export const rotateConfirmedBody = object({
+  serial,
+  superseded: array(serial, { max: 16 }),
+});
+
+/**
+ * Outbox event kinds. Security events are never dropped by the device outbox; the others may be,
+ * counted, when it is full (see agent/README.md).
+ */
+export const EVENT_TYPES = ['enrolled', 'rotated', 'rotation_failed', 'reattested', 'revoked', 'clock_skew', 'events_dropped'] as const;
+export type EventType = (typeof EVENT_TYPES)[number];
+export const SECURITY_EVENTS: ReadonlySet<EventType> = new Set(['enrolled', 'rotated', 'rotation_failed', 'reattested', 'revoked']);
+
+/** Device → bridge: one event. The envelope's requestId is the event id (the bridge deduplicates by it). */
+export const deviceEventBody = object({
+  type: oneOf(EVENT_TYPES),
+  /** Device clock when the event happened. */
+  at: timestamp,
+  /** Per-device sequence number, increasing in outbox order. */
+  seq: int({ min: 1, max: Number.MAX_SAFE_INTEGER }),
+  serial: optional(serial),
+  previousSerial: optional(serial),
+  slot: optional(oneOf(['A', 'B'] as const)),
+  code: optional(str({ max: 64, pattern: /^[A-Za-z0-9_]+$/ })),
+  message: optional(str({ max: 256 })),
+  skewMs: optional(int({ min: -8_640_000_000_000_000, max: 8_640_000_000_000_000 })),
+  count: optional(int({ min: 0, max: 1_000_000_000 })),
 });
 
 export const rejectionError = object({
@@ -116,17 +209,32 @@ export const MESSAGES = {
   enrollProof: { schema: envelope(enrollProofBody), maxBytes: 8 * 1024 },
   enrollAccepted: { schema: envelope(enrollAcceptedBody), maxBytes: 48 * 1024 },
   enrollRejected: { schema: rejectionSchema, maxBytes: 2 * 1024 },
-  status: { schema: envelope(deviceStatusBody), maxBytes: 2 * 1024 },
+  status: { schema: envelope(deviceStatusBody), maxBytes: 4 * 1024 },
+  rotateBegin: { schema: envelope(rotateBeginBody), maxBytes: 1024 },
+  rotateChallenge: { schema: envelope(rotateChallengeBody), maxBytes: 1024 },
+  rotateRequest: { schema: envelope(rotateRequestBody), maxBytes: 8 * 1024 },
+  rotateAccepted: { schema: envelope(enrollAcceptedBody), maxBytes: 48 * 1024 },
+  rotateConfirm: { schema: envelope(rotateConfirmBody), maxBytes: 1024 },
+  rotateConfirmed: { schema: envelope(rotateConfirmedBody), maxBytes: 2 * 1024 },
+  rotateRejected: { schema: rejectionSchema, maxBytes: 2 * 1024 },
+  events: { schema: envelope(deviceEventBody), maxBytes: 2 * 1024 },
 } as const satisfies Record<DeviceTopic, { schema: Schema<unknown>; maxBytes: number }>;
 
 export type MessageOf<T extends DeviceTopic> = Infer<(typeof MESSAGES)[T]['schema']>;
-export type BodyOf<T extends Exclude<DeviceTopic, 'enrollRejected'>> = MessageOf<T>['body'];
+export type BodyOf<T extends Exclude<DeviceTopic, RejectionTopic>> = MessageOf<T>['body'];
 export type Rejection = Infer<typeof rejectionSchema>;
 export type EnrollRequest = Infer<typeof enrollRequestBody>;
 export type EnrollChallenge = Infer<typeof enrollChallengeBody>;
 export type EnrollProof = Infer<typeof enrollProofBody>;
 export type EnrollAccepted = Infer<typeof enrollAcceptedBody>;
 export type DeviceStatus = Infer<typeof deviceStatusBody>;
+export type DeviceState = (typeof DEVICE_STATES)[number];
+export type RotateBegin = Infer<typeof rotateBeginBody>;
+export type RotateChallenge = Infer<typeof rotateChallengeBody>;
+export type RotateRequest = Infer<typeof rotateRequestBody>;
+export type RotateConfirm = Infer<typeof rotateConfirmBody>;
+export type RotateConfirmed = Infer<typeof rotateConfirmedBody>;
+export type DeviceEvent = Infer<typeof deviceEventBody>;
 
 /** Validates an incoming payload for `topic` (size, JSON, schema). Throws SchemaError. */
 export function decode<T extends DeviceTopic>(topic: T, payload: Buffer | string): MessageOf<T> {
@@ -145,7 +253,7 @@ function toWire(value: unknown): unknown {
 }
 
 /** Serializes a request/response envelope; the result always passes `decode` for the same topic. */
-export function encode<T extends Exclude<DeviceTopic, 'enrollRejected'>>(
+export function encode<T extends Exclude<DeviceTopic, RejectionTopic>>(
   _topic: T,
   requestIdValue: string,
   sentAt: number,

@@ -22,7 +22,20 @@ export const DEVICE_TOPICS = {
   enrollAccepted: 'enroll/accepted', // bridge → device
   enrollRejected: 'enroll/rejected', // bridge → device
   status: 'status', // device → fleet, retained; last will marks offline
+  // Rotation: over the device's own mutual-TLS session (never the enrollment listener).
+  rotateBegin: 'rotate/begin', // device → bridge: ask for a fresh nonce
+  rotateChallenge: 'rotate/challenge', // bridge → device: the nonce the AK must certify the new key over
+  rotateRequest: 'rotate/request', // device → bridge: certify evidence + CSR of the new key
+  rotateAccepted: 'rotate/accepted', // bridge → device: the new certificate
+  rotateConfirm: 'rotate/confirm', // device → bridge: the new identity works; retire the old one
+  rotateConfirmed: 'rotate/confirmed', // bridge → device
+  rotateRejected: 'rotate/rejected', // bridge → device (answer to begin, request or confirm)
+  events: 'events', // device → bridge: outbox events, QoS1, in order, deduplicated by id
 } as const;
+
+/** Answer topics that carry a rejection envelope instead of a body. */
+export const REJECTION_TOPICS = ['enrollRejected', 'rotateRejected'] as const;
+export type RejectionTopic = (typeof REJECTION_TOPICS)[number];
 
 export type DeviceTopic = keyof typeof DEVICE_TOPICS;
 

@@ -392,13 +392,19 @@ export class MqttTransport implements Transport {
     const retain = packet.retain === true;
     const targets = new Set<SubRecord>();
     const ids = packet.properties?.subscriptionIdentifier;
+    let known = false;
     if (ids !== undefined && this.#subIdsAvailable) {
       for (const id of Array.isArray(ids) ? ids : [ids]) {
         const ref = this.#bySubId.get(id);
         if (!ref) continue;
+        known = true;
         for (const r of retain ? ref.retainedFor : ref.entry.records) if (ref.entry.records.has(r)) targets.add(r);
       }
-    } else {
+    }
+    if (!known) {
+      // No identifier, or only identifiers this process never issued: messages a persistent session
+      // queued for an earlier process (their subscription identifiers are that process's). Route them
+      // by topic rather than drop what the broker already counts as delivered.
       for (const entry of this.#entries.values()) {
         if (topicMatches(entry.filter, topic)) for (const r of entry.records) targets.add(r);
       }

@@ -145,4 +145,14 @@ describe('request', () => {
       request(device, { requestTopic: 'req', payload: Buffer.from('{}'), responseTopics: ['res/ok'], match: () => true, timeoutMs: 10, retries: 0 }),
     ).rejects.toMatchObject({ code: 'TRANSPORT_NOT_CONNECTED' });
   });
+
+  it('rejects TRANSPORT_CONNECTION_LOST at once when the connection drops while waiting', async () => {
+    const broker = new MemoryBroker();
+    const device = await connected(broker, 'd');
+    const started = Date.now();
+    const pending = request(device, { requestTopic: 'req', payload: Buffer.from('{}'), responseTopics: ['res/ok'], match: () => true, timeoutMs: 30_000, retries: 2 });
+    setTimeout(() => device.simulateDrop(), 20);
+    await expect(pending).rejects.toMatchObject({ code: 'TRANSPORT_CONNECTION_LOST' });
+    expect(Date.now() - started).toBeLessThan(5_000);
+  });
 });

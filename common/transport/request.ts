@@ -24,6 +24,9 @@ const TRANSIENT = new Set(['TRANSPORT_NOT_CONNECTED', 'TRANSPORT_CONNECTION_LOST
  * subscription), publishes QoS 1, and re-publishes the byte-identical payload after each timeout: the
  * server deduplicates by requestId and answers a repeat with its first answer. Resolves with the first
  * matching message; rejects TRANSPORT_TIMEOUT after the last attempt. Always unsubscribes.
+ *
+ * A connection lost while waiting rejects TRANSPORT_CONNECTION_LOST at once: an answer published while
+ * this client was away is gone (clean session), so waiting out the timer would only delay the retry.
  */
 export async function request(transport: Transport, opts: RequestOptions): Promise<IncomingMessage> {
   const { requestTopic, payload, responseTopics, match, timeoutMs, retries } = opts;
@@ -55,6 +58,13 @@ export async function request(transport: Transport, opts: RequestOptions): Promi
   };
 
   const subscriptions: Subscription[] = [];
+  const stopWatching = transport.onConnectionChange((up) => {
+    if (up || response !== undefined || failure !== undefined) return;
+    failure = new TransportError('TRANSPORT_CONNECTION_LOST', `connection lost while waiting for an answer to ${requestTopic}`, {
+      details: { requestTopic },
+    });
+    wake?.();
+  });
   try {
     const results = await Promise.allSettled(responseTopics.map((t) => transport.subscribe(t, handler, { qos: 1 })));
     for (const r of results) if (r.status === 'fulfilled') subscriptions.push(r.value);
@@ -84,6 +94,7 @@ export async function request(transport: Transport, opts: RequestOptions): Promi
       details: { requestTopic, responseTopics, attempts, timeoutMs, elapsedMs: clock.now() - startedAt },
     });
   } finally {
+    stopWatching();
     // Unsubscribe never rejects (see Subscription); the answer or the error above is what matters.
     await Promise.all(subscriptions.map((s) => s.unsubscribe()));
   }
