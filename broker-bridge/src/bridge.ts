@@ -1,67 +1,246 @@
+import { CodedError } from '../../common/coded-error.js';
+import { systemClock, type Clock } from '../../common/clock.js';
 import type { Topics } from '../../common/protocol/topics.js';
-import type { Subscription, Transport } from '../../common/transport/transport.js';
-import type { EnrollmentLogger, EnrollmentService } from './enrollment/enrollment-service.js';
+import { topicMatches } from '../../common/transport/topic-match.js';
+import type { IncomingMessage, Transport, TransportErrorCode } from '../../common/transport/transport.js';
+import type { EnrollmentLogger, Reply } from './enrollment/enrollment-service.js';
 
 /**
- * The bridge's MQTT side: subscribes to device requests, hands each to its service and publishes the
- * reply to the requesting device's own topic; publishes the retained trust bundle. Handlers run
+ * The bridge's MQTT side: subscribes to what its handlers need (enrollment, rotation, status and event
+ * ingestion), hands each message to the handler whose filter matches its topic and publishes the reply
+ * to the device's own answer topic; keeps the retained trust bundle published. Handlers run
  * concurrently (each reply is independent); the services serialize what must be serialized.
+ *
+ * Connection: a persistent MQTT session (`BRIDGE_SESSION` for the transport, a stable client id): while
+ * the bridge is away mosquitto queues the QoS1 messages devices publish (events, requests) and delivers
+ * them when it returns. The broker connection may drop and come back any number of times: the bridge
+ * logs one line when it goes down and one when it is back (with the outage length), and republishes the
+ * trust bundle on every reconnect (a broker that lost its retained messages gets it back).
  *
  * `sharedGroup` subscribes through an MQTT 5 shared subscription (`$share/<group>/…`). Several
  * instances also need the challenge state and inventory in a shared store, which does not exist yet
  * (see README).
  */
 export interface BridgeOptions {
+  /** Create it with `BRIDGE_SESSION` and a stable client id (e.g. `DEFAULT_BRIDGE_CLIENT_ID`). */
   readonly transport: Transport;
   readonly topics: Topics;
-  readonly enrollment: EnrollmentService;
+  /** Filters must not overlap: a message goes to the first handler with a matching filter. */
+  readonly handlers: readonly RequestHandler[];
   readonly trustBundlePems: readonly string[];
   readonly sharedGroup?: string;
-  readonly logger?: EnrollmentLogger;
+  readonly logger?: BridgeLogger;
+  /** Measures outages for the log; default the system clock. */
+  readonly clock?: Clock;
+  /** Delay between connect attempts while the broker cannot be reached at start. Default 1000. */
+  readonly connectRetryMs?: number;
 }
+
+/** One service behind the bridge (EnrollmentService, RotationService, IngestService). */
+export interface RequestHandler {
+  /** Subscription filters (without any `$share/` prefix). */
+  filters(): string[];
+  /**
+   * Handles one message; resolves with the reply to publish, or undefined (nothing to answer). Should
+   * not reject (a rejection is logged, nothing is published).
+   */
+  handle(topic: string, payload: Buffer, meta?: MessageMeta): Promise<Reply | undefined>;
+}
+
+export interface MessageMeta {
+  /** The broker replayed a retained message because of a (re)subscription: old news, not a live event. */
+  readonly retain: boolean;
+}
+
+export type BridgeLogger = EnrollmentLogger;
+
+export type BridgeErrorCode = 'BRIDGE_CONFIG_INVALID' | 'BRIDGE_STOPPED';
+export class BridgeError extends CodedError<BridgeErrorCode> {}
+
+/** The bridge's client id unless configured: not a valid device id (':'), so no device can collide with it. */
+export const DEFAULT_BRIDGE_CLIENT_ID = 'role:bridge';
+
+/**
+ * Transport settings for the bridge's persistent session: not clean, and kept 7 days by the broker
+ * after a disconnect (a bridge away longer has its queue dropped; devices resend what they still hold).
+ */
+export const BRIDGE_SESSION = { clean: false, sessionExpirySec: 7 * 86_400 } as const;
+
+/** Connect failures worth waiting out at start; refused credentials and TLS failures are not. */
+const RETRY_CONNECT: ReadonlySet<TransportErrorCode> = new Set(['TRANSPORT_UNREACHABLE', 'TRANSPORT_TIMEOUT', 'TRANSPORT_CONNECTION_LOST']);
+
+const noopLogger: BridgeLogger = { info() {}, warn() {}, error() {} };
 
 export class Bridge {
   readonly #o: BridgeOptions;
-  readonly #subs: Subscription[] = [];
-  #pending = new Set<Promise<void>>();
+  readonly #log: BridgeLogger;
+  readonly #clock: Clock;
+  readonly #routes: ReadonlyArray<{ readonly filter: string; readonly handler: RequestHandler }>;
+  readonly #pending = new Set<Promise<void>>();
+  #subscribed: Promise<void> | undefined;
+  #offConnection: (() => void) | undefined;
+  #downSince: number | undefined;
+  #bundleFailing = false;
+  /** The latest trust bundle publish (never rejects). */
+  #bundle: Promise<void> | undefined;
+  #started = false;
+  #stopping = false;
+  #stopped: Promise<void> | undefined;
+  #wake: (() => void) | undefined;
 
   constructor(options: BridgeOptions) {
     this.#o = options;
+    this.#log = options.logger ?? noopLogger;
+    this.#clock = options.clock ?? systemClock;
+    const routes = options.handlers.flatMap((handler) => handler.filters().map((filter) => ({ filter, handler })));
+    const seen = new Set<string>();
+    for (const { filter } of routes) {
+      if (seen.has(filter)) throw new BridgeError('BRIDGE_CONFIG_INVALID', `two handlers subscribe to ${filter}`);
+      seen.add(filter);
+    }
+    this.#routes = routes;
   }
 
+  /**
+   * Connects (waiting out an unreachable broker), subscribes every handler's filters and publishes the
+   * trust bundle. Rejects when the broker refuses the connection or a subscription, or on `stop()`.
+   */
   async start(): Promise<void> {
-    const { transport, topics } = this.#o;
-    await transport.connect();
-    await transport.publish(topics.fleet('trustBundle'), Buffer.from(JSON.stringify({ v: 1, roots: this.#o.trustBundlePems })), {
-      qos: 1,
-      retain: true,
-    });
-    for (const filter of this.#o.enrollment.filters()) {
-      const subscribed = this.#o.sharedGroup ? `$share/${this.#o.sharedGroup}/${filter}` : filter;
-      this.#subs.push(
-        await transport.subscribe(subscribed, (msg) => {
-          const work = this.#dispatch(msg.topic, msg.payload);
-          this.#pending.add(work);
-          void work.finally(() => this.#pending.delete(work));
-        }),
-      );
+    if (this.#started) throw new BridgeError('BRIDGE_CONFIG_INVALID', 'bridge already started');
+    this.#started = true;
+    const { transport } = this.#o;
+    this.#offConnection = transport.onConnectionChange((up) => this.#onConnectionChange(up));
+    await this.#connect();
+    // Normally subscribed by the connection listener already; not when the transport was connected before.
+    if (!this.#subscribed) {
+      this.#subscribed = this.#subscribeAll();
+      this.#track((this.#bundle = this.#publishBundle()));
     }
+    await this.#subscribed;
+    await this.#bundle;
   }
 
-  async #dispatch(topic: string, payload: Buffer): Promise<void> {
-    try {
-      const reply = await this.#o.enrollment.handle(topic, payload);
-      if (reply) await this.#o.transport.publish(reply.topic, reply.payload, { qos: 1 });
-    } catch (e) {
-      this.#o.logger?.error({ topic, err: e }, 'failed to answer a device request');
-    }
+  /**
+   * Stops dispatching after in-flight work, then disconnects. The broker keeps the session and its
+   * subscriptions (nothing is unsubscribed), so messages published while the bridge is away are queued
+   * for the next start. Idempotent.
+   */
+  stop(): Promise<void> {
+    this.#stopped ??= this.#shutdown();
+    return this.#stopped;
   }
 
-  /** Stops taking requests, lets in-flight ones finish, then disconnects. */
-  async stop(): Promise<void> {
-    for (const s of this.#subs.splice(0)) await s.unsubscribe().catch(() => undefined);
-    await Promise.allSettled([...this.#pending]);
+  async #shutdown(): Promise<void> {
+    this.#stopping = true;
+    this.#wake?.();
+    this.#offConnection?.();
+    // Messages keep arriving (and being acknowledged) until the transport is closed: handle them all.
+    await this.#drain();
     await this.#o.transport.close();
+    await this.#drain();
+  }
+
+  async #drain(): Promise<void> {
+    while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
+  }
+
+  async #connect(): Promise<void> {
+    const retryMs = this.#o.connectRetryMs ?? 1000;
+    const since = this.#clock.now();
+    let waiting = false;
+    for (;;) {
+      if (this.#stopping) throw new BridgeError('BRIDGE_STOPPED', 'bridge stopped before it connected');
+      try {
+        await this.#o.transport.connect();
+        if (waiting) this.#log.info({ waitedMs: this.#clock.now() - since }, 'bridge connected to the broker');
+        return;
+      } catch (e) {
+        const code = (e as { code?: TransportErrorCode }).code;
+        if (this.#stopping || code === undefined || !RETRY_CONNECT.has(code)) throw e;
+        if (!waiting) this.#log.warn({ code, retryMs }, 'broker not reachable; bridge keeps trying');
+        waiting = true;
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, retryMs);
+          this.#wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.#wake = undefined;
+      }
+    }
+  }
+
+  #onConnectionChange(up: boolean): void {
+    if (this.#stopping) return;
+    if (!up) {
+      this.#downSince = this.#clock.now();
+      this.#log.warn({}, 'bridge lost its broker connection');
+      return;
+    }
+    if (this.#downSince !== undefined) {
+      this.#log.info({ outageMs: this.#clock.now() - this.#downSince }, 'bridge reconnected to the broker');
+      this.#downSince = undefined;
+    }
+    // Subscribed here, synchronously inside CONNACK handling: with a resumed session mosquitto sends the
+    // messages it queued right after CONNACK, and the transport drops (after acknowledging) any message
+    // that arrives before a local subscription exists. Later reconnects keep the transport's subscriptions.
+    this.#subscribed ??= this.#subscribeAll();
+    this.#track((this.#bundle = this.#publishBundle()));
+  }
+
+  #subscribeAll(): Promise<void> {
+    const { transport, sharedGroup } = this.#o;
+    // Every SUBSCRIBE is issued in this same turn (no await between them), see #onConnectionChange.
+    const all = this.#routes.map(({ filter }) =>
+      transport.subscribe(sharedGroup ? `$share/${sharedGroup}/${filter}` : filter, (msg) => this.#onMessage(msg)),
+    );
+    const done = Promise.all(all).then(() => undefined);
+    done.catch(() => undefined); // start() reports it; never an unhandled rejection
+    return done;
+  }
+
+  #onMessage(msg: IncomingMessage): void {
+    // Routed by topic, not by subscription: after a restart, messages queued in the resumed session carry
+    // the previous process's subscription identifiers.
+    const route = this.#routes.find((r) => topicMatches(r.filter, msg.topic));
+    if (!route) return;
+    this.#track(this.#dispatch(route.handler, msg));
+  }
+
+  async #dispatch(handler: RequestHandler, msg: IncomingMessage): Promise<void> {
+    let reply: Reply | undefined;
+    try {
+      reply = await handler.handle(msg.topic, msg.payload, { retain: msg.retain });
+    } catch (e) {
+      this.#log.error({ topic: msg.topic, err: e }, 'handler failed on a device message');
+      return;
+    }
+    if (!reply) return;
+    try {
+      await this.#o.transport.publish(reply.topic, reply.payload, { qos: 1 });
+    } catch (e) {
+      // The device retries with the same requestId and gets the cached answer.
+      this.#log.warn({ topic: reply.topic, code: (e as { code?: string }).code }, 'could not publish a reply');
+    }
+  }
+
+  async #publishBundle(): Promise<void> {
+    const { transport, topics, trustBundlePems } = this.#o;
+    try {
+      await transport.publish(topics.fleet('trustBundle'), Buffer.from(JSON.stringify({ v: 1, roots: trustBundlePems })), { qos: 1, retain: true });
+      if (this.#bundleFailing) this.#log.info({}, 'trust bundle published');
+      this.#bundleFailing = false;
+    } catch (e) {
+      if (this.#stopping) return;
+      // Once per failure streak; the next reconnect publishes again.
+      if (!this.#bundleFailing) this.#log.warn({ code: (e as { code?: string }).code }, 'could not publish the trust bundle; retrying on the next reconnect');
+      this.#bundleFailing = true;
+    }
+  }
+
+  #track(work: Promise<void>): void {
+    this.#pending.add(work);
+    void work.finally(() => this.#pending.delete(work));
   }
 }
-

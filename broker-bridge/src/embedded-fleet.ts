@@ -4,7 +4,7 @@ import type { Clock } from '../../common/clock.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
-import { Bridge } from './bridge.js';
+import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { EmbeddedBroker } from './broker/embedded-broker.js';
 import { BRIDGE_IDENTITY } from './broker/mosquitto-config.js';
 import { issueServiceCertificate } from './broker/service-cert.js';
@@ -14,11 +14,19 @@ import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollmen
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
 import { RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
+import { RotationService } from './rotation/rotation-service.js';
+import { IngestService } from './telemetry/ingest-service.js';
 
 /**
  * A whole fleet side in one process, on loopback: fleet CA (key file or PKCS#11), inventory, mosquitto
- * with generated config and ACLs, and the bridge connected as `role:bridge`. The demo, the simulator
- * and the integration tests run this; production runs the same parts as separate services.
+ * with generated config and ACLs (persistence in `dir/broker/persistence`), and the bridge connected as
+ * `role:bridge` with its persistent session, serving enrollment, rotation and status/event ingestion.
+ * The demo, the simulator and the integration tests run this; production runs the same parts as
+ * separate services.
+ *
+ * Outages for tests: `stopBridge()`/`startBridge()` (messages published meanwhile are queued by the
+ * broker for the bridge's session), `stopBroker()`/`startBroker()`, `restartBroker()` and `killBroker()`
+ * (same ports; the bridge reconnects by itself and republishes the trust bundle).
  */
 export interface EmbeddedFleetOptions {
   readonly dir: string;
@@ -29,10 +37,17 @@ export interface EmbeddedFleetOptions {
   /** Where the issuing CA key lives; default a key file in `dir/ca`. */
   readonly caBackend?: BackendSpec;
   readonly policy?: EnrollmentPolicy;
+  /** Lifetime of device certificates (enrollment, rotation, re-attestation); tests use seconds. Default 30 days. */
   readonly certificateLifetimeSec?: number;
-  /** Default: 10 requests burst then 1/s per device, 1000 burst then 500/s in all. */
+  /** Default: 10 requests burst then 1/s per device, 1000 burst then 500/s in all (enrollment and rotation share it). */
   readonly rateLimit?: { perDevice: RateLimit; global: RateLimit };
   readonly challengeTtlMs?: number;
+  /** How long a rotation nonce stays valid (RotationService's default when absent). */
+  readonly rotationTtlMs?: number;
+  /** The bridge's MQTT client id (its persistent session). Default `DEFAULT_BRIDGE_CLIENT_ID`. */
+  readonly bridgeClientId?: string;
+  /** How often the bridge's transport retries a lost broker connection. Default 250 ms. */
+  readonly bridgeReconnectMs?: number;
   readonly logger?: EnrollmentLogger;
 }
 
@@ -89,37 +104,82 @@ export class EmbeddedFleet {
     return fleet;
   }
 
-  /** Starts the bridge (a fresh process-equivalent: no in-memory state from before). */
+  /**
+   * Starts the bridge (a fresh process-equivalent: no in-memory state from before; the broker still
+   * holds its session). Waits for the broker if it is down.
+   */
   async startBridge(): Promise<void> {
     if (this.#bridge) return;
     const o = this.#o;
-    const enrollment = new EnrollmentService({
+    const logger = o.logger ? { logger: o.logger } : {};
+    // One policy and one rate budget for enrollment and rotation, as in `bridge run`.
+    const policy = o.policy ?? new DefaultEnrollmentPolicy({ trustDomain: o.trustDomain, lifetimeSec: o.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 });
+    const limiter = new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock });
+    const common = {
       inventory: this.inventory,
       issuer: this.#issuer,
-      policy: o.policy ?? new DefaultEnrollmentPolicy({ trustDomain: o.trustDomain, lifetimeSec: o.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 }),
-      ekTrust: o.ekTrust,
+      policy,
       clock: o.clock,
       topics: this.topics,
       chainPems: [this.#issuer.issuingCertificatePem],
       trustBundlePems: this.trustBundle,
-      limiter: new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock }),
-      ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }),
-      ...(o.logger ? { logger: o.logger } : {}),
-    });
+      limiter,
+      ...logger,
+    };
+    const enrollment = new EnrollmentService({ ...common, ekTrust: o.ekTrust, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
+    const rotation = new RotationService({ ...common, ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
+    const ingest = new IngestService({ inventory: this.inventory, clock: o.clock, topics: this.topics, ...logger });
     const transport = new MqttTransport({
       url: this.broker.deviceUrl,
-      clientId: `bridge-${process.pid}`,
+      clientId: o.bridgeClientId ?? DEFAULT_BRIDGE_CLIENT_ID,
+      ...BRIDGE_SESSION,
+      reconnectPeriodMs: o.bridgeReconnectMs ?? 250,
       tls: { ca: this.ca.rootCertificatePem, cert: this.#bridgeTls.certPem, key: this.#bridgeTls.keyPem },
+      ...(o.logger ? { onError: (err) => o.logger!.error({ code: err.code, ...err.details }, err.message) } : {}),
     });
-    const bridge = new Bridge({ transport, topics: this.topics, enrollment, trustBundlePems: this.trustBundle, ...(o.logger ? { logger: o.logger } : {}) });
-    await bridge.start();
+    const bridge = new Bridge({
+      transport,
+      topics: this.topics,
+      handlers: [enrollment, rotation, ingest],
+      trustBundlePems: this.trustBundle,
+      connectRetryMs: o.bridgeReconnectMs ?? 250,
+      ...logger,
+    });
     this.#bridge = bridge;
+    try {
+      await bridge.start();
+    } catch (e) {
+      this.#bridge = undefined;
+      await bridge.stop();
+      throw e;
+    }
   }
 
+  /** Stops the bridge; its broker session (and the messages queued for it) stays. */
   async stopBridge(): Promise<void> {
     const b = this.#bridge;
     this.#bridge = undefined;
     await b?.stop();
+  }
+
+  /** A clean broker restart (SIGTERM: retained messages and sessions saved), same ports. */
+  restartBroker(): Promise<void> {
+    return this.broker.restart();
+  }
+
+  /** Broker down (SIGTERM) until `startBroker()`: a chosen outage length. */
+  stopBroker(): Promise<void> {
+    return this.broker.stop();
+  }
+
+  /** Broker down by SIGKILL (no final save) until `startBroker()`. */
+  killBroker(): Promise<void> {
+    return this.broker.kill();
+  }
+
+  /** Starts the broker again on the same ports, config and persistence directory. */
+  startBroker(): Promise<void> {
+    return this.broker.startAgain();
   }
 
   async stop(): Promise<void> {

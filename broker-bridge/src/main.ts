@@ -1,21 +1,22 @@
 /**
- * broker-bridge CLI. Entry flow: `run` → Bridge.start() → EnrollmentService.handle() per request.
+ * broker-bridge CLI. Entry flow: `run` → Bridge.start() → per message EnrollmentService / RotationService
+ * / IngestService.handle().
  *   bridge ca init   --dir DIR --trust-domain TD [--pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
  *   bridge ca import --dir DIR --trust-domain TD --root PEM --issuing PEM --issuing-key PEM
  *   bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F
- *                        --client-ca F [--base-topic fleet/v1] [--station ID]... [--operator ID]...
+ *                        --client-ca F --persistence-dir DIR [--base-topic fleet/v1] [--station ID]... [--operator ID]...
  *   bridge run --config bridge.json
  * Logs JSON lines to stdout.
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { systemClock } from '../../common/clock.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { array, int, object, optional, parseMessage, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
-import { Bridge } from './bridge.js';
+import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { generateMosquittoConfig } from './broker/mosquitto-config.js';
 import { createCa, importCa, openBackend, type BackendSpec } from './ca/ca-setup.js';
 import { CertificateIssuer } from './ca/issuer.js';
@@ -23,6 +24,8 @@ import { EnrollmentService } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy } from './enrollment/policy.js';
 import { RateLimiter } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
+import { RotationService } from './rotation/rotation-service.js';
+import { IngestService } from './telemetry/ingest-service.js';
 
 const logger = pino({ base: { program: 'broker-bridge' } });
 
@@ -45,6 +48,8 @@ const configSchema = object({
   manufacturerRoots: array(str({ max: 512 }), { min: 1, max: 64 }),
   certificateLifetimeSec: optional(int({ min: 3600, max: 366 * 86_400 })),
   sharedGroup: optional(str({ max: 64, pattern: /^[A-Za-z0-9_-]+$/ })),
+  /** MQTT client id of the bridge's persistent session; stable across restarts. Default `role:bridge`. */
+  clientId: optional(str({ max: 64, pattern: /^[A-Za-z0-9:._-]+$/ })),
 });
 
 function backendSpec(dir: string, o: { issuingKey?: string; pkcs11?: { module: string; tokenLabel: string; pinEnv: string; keyLabel?: string } }): BackendSpec {
@@ -82,6 +87,7 @@ async function main(): Promise<void> {
       station: { type: 'string', multiple: true },
       operator: { type: 'string', multiple: true },
       config: { type: 'string' },
+      'persistence-dir': { type: 'string' },
     },
   });
   const need = (k: keyof typeof v) => (v[k] as string | undefined) ?? fail(`--${k} is required`);
@@ -133,13 +139,14 @@ async function main(): Promise<void> {
         tls: { serverCertFile: need('server-cert'), serverKeyFile: need('server-key'), clientCaFile: need('client-ca') },
         enrollAclFile: join(out, 'enroll.acl'),
         deviceAclFile: join(out, 'device.acl'),
+        persistenceDir: resolve(need('persistence-dir')),
         stationIdentities: v.station ?? [],
         operatorIdentities: v.operator ?? [],
       });
       writeFileSync(join(out, 'mosquitto.conf'), conf);
       writeFileSync(join(out, 'enroll.acl'), enrollAcl);
       writeFileSync(join(out, 'device.acl'), deviceAcl);
-      logger.info({ out }, 'wrote mosquitto.conf, enroll.acl, device.acl');
+      logger.info({ out, persistenceDir: resolve(need('persistence-dir')) }, 'wrote mosquitto.conf, enroll.acl, device.acl; the persistence directory must be writable by the broker');
       return;
     }
     case 'run': {
@@ -150,28 +157,39 @@ async function main(): Promise<void> {
       const inventory = new LevelInventory(join(cfg.dataDir, 'inventory'));
       await inventory.open();
       const topics = new Topics(cfg.baseTopic ?? 'fleet/v1');
-      const enrollment = new EnrollmentService({
+      const common = {
         inventory,
         issuer,
         policy: new DefaultEnrollmentPolicy({ trustDomain: cfg.trustDomain, lifetimeSec: cfg.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 }),
-        ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) },
         clock: systemClock,
         topics,
         chainPems: [issuer.issuingCertificatePem],
         trustBundlePems: [root],
+        // One budget per device for enrollment and rotation requests.
         limiter: new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock }),
         logger,
-      });
+      };
+      const enrollment = new EnrollmentService({ ...common, ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) } });
+      const rotation = new RotationService(common);
+      const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
       const transport = new MqttTransport({
         url: cfg.brokerUrl,
-        clientId: `bridge-${process.pid}`,
+        clientId: cfg.clientId ?? DEFAULT_BRIDGE_CLIENT_ID,
+        ...BRIDGE_SESSION,
         tls: { ca: root, cert: readFileSync(cfg.bridgeCert, 'utf8'), key: readFileSync(cfg.bridgeKey, 'utf8') },
         logger,
       });
-      const bridge = new Bridge({ transport, topics, enrollment, trustBundlePems: [root], logger, ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}) });
-      await bridge.start();
-      logger.info({ broker: cfg.brokerUrl }, 'bridge running');
+      const bridge = new Bridge({
+        transport,
+        topics,
+        handlers: [enrollment, rotation, ingest],
+        trustBundlePems: [root],
+        logger,
+        ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),
+      });
+      let stopping = false;
       const stop = async () => {
+        stopping = true;
         await bridge.stop();
         await inventory.close();
         await backend.close();
@@ -179,6 +197,14 @@ async function main(): Promise<void> {
       };
       process.once('SIGINT', () => void stop());
       process.once('SIGTERM', () => void stop());
+      try {
+        // Waits for an unreachable broker (one log line), so the bridge may start before mosquitto.
+        await bridge.start();
+      } catch (e) {
+        if (stopping) return;
+        throw e;
+      }
+      logger.info({ broker: cfg.brokerUrl }, 'bridge running');
       return;
     }
     default:

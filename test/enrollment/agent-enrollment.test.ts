@@ -99,7 +99,7 @@ describe('agents enroll end to end', () => {
     }
     // Their retained status reached the fleet (the bridge role can read every device's status).
     const seen = await retainedStatuses(ids);
-    for (const id of ids) expect(seen.get(id)).toMatchObject({ online: true, state: 'enrolled' });
+    for (const id of ids) expect(seen.get(id)).toMatchObject({ online: true, state: 'online' });
   });
 
   it('restarts from its store without enrolling again, and publishes offline when it stops', async () => {
@@ -120,8 +120,9 @@ describe('agents enroll end to end', () => {
       const id = `agent-killed-${i}`;
       const bootstrap = await bootstrapFor(id, tpms[i]!);
       const dataDir = join(dir, id);
-      // The agent "dies" the moment its message is on the wire: the transport throws after publishing.
-      const dying = new Agent({
+      // The agent "dies" (stop() at once; its store keeps what it wrote) the moment its message is on the wire.
+      let dead = false;
+      const dying: Agent = new Agent({
         bootstrap,
         dataDir,
         responseTimeoutMs: 5_000,
@@ -129,13 +130,17 @@ describe('agents enroll end to end', () => {
           const t = new MqttTransport(o);
           const publish = t.publish.bind(t);
           t.publish = async (topic, payload, opts) => {
+            if (dead) throw new Error('dead');
             await publish(topic, payload, opts);
-            if (topic.endsWith(`/${step}`)) throw new Error('killed');
+            if (topic.endsWith(`/${step}`)) {
+              dead = true;
+              void dying.stop();
+            }
           };
           return t;
         },
       });
-      await expect(dying.start()).rejects.toThrow('killed');
+      await expect(dying.start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
       const revived = new Agent({ bootstrap, dataDir, responseTimeoutMs: 10_000 });
       agents.push(revived);
       await revived.start();

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { createHash, generateKeyPairSync, sign as softSign, X509Certificate } from 'node:crypto';
+import { createHash, X509Certificate } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,8 +11,7 @@ import type { Transport } from '../../common/transport/transport.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import type { Tpm } from '../../native/lib/tpm.js';
-import { marshalPublic2b, type EccPublic } from '../../native/lib/wire/public.js';
-import { identityKeyTemplate } from '../../native/lib/wire/templates.js';
+import { parseAndVerifyCsr } from '../../broker-bridge/src/ca/csr.js';
 import { newManufacturer, startTpm, type TestTpm } from '../harness/index.js';
 import {
   answerChallenge,
@@ -25,6 +24,7 @@ import {
   newRequestId,
   prepareDevice,
   proofPayload,
+  softwareKeyPosingAsTpmKey,
   type Answer,
   type DeviceMaterial,
 } from './scripted-device.js';
@@ -49,6 +49,7 @@ describe('enrollment through the bridge', () => {
   let devB: DeviceMaterial;
   let devRogue: DeviceMaterial;
   let otherKeyCsrB: Buffer;
+  let tA: Transport;
   const transports: Transport[] = [];
 
   beforeAll(async () => {
@@ -134,6 +135,24 @@ describe('enrollment through the bridge', () => {
 
     // Replaying the used token is refused and changes nothing.
     await expectRefused('TOKEN_USED', () => enroll(t, 'dev-a', enrollBody(devA, token)));
+    tA = t;
+  });
+
+  it('re-attests an enrolled device without a token, and refuses another TPM\'s EK or a token in that mode', async () => {
+    const { token: _unused, ...withoutToken } = enrollBody(devA, 'x'.repeat(16));
+    const reattest = { ...withoutToken, mode: 'reattest' as const };
+    // Another genuine TPM's trusted EK claiming dev-a, with dev-a's AK: only the EK is wrong.
+    await expectRefused('EK_MISMATCH', () => enroll(tA, 'dev-a', { ...reattest, ekCertificate: devB.ekCertificate, ekPublic: devB.ek.publicArea, ekKind: devB.ekKind }));
+    await expectRefused('BAD_REQUEST', () => enroll(tA, 'dev-a', { ...reattest, token: mintEnrollmentToken().token }));
+    const before = fleet.inventory.getDevice('dev-a')!;
+    const ch = await enroll(tA, 'dev-a', reattest);
+    if (ch.kind !== 'challenge') throw new Error(`expected a challenge, got ${rejectedWith(ch)}`);
+    const done = await proof(tA, 'dev-a', await answerChallenge(a, devA, ch.msg.body));
+    if (done.kind !== 'accepted') throw new Error(`expected a certificate, got ${rejectedWith(done)}`);
+    expect(fleet.inventory.getCertificate(done.msg.body.serial)).toMatchObject({ kind: 'reattest', deviceId: 'dev-a' });
+    expect(fleet.inventory.getCertificate(before.certSerial!)?.supersededAt).toBeDefined();
+    expect(fleet.inventory.getDevice('dev-a')).toMatchObject({ certSerial: done.msg.body.serial, akName: before.akName });
+    expect(await fleet.inventory.listAudit({ deviceId: 'dev-a', type: 'device.reattested' })).toHaveLength(1);
   });
 
   it('refuses a token of another device, a token bound to another EK, and an expired token', async () => {
@@ -175,15 +194,13 @@ describe('enrollment through the bridge', () => {
   });
 
   it('refuses a key certified outside the TPM and a CSR for another key', async () => {
-    // A software key dressed up as a TPM key: its public area claims fixedTPM, its CSR is valid.
-    const soft = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    const jwk = soft.publicKey.export({ format: 'jwk' });
-    const softPublic: EccPublic = { ...identityKeyTemplate(), x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') };
-    const softSpki = soft.publicKey.export({ type: 'spki', format: 'der' });
-    const softCsr = await buildCsr('dev-b6', softSpki, async (d) => softSign(null, d, { key: soft.privateKey, dsaEncoding: 'der' }));
+    // A software key dressed up as a TPM key: its public area claims fixedTPM, and its CSR is valid on
+    // its own (checked here, so only the certification can be what refuses it).
+    const soft = softwareKeyPosingAsTpmKey('dev-b6');
+    expect(parseAndVerifyCsr(soft.csr).publicKeySpki.equals(soft.spki)).toBe(true);
     const token6 = await register('dev-b6', devB);
     const t6 = await client('dev-b6');
-    const ch = await enroll(t6, 'dev-b6', { ...enrollBody(devB, token6), deviceId: 'dev-b6', keyPublic: marshalPublic2b(softPublic), csr: softCsr });
+    const ch = await enroll(t6, 'dev-b6', { ...enrollBody(devB, token6), deviceId: 'dev-b6', keyPublic: soft.keyPublic, csr: soft.csr });
     if (ch.kind !== 'challenge') throw new Error(`expected a challenge, got ${rejectedWith(ch)}`);
     // The TPM can only certify keys it holds: the best an attacker has is a certification of the real key.
     await expectRefused('CERTIFY_INVALID', async () => proof(t6, 'dev-b6', await answerChallenge(b, devB, ch.msg.body)));

@@ -1,10 +1,13 @@
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { buildCsr } from '../../agent/src/csr.js';
+import { buildCsr as buildSoftCsr } from '../../broker-bridge/src/ca/test-util.js';
 import { decode, encode, type MessageOf } from '../../common/protocol/messages.js';
 import type { Topics } from '../../common/protocol/topics.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
-import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
+import type { KeyBlobs, Tpm, TpmKey } from '../../native/lib/tpm.js';
+import { marshalPublic2b, type EccPublic } from '../../native/lib/wire/public.js';
+import { identityKeyTemplate } from '../../native/lib/wire/templates.js';
 
 export { buildCsr };
 
@@ -127,4 +130,110 @@ export async function answerChallenge(tpm: Tpm, m: DeviceMaterial, c: MessageOf<
   const secret = await tpm.activateCredential(m.ak, m.ek, c.credentialBlob, c.encryptedSecret);
   const att = await tpm.certify(m.key, m.ak, c.nonce);
   return { challengeId: c.challengeId, secret, certifyInfo: att.attest, certifySignature: att.signature };
+}
+
+/**
+ * A software key dressed up as a TPM identity key: its public area claims fixedTPM and the rest of the
+ * identity template, and its CSR is valid (signed over the request info with SHA-256, once). A TPM can
+ * never certify it, so the only thing that refuses it is the key certification.
+ */
+export function softwareKeyPosingAsTpmKey(deviceId: string): { keyPublic: Buffer; csr: Buffer; spki: Buffer } {
+  const soft = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
+  const jwk = soft.publicKey.export({ format: 'jwk' });
+  const pub: EccPublic = { ...identityKeyTemplate(), x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') };
+  const spki = soft.publicKey.export({ type: 'spki', format: 'der' });
+  const csr = buildSoftCsr({ privateKey: soft.privateKey, spki, commonNames: [deviceId] });
+  return { keyPublic: marshalPublic2b(pub), csr, spki };
+}
+
+/** A TPM key kept only as blobs and public data; loaded for one operation at a time. */
+export interface StoredKey {
+  readonly blobs: KeyBlobs;
+  readonly publicArea: Buffer;
+  readonly name: Buffer;
+  readonly spki: Buffer;
+}
+
+/**
+ * Drives one swtpm for a scripted device without running out of its three object slots: every key is
+ * created, flushed and kept as blobs, and each operation loads what it needs and flushes it after.
+ */
+export class ScriptedTpm {
+  readonly tpm: Tpm;
+  #ekKind: 'rsa' | 'ecc' | undefined;
+  constructor(tpm: Tpm) {
+    this.tpm = tpm;
+  }
+
+  async #created(make: (srk: TpmKey) => Promise<{ key: TpmKey; blobs: KeyBlobs }>): Promise<StoredKey> {
+    const { key, blobs } = await make(await this.tpm.ensureSrk());
+    await this.tpm.flush(key);
+    return { blobs, publicArea: key.publicArea, name: key.name, spki: key.spki };
+  }
+
+  createAk(): Promise<StoredKey> {
+    return this.#created((srk) => this.tpm.createAttestationKey(srk));
+  }
+
+  createKey(): Promise<StoredKey> {
+    return this.#created((srk) => this.tpm.createIdentityKey(srk));
+  }
+
+  async #with<T>(keys: readonly StoredKey[], fn: (loaded: TpmKey[]) => Promise<T>): Promise<T> {
+    const srk = await this.tpm.ensureSrk();
+    const loaded: TpmKey[] = [];
+    try {
+      for (const k of keys) loaded.push(await this.tpm.loadKey(srk, k.blobs));
+      return await fn(loaded);
+    } finally {
+      for (const k of loaded) await this.tpm.flush(k);
+    }
+  }
+
+  /** TPM2_Certify(key, ak, nonce). */
+  certify(key: StoredKey, ak: StoredKey, nonce: Buffer): Promise<{ certifyInfo: Buffer; certifySignature: Buffer }> {
+    return this.#with([key, ak], async ([k, a]) => {
+      const att = await this.tpm.certify(k!, a!, nonce);
+      return { certifyInfo: att.attest, certifySignature: att.signature };
+    });
+  }
+
+  /** A CSR for `key` with subject CN=`deviceId`, signed inside the TPM. */
+  csr(key: StoredKey, deviceId: string): Promise<Buffer> {
+    return this.#with([key], ([k]) => buildCsr(deviceId, key.spki, async (d) => (await this.tpm.sign(k!, d)).der));
+  }
+
+  async ekKind(): Promise<'rsa' | 'ecc'> {
+    return (this.#ekKind ??= (await this.tpm.readEkCertificate('ecc')) ? 'ecc' : 'rsa');
+  }
+
+  /** The EK material an enroll request carries. */
+  async ek(): Promise<{ ekKind: 'rsa' | 'ecc'; ekCertificate: Buffer; ekPublic: Buffer; ekSpki: Buffer }> {
+    const ekKind = await this.ekKind();
+    const ekCertificate = (await this.tpm.readEkCertificate(ekKind))!;
+    const ek = await this.tpm.createEk(ekKind);
+    await this.tpm.flush(ek);
+    return { ekKind, ekCertificate, ekPublic: ek.publicArea, ekSpki: ek.spki };
+  }
+
+  /** An enroll body for this TPM's EK, `ak` and `key` (token or re-attestation). */
+  async enrollBody(deviceId: string, ak: StoredKey, key: StoredKey, auth: { token: string } | { mode: 'reattest' }): Promise<EnrollBody> {
+    const { ekKind, ekCertificate, ekPublic } = await this.ek();
+    return { deviceId, ...auth, ekKind, ekCertificate, ekPublic, akPublic: ak.publicArea, keyPublic: key.publicArea, csr: await this.csr(key, deviceId) };
+  }
+
+  /** The honest answer to an enrollment challenge: activate the credential with the EK, certify `key`. */
+  async answer(ak: StoredKey, key: StoredKey, c: MessageOf<'enrollChallenge'>['body']): Promise<ProofBody> {
+    const ekKind = await this.ekKind();
+    return this.#with([ak, key], async ([a, k]) => {
+      const ek = await this.tpm.createEk(ekKind);
+      try {
+        const secret = await this.tpm.activateCredential(a!, ek, c.credentialBlob, c.encryptedSecret);
+        const att = await this.tpm.certify(k!, a!, c.nonce);
+        return { challengeId: c.challengeId, secret, certifyInfo: att.attest, certifySignature: att.signature };
+      } finally {
+        await this.tpm.flush(ek);
+      }
+    });
+  }
 }

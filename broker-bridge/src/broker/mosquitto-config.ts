@@ -11,6 +11,11 @@ import { DEVICE_TOPICS, FLEET_TOPICS, Topics } from '../../../common/protocol/to
  *   A device (CN = device id) may only use its own topics plus read-only fleet topics. Roles use CNs
  *   with a ':' (`role:bridge`, `role:station:*`, `role:operator:*`), which device ids can never contain,
  *   so no device certificate can carry a role.
+ *
+ * Persistence is on: retained messages (device status, the trust bundle) and persistent sessions (the
+ * bridge's, with the QoS1 messages queued for it) survive a broker restart. mosquitto writes its
+ * database every `autosave_interval` seconds and on a clean shutdown (SIGTERM); a SIGKILL loses at most
+ * the changes since the last save.
  */
 export interface MosquittoConfigInput {
   readonly baseTopic: string;
@@ -34,13 +39,35 @@ export interface MosquittoConfigInput {
   /** Run as this user (mosquitto drops to `mosquitto` when started as root otherwise). */
   readonly user?: string;
   readonly maxPacketSize?: number;
+  /**
+   * State directory for mosquitto's persistence database (`mosquitto.db`), on the broker host; written
+   * as `persistence_location` with the trailing slash mosquitto needs. Must exist and be writable by the
+   * user the broker runs as.
+   */
+  readonly persistenceDir: string;
+  /** Seconds between database saves. Default 30. */
+  readonly autosaveIntervalSec?: number;
+  /** Per-client queue of QoS1 messages (in flight + waiting). Default `DEFAULT_MAX_QUEUED_MESSAGES`. */
+  readonly maxQueuedMessages?: number;
 }
+
+/**
+ * Per-client queue limit. The bridge has one persistent session that receives every device's requests,
+ * events and status: while it is away (restart, deploy, crash) mosquitto queues them for it and drops
+ * what exceeds this limit (mosquitto's default is 1000, a few seconds of a fleet's traffic). 100 000
+ * messages cover e.g. 10 000 devices each publishing a status and a few events during the outage; at
+ * the 2–4 KiB message limits that bounds the queue at a few hundred MiB of broker memory in the worst
+ * case, usually far less. Devices' own queues stay tiny (they receive only their own answers).
+ */
+export const DEFAULT_MAX_QUEUED_MESSAGES = 100_000;
 
 export const BRIDGE_IDENTITY = 'role:bridge';
 
 const ROLE = /^role:[a-z]+(:[A-Za-z0-9._-]+)?$/;
 const HOST = /^[A-Za-z0-9.:-]+$/;
 const PATH = /^[^\n\r\0]+$/;
+// Absolute (mosquitto's working directory is not ours to know) and without whitespace (mosquitto trims values).
+const PERSISTENCE_DIR = /^\/[^\s\0]*$/;
 
 export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: string; enrollAcl: string; deviceAcl: string } {
   const topics = new Topics(input.baseTopic);
@@ -55,6 +82,15 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
   }
   const files = [input.tls.serverCertFile, input.tls.serverKeyFile, input.tls.clientCaFile, input.enrollAclFile, input.deviceAclFile, input.logFile ?? '-'];
   if (!files.every((f) => PATH.test(f))) throw new CodedError('BROKER_CONFIG_INVALID', 'file paths must be single-line');
+  if (!PERSISTENCE_DIR.test(input.persistenceDir)) {
+    throw new CodedError('BROKER_CONFIG_INVALID', `persistence directory ${JSON.stringify(input.persistenceDir)} must be an absolute single-line path without spaces`);
+  }
+  const persistenceDir = input.persistenceDir.endsWith('/') ? input.persistenceDir : `${input.persistenceDir}/`;
+  const autosave = input.autosaveIntervalSec ?? 30;
+  const maxQueued = input.maxQueuedMessages ?? DEFAULT_MAX_QUEUED_MESSAGES;
+  for (const [name, n] of [['autosaveIntervalSec', autosave], ['maxQueuedMessages', maxQueued]] as const) {
+    if (!Number.isInteger(n) || n < 1) throw new CodedError('BROKER_CONFIG_INVALID', `${name} must be a positive integer`);
+  }
 
   const tls = [`certfile ${input.tls.serverCertFile}`, `keyfile ${input.tls.serverKeyFile}`, 'tls_version tlsv1.2'];
   const conf = [
@@ -62,7 +98,11 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     'per_listener_settings true',
     // Without it QoS1 pipelining stalls ~44 ms per batch (Nagle + delayed ACK).
     'set_tcp_nodelay true',
-    'persistence false',
+    'persistence true',
+    `persistence_location ${persistenceDir}`,
+    `autosave_interval ${autosave}`,
+    // QoS1 messages queued per client while it is away; see DEFAULT_MAX_QUEUED_MESSAGES.
+    `max_queued_messages ${maxQueued}`,
     `max_packet_size ${input.maxPacketSize ?? 65536}`,
     ...(input.user ? [`user ${input.user}`] : []),
     ...(input.logFile ? [`log_dest file ${input.logFile}`] : ['log_dest stderr']),
@@ -110,6 +150,15 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     ...(input.operatorIdentities ?? []).flatMap((o) => [`user ${o}`, `topic read ${topics.base}/devices/+/${DEVICE_TOPICS.status}`, '']),
     '# Patterns apply to every client: a device (username = its id) uses only its own topics.',
     `pattern readwrite ${dev(DEVICE_TOPICS.status)}`,
+    `pattern write ${dev(DEVICE_TOPICS.events)}`,
+    '# Rotation, over the device\'s own mutual-TLS session: requests out, answers in.',
+    `pattern write ${dev(DEVICE_TOPICS.rotateBegin)}`,
+    `pattern write ${dev(DEVICE_TOPICS.rotateRequest)}`,
+    `pattern write ${dev(DEVICE_TOPICS.rotateConfirm)}`,
+    `pattern read ${dev(DEVICE_TOPICS.rotateChallenge)}`,
+    `pattern read ${dev(DEVICE_TOPICS.rotateAccepted)}`,
+    `pattern read ${dev(DEVICE_TOPICS.rotateConfirmed)}`,
+    `pattern read ${dev(DEVICE_TOPICS.rotateRejected)}`,
     `pattern read ${topics.base}/${FLEET_TOPICS.trustBundle}`,
     '',
   ].join('\n');

@@ -10,15 +10,24 @@ import { makeCredential } from '../../../native/lib/wire/make-credential.js';
 import { objectName, publicToSpki, type TpmPublic } from '../../../native/lib/wire/public.js';
 import { toPem } from '../../../common/der.js';
 import type { CertificateIssuer } from '../ca/issuer.js';
-import { InventoryError, type Inventory } from '../inventory/inventory.js';
-import type { EnrollmentPolicy } from './policy.js';
+import {
+  InventoryError,
+  type CachedResponse,
+  type CertificateRecord,
+  type DeviceRecord,
+  type Inventory,
+  type TokenRecord,
+} from '../inventory/inventory.js';
+import type { EnrollmentPolicy, IssuanceConstraints } from './policy.js';
 import type { RateLimiter } from './rate-limiter.js';
 import {
   EnrollmentRejection,
   checkActivation,
   checkAk,
+  checkAkMatches,
   checkCertify,
   checkCsr,
+  checkDeviceActive,
   checkEk,
   parseWirePublic,
   reject,
@@ -27,14 +36,23 @@ import {
 
 /**
  * The bridge's enrollment handler: turns `enroll` and `enroll/proof` messages into a challenge, a
- * certificate or a rejection. Verification order (first failure wins, with its code): schema; device id
- * matches the authenticated topic; rate limit; token (exists by hash, unused, unexpired, bound to this
- * device and EK); EK certificate chain and EK key; AK attributes → challenge. Then for the proof:
- * challenge (known, this device's, unexpired); activation secret; TPM2_Certify of the identity key;
- * CSR signature and key; policy → issue, and atomically consume the token and record everything.
+ * certificate or a rejection. Verification order (first failure wins, with its code): schema, and a
+ * token present exactly in mode 'token' (BAD_REQUEST); device id matches the authenticated topic;
+ * rate limit; then
+ *  - mode 'token' (default): token (exists by hash, unused, unexpired, bound to this device and EK);
+ *    EK certificate chain and EK key; AK attributes → challenge;
+ *  - mode 'reattest' (no token; a device whose identity expired offline or became unusable): device
+ *    registered (DEVICE_UNKNOWN), enrolled (NOT_ENROLLED), not revoked (DEVICE_REVOKED); EK public key
+ *    is the one registered (EK_MISMATCH); EK certificate chain and EK key; AK Name is the one recorded
+ *    at enrollment (AK_MISMATCH); AK attributes → challenge.
+ * Then for the proof (both modes): challenge (known, this device's, unexpired); activation secret;
+ * TPM2_Certify of the identity key; CSR signature and key; for 'token' the token still unused, for
+ * 'reattest' the device still active; policy → issue, and atomically record everything (consuming the
+ * token, or recording the re-attestation).
  *
- * Nothing is written to the inventory unless a certificate is issued. Idempotent by requestId: a
- * redelivered enroll gets the same challenge, a redelivered proof the same certificate.
+ * Nothing is written to the inventory unless a certificate is issued. Idempotent by (device,
+ * requestId): a redelivered enroll gets the same challenge, a redelivered proof the same certificate;
+ * another device's ids never change this device's answers.
  */
 export interface Reply {
   readonly topic: string;
@@ -67,7 +85,9 @@ interface PendingChallenge {
   readonly challengeId: string;
   readonly deviceId: string;
   readonly enrollRequestId: string;
-  readonly tokenHash: string;
+  readonly mode: 'token' | 'reattest';
+  /** The token to consume (mode 'token' only). */
+  readonly tokenHash: string | undefined;
   readonly secret: Buffer;
   readonly nonce: Buffer;
   readonly expiresAt: number;
@@ -80,12 +100,15 @@ interface PendingChallenge {
 }
 
 const MAX_PENDING = 50_000;
+/** Request ids are the requester's own: every idempotency key includes the device. */
+const requestKey = (deviceId: string, requestId: string) => `${deviceId}\x00${requestId}`;
 const noopLogger: EnrollmentLogger = { info() {}, warn() {}, error() {} };
 
 export class EnrollmentService {
   readonly #o: EnrollmentServiceOptions;
   readonly #log: EnrollmentLogger;
   readonly #challenges = new Map<string, PendingChallenge>();
+  /** `<deviceId>\x00<enroll requestId>` → challengeId. */
   readonly #byEnrollRequest = new Map<string, string>();
   readonly #inFlight = new Map<string, Promise<Reply>>();
 
@@ -105,7 +128,7 @@ export class EnrollmentService {
     if (!parsed || (parsed.topic !== 'enroll' && parsed.topic !== 'enrollProof')) return undefined;
     const { deviceId } = parsed;
     const requestId = peekRequestId(payload);
-    const key = `${deviceId}/${parsed.topic}/${requestId}`;
+    const key = `${requestKey(deviceId, requestId)}\x00${parsed.topic}`;
     const running = this.#inFlight.get(key);
     if (running) return running;
     const work = this.#run(parsed.topic, deviceId, requestId, payload).finally(() => this.#inFlight.delete(key));
@@ -142,6 +165,10 @@ export class EnrollmentService {
       this.#log.warn(ctx, 'token consumed concurrently');
       return new EnrollmentRejection('TOKEN_USED', 'token already used');
     }
+    if (e instanceof InventoryError && e.code === 'INVENTORY_REVOKED') {
+      this.#log.warn(ctx, 'device revoked concurrently');
+      return new EnrollmentRejection('DEVICE_REVOKED', 'device is revoked');
+    }
     // Internals go to the log, never to the wire.
     this.#log.error({ ...ctx, err: e }, 'enrollment handler failed');
     return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: 5 });
@@ -157,20 +184,32 @@ export class EnrollmentService {
   async #enroll(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
     const msg = decode('enroll', payload);
     const body: EnrollRequest = msg.body;
+    const mode = body.mode ?? 'token';
+    if (mode === 'token' && body.token === undefined) reject('BAD_REQUEST', 'enrollment needs a token');
+    if (mode === 'reattest' && body.token !== undefined) reject('BAD_REQUEST', 'a re-attestation carries no token');
     if (body.deviceId !== deviceId) reject('BAD_REQUEST', 'deviceId differs from the topic the broker authenticated');
     this.#rateLimit(deviceId);
 
-    const existing = this.#challenges.get(this.#byEnrollRequest.get(msg.requestId) ?? '');
+    const existing = this.#challenges.get(this.#byEnrollRequest.get(requestKey(deviceId, msg.requestId)) ?? '');
     if (existing && existing.deviceId === deviceId && existing.expiresAt > now) {
       return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: existing.payload };
     }
 
-    const tokenHash = hashEnrollmentToken(body.token);
-    const token = this.#o.inventory.getToken(tokenHash);
-    if (!token) return reject('TOKEN_UNKNOWN', 'unknown token');
-    if (token.usedAt !== undefined) reject('TOKEN_USED', 'token already used');
-    if (token.expiresAt <= now) reject('TOKEN_EXPIRED', 'token expired');
-    if (token.deviceId !== deviceId) reject('TOKEN_MISMATCH', 'token belongs to another device');
+    let tokenHash: string | undefined;
+    let token: TokenRecord | undefined;
+    let device: (DeviceRecord & { akName: string }) | undefined;
+    if (mode === 'token') {
+      tokenHash = hashEnrollmentToken(body.token!);
+      token = this.#o.inventory.getToken(tokenHash);
+      if (!token) return reject('TOKEN_UNKNOWN', 'unknown token');
+      if (token.usedAt !== undefined) reject('TOKEN_USED', 'token already used');
+      if (token.expiresAt <= now) reject('TOKEN_EXPIRED', 'token expired');
+      if (token.deviceId !== deviceId) reject('TOKEN_MISMATCH', 'token belongs to another device');
+    } else {
+      const found = this.#o.inventory.getDevice(deviceId);
+      checkDeviceActive(found);
+      device = found;
+    }
 
     const ek = parseWirePublic(body.ekPublic, 'EK_MISMATCH', 'EK public');
     let ekSpki: Buffer;
@@ -179,10 +218,13 @@ export class EnrollmentService {
     } catch (e) {
       return reject('EK_MISMATCH', 'EK public area holds no valid key', e);
     }
-    if (sha256Hex(ekSpki) !== token.ekPublicHash) reject('TOKEN_MISMATCH', 'token is bound to another EK');
+    if (token && sha256Hex(ekSpki) !== token.ekPublicHash) reject('TOKEN_MISMATCH', 'token is bound to another EK');
+    // Re-attestation has no token to blame: an EK other than the registered one is an EK mismatch.
+    if (device && sha256Hex(ekSpki) !== device.ekPublicHash) reject('EK_MISMATCH', 'EK is not the one registered for this device');
     const { root } = checkEk(body.ekCertificate, ek, this.#o.ekTrust, now);
 
     const ak = parseWirePublic(body.akPublic, 'AK_INVALID', 'AK public');
+    if (device) checkAkMatches(ak, device.akName);
     checkAk(ak);
     const key = parseWirePublic(body.keyPublic, 'CERTIFY_INVALID', 'identity key public');
 
@@ -207,6 +249,7 @@ export class EnrollmentService {
       challengeId,
       deviceId,
       enrollRequestId: msg.requestId,
+      mode,
       tokenHash,
       secret,
       nonce,
@@ -217,7 +260,7 @@ export class EnrollmentService {
       manufacturer: root,
       payload: reply,
     }, now);
-    this.#log.info({ deviceId, requestId: msg.requestId, challengeId }, 'enrollment challenge issued');
+    this.#log.info({ deviceId, requestId: msg.requestId, challengeId, mode }, 'enrollment challenge issued');
     return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: reply };
   }
 
@@ -228,23 +271,21 @@ export class EnrollmentService {
     }
     if (this.#challenges.size >= MAX_PENDING) reject('UNAVAILABLE', 'too many enrollments in progress');
     this.#challenges.set(c.challengeId, c);
-    this.#byEnrollRequest.set(c.enrollRequestId, c.challengeId);
+    this.#byEnrollRequest.set(requestKey(c.deviceId, c.enrollRequestId), c.challengeId);
   }
 
   #forget(challengeId: string): void {
     const c = this.#challenges.get(challengeId);
     if (!c) return;
     this.#challenges.delete(challengeId);
-    this.#byEnrollRequest.delete(c.enrollRequestId);
+    this.#byEnrollRequest.delete(requestKey(c.deviceId, c.enrollRequestId));
   }
 
   async #proof(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
     const msg = decode('enrollProof', payload);
     const body: EnrollProof = msg.body;
-    const cached = this.#o.inventory.getResponse(msg.requestId);
-    if (cached && cached.deviceId === deviceId) {
-      return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
-    }
+    const cached = this.#o.inventory.getResponse(deviceId, msg.requestId);
+    if (cached) return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
     this.#rateLimit(deviceId);
 
     const c = this.#challenges.get(body.challengeId);
@@ -258,60 +299,100 @@ export class EnrollmentService {
     checkActivation(c.secret, body.secret);
     checkCertify({ certifyInfo: body.certifyInfo, signature: body.certifySignature, ak: c.ak, key: c.key, nonce: c.nonce });
     const keySpki = checkCsr(c.csr, deviceId, c.key);
+    return c.mode === 'token' ? this.#completeEnrollment(c, keySpki, msg.requestId, now) : this.#completeReattestation(c, keySpki, msg.requestId, now);
+  }
 
-    const token = this.#o.inventory.getToken(c.tokenHash);
+  async #completeEnrollment(c: PendingChallenge, keySpki: Buffer, requestId: string, now: number): Promise<Reply> {
+    const { deviceId } = c;
+    const token = this.#o.inventory.getToken(c.tokenHash!);
     if (!token || token.usedAt !== undefined) reject('TOKEN_USED', 'token already used');
     const device = this.#o.inventory.getDevice(deviceId);
     if (!device) return reject('TOKEN_UNKNOWN', 'device is not registered');
     const decision = this.#o.policy.decide({ kind: 'enroll', device, manufacturer: c.manufacturer, now });
     if (!decision.allow) return reject('POLICY_DENIED', decision.reason);
 
+    const out = await this.#issue(deviceId, keySpki, decision.constraints, requestId, now);
+    const akName = objectName(c.ak).toString('hex');
+    await this.#o.inventory.completeEnrollment({
+      tokenHash: c.tokenHash!,
+      requestId,
+      deviceId,
+      akName,
+      certificate: { ...out.certificate, kind: 'enroll' },
+      response: out.response,
+      audit: [
+        { at: now, type: 'enrollment.accepted', deviceId, details: { serial: out.certificate.serial, akName, manufacturer: c.manufacturer } },
+        { at: now, type: 'token.consumed', deviceId },
+      ],
+      at: now,
+    });
+    this.#log.info({ deviceId, serial: out.certificate.serial, notAfter: new Date(out.certificate.notAfter).toISOString() }, 'device enrolled');
+    return out.reply;
+  }
+
+  async #completeReattestation(c: PendingChallenge, keySpki: Buffer, requestId: string, now: number): Promise<Reply> {
+    const { deviceId } = c;
+    // The device may have been revoked while it answered the challenge.
+    const device = this.#o.inventory.getDevice(deviceId);
+    checkDeviceActive(device);
+    const decision = this.#o.policy.decide({ kind: 'reattest', device, manufacturer: c.manufacturer, now });
+    if (!decision.allow) return reject('POLICY_DENIED', decision.reason);
+
+    const out = await this.#issue(deviceId, keySpki, decision.constraints, requestId, now);
+    await this.#o.inventory.completeReattestation({
+      requestId,
+      deviceId,
+      certificate: { ...out.certificate, kind: 'reattest' },
+      response: out.response,
+      audit: [
+        {
+          at: now,
+          type: 'device.reattested',
+          deviceId,
+          details: { serial: out.certificate.serial, akName: device.akName, manufacturer: c.manufacturer, previousSerial: device.certSerial ?? '' },
+        },
+      ],
+      at: now,
+    });
+    this.#log.info({ deviceId, serial: out.certificate.serial, notAfter: new Date(out.certificate.notAfter).toISOString() }, 'device re-attested');
+    return out.reply;
+  }
+
+  /** Issues the certificate and builds the accepted reply and its inventory records (not yet written). */
+  async #issue(deviceId: string, keySpki: Buffer, constraints: IssuanceConstraints, requestId: string, now: number) {
     const issued = await this.#o.issuer.issue({
       deviceId,
       publicKeySpki: keySpki,
-      lifetimeSec: decision.constraints.lifetimeSec,
-      backdateSec: decision.constraints.backdateSec,
-      trustDomain: decision.constraints.trustDomain,
+      lifetimeSec: constraints.lifetimeSec,
+      backdateSec: constraints.backdateSec,
+      trustDomain: constraints.trustDomain,
     });
-    const certificate = toPem(issued.certificateDer, 'CERTIFICATE');
+    const pem = toPem(issued.certificateDer, 'CERTIFICATE');
     const topic = this.#o.topics.device(deviceId, 'enrollAccepted');
-    const reply = encode('enrollAccepted', msg.requestId, now, {
+    const payload = encode('enrollAccepted', requestId, now, {
       deviceId,
-      certificate,
+      certificate: pem,
       chain: [...this.#o.chainPems],
       trustBundle: [...this.#o.trustBundlePems],
       serial: issued.serialNumber,
       notAfter: issued.notAfter.getTime(),
     });
-    const akName = objectName(c.ak).toString('hex');
-    await this.#o.inventory.completeEnrollment({
-      tokenHash: c.tokenHash,
-      requestId: msg.requestId,
+    const certificate: CertificateRecord = {
+      serial: issued.serialNumber,
       deviceId,
-      akName,
-      certificate: {
-        serial: issued.serialNumber,
-        deviceId,
-        notBefore: issued.notBefore.getTime(),
-        notAfter: issued.notAfter.getTime(),
-        issuedAt: now,
-        pem: certificate,
-        keySpkiHash: sha256Hex(keySpki),
-      },
-      response: { requestId: msg.requestId, deviceId, topic, payload: reply.toString('base64'), storedAt: now },
-      audit: [
-        { at: now, type: 'enrollment.accepted', deviceId, details: { serial: issued.serialNumber, akName, manufacturer: c.manufacturer } },
-        { at: now, type: 'token.consumed', deviceId },
-      ],
-      at: now,
-    });
-    this.#log.info({ deviceId, serial: issued.serialNumber, notAfter: issued.notAfter.toISOString() }, 'device enrolled');
-    return { topic, payload: reply };
+      notBefore: issued.notBefore.getTime(),
+      notAfter: issued.notAfter.getTime(),
+      issuedAt: now,
+      pem,
+      keySpkiHash: sha256Hex(keySpki),
+    };
+    const response: CachedResponse = { requestId, deviceId, topic, payload: payload.toString('base64'), storedAt: now };
+    return { certificate, response, reply: { topic, payload } satisfies Reply };
   }
 }
 
 /** The requestId of a payload we may not be able to validate, for addressing the rejection. */
-function peekRequestId(payload: Buffer): string {
+export function peekRequestId(payload: Buffer): string {
   if (payload.length <= 64 * 1024) {
     try {
       const v = (JSON.parse(payload.toString('utf8')) as { requestId?: unknown }).requestId;

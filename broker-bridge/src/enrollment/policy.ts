@@ -1,4 +1,5 @@
-import type { DeviceRecord } from '../inventory/inventory.js';
+import { CodedError } from '../../../common/coded-error.js';
+import type { CertificateRecord, DeviceRecord } from '../inventory/inventory.js';
 
 /**
  * Decides whether a fully verified request may be issued a certificate, and with which constraints.
@@ -9,13 +10,26 @@ export interface EnrollmentPolicy {
   decide(request: PolicyRequest): PolicyDecision;
 }
 
-export interface PolicyRequest {
-  readonly kind: 'enroll' | 'rotate';
-  readonly device: DeviceRecord;
-  /** Manufacturer of the TPM, from the EK certificate chain that verified (subject CN of its root). */
-  readonly manufacturer: string;
-  readonly now: number;
-}
+/**
+ * What is being decided. 'enroll' (token) and 'reattest' (no token, EK and AK matched the inventory)
+ * verified an EK certificate chain just now; 'rotate' did not present the EK again (the AK recorded at
+ * enrollment certified the new key) and carries the certificate the device rotates from instead.
+ */
+export type PolicyRequest =
+  | {
+      readonly kind: 'enroll' | 'reattest';
+      readonly device: DeviceRecord;
+      /** Manufacturer of the TPM, from the EK certificate chain that verified (subject CN of its root). */
+      readonly manufacturer: string;
+      readonly now: number;
+    }
+  | {
+      readonly kind: 'rotate';
+      readonly device: DeviceRecord;
+      /** The active certificate the rotation began from. */
+      readonly current: CertificateRecord;
+      readonly now: number;
+    };
 
 export type PolicyDecision =
   | { readonly allow: true; readonly constraints: IssuanceConstraints }
@@ -39,6 +53,11 @@ export interface DefaultPolicyConfig {
 export class DefaultEnrollmentPolicy implements EnrollmentPolicy {
   readonly #config: DefaultPolicyConfig;
   constructor(config: DefaultPolicyConfig) {
+    // notAfter = notBefore + lifetime and notBefore = now - backdate: a lifetime not longer than the
+    // backdate would issue certificates that are expired on arrival.
+    if (!(config.lifetimeSec > config.backdateSec) || config.backdateSec < 0) {
+      throw new CodedError('POLICY_CONFIG_INVALID', `certificate lifetime ${config.lifetimeSec}s must exceed the backdate ${config.backdateSec}s (validity counts from the backdated notBefore)`);
+    }
     this.#config = config;
   }
 

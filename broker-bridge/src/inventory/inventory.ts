@@ -2,7 +2,8 @@ import { CodedError } from '../../../common/coded-error.js';
 
 /**
  * The fleet inventory: registered devices, their one-time enrollment tokens (hashed), issued
- * certificates, audit events and the requestId → response cache that makes handlers idempotent.
+ * certificates, device status and event history, audit events and the (device, requestId) → response
+ * cache that makes handlers idempotent.
  *
  * Implementations: `LevelInventory` (embedded LevelDB, now); PostgreSQL later behind the same
  * interface. Methods that change several records do so atomically (all or nothing).
@@ -33,15 +34,87 @@ export interface Inventory {
   getCertificate(serial: string): CertificateRecord | undefined;
   listCertificates(deviceId?: string): CertificateRecord[];
 
-  /** Cached response for a request, for QoS1 redelivery and retries. */
-  getResponse(requestId: string): CachedResponse | undefined;
+  /**
+   * Cached response for a request, for QoS1 redelivery and retries, keyed by (authenticated device,
+   * requestId): one device's ids can never change another's answers. The newest RESPONSES_PER_DEVICE
+   * per device are kept (older ones are pruned when a new one is stored).
+   */
+  getResponse(deviceId: string, requestId: string): CachedResponse | undefined;
   putResponse(response: CachedResponse): Promise<void>;
+
+  /**
+   * Atomically records a certificate issued by rotation: the certificate (kind 'rotate'), the device's
+   * current serial/notAfter and lastRotationAt, the cached response and audit events. Earlier rotation
+   * certificates of the device that were never confirmed (the device rolled back or died before
+   * confirming) are marked superseded in the same write, so a device never holds more than its in-use
+   * certificate plus the one being tried; `previousSerial` (the certificate the rotation began from,
+   * possibly itself an unconfirmed rotation certificate the device is using) is never abandoned.
+   * Rejects INVENTORY_NOT_FOUND for an unknown device, INVENTORY_REVOKED for a revoked one,
+   * INVENTORY_CONFLICT when the serial exists already or the records name another device.
+   */
+  completeRotation(input: CompleteRotation): Promise<void>;
+
+  /**
+   * The device confirmed it works with `serial`: every other active (not superseded, not revoked)
+   * certificate of the device is marked superseded, `serial` confirmed and made the device's current
+   * one, and a 'rotation.confirmed' audit event is written, all in one write. Idempotent: a repeat
+   * writes nothing and returns []. Rejects INVENTORY_NOT_FOUND when `serial` is not a certificate of
+   * this device, INVENTORY_REVOKED when the device or the certificate is revoked, INVENTORY_CONFLICT
+   * when `serial` itself was superseded (a newer rotation abandoned it).
+   */
+  confirmRotation(deviceId: string, serial: string, at: number): Promise<string[]>;
+
+  /**
+   * Atomically records a certificate issued by re-attestation (no token): certificate (kind
+   * 'reattest'), device current serial and `reattestedAt`, cached response, audit. Every other active
+   * certificate of the device is marked superseded in the same write: a device re-attests because it
+   * lost or cannot use its identity, so the new certificate is its only one (there is no confirm step).
+   * Rejects INVENTORY_NOT_FOUND / INVENTORY_REVOKED / INVENTORY_CONFLICT as completeRotation.
+   */
+  completeReattestation(input: CompleteReattestation): Promise<void>;
+
+  /**
+   * Marks the device revoked (refused rotation and re-attestation from then on) and every one of its
+   * unrevoked certificates revoked with `reason`; audit event. Returns the serials revoked now.
+   * Idempotent: a repeat writes nothing and returns []. Rejects INVENTORY_NOT_FOUND for an unknown
+   * device. (CRLs and broker enforcement build on this.)
+   */
+  revokeDevice(deviceId: string, reason: string, at: number): Promise<string[]>;
+
+  /**
+   * Latest status a device published (retained status topic), `at` on the bridge clock: stores the
+   * snapshot and `online`; `lastSeenAt` becomes `at` when the device is online or has just gone
+   * offline (a last will), and stays when an offline status is redelivered (a retained message after a
+   * bridge restart says nothing about when the device was last seen). The device's reported serial is
+   * kept in `status.certSerial` only: `certSerial` stays what the fleet issued and confirmed. Called
+   * for every status message: one small write, none for a redelivered identical offline status.
+   * Accepted for revoked devices (their last words matter). Rejects INVENTORY_NOT_FOUND.
+   */
+  recordStatus(deviceId: string, status: DeviceStatusSnapshot, at: number): Promise<void>;
+
+  /**
+   * Appends device events to the device's history, deduplicated by event id (QoS1 redelivery, a resend
+   * after a restart), and sets `lastSeenAt` to `at` (bridge clock, stored as each event's receivedAt).
+   * Returns the events that were new, in input order. Audit events ('event.<type>') for security event
+   * types. History is bounded: the newest DEVICE_EVENT_HISTORY events per device are kept, older ones
+   * (and their dedupe entries) are pruned in the same write; so an id older than that window would be
+   * taken as new. Accepted for revoked devices. Rejects INVENTORY_NOT_FOUND for an unknown device.
+   */
+  recordEvents(deviceId: string, events: readonly DeviceEventRecordInput[], at: number): Promise<DeviceEventRecord[]>;
+  /** The device's event history in arrival order (read from disk: an operator query, not per message). */
+  listDeviceEvents(deviceId: string): Promise<DeviceEventRecord[]>;
 
   appendAudit(events: readonly AuditEventInput[]): Promise<void>;
   listAudit(filter?: { deviceId?: string; type?: string }): Promise<AuditEvent[]>;
 }
 
-export type InventoryErrorCode = 'INVENTORY_CONFLICT' | 'INVENTORY_TOKEN_USED' | 'INVENTORY_NOT_FOUND' | 'INVENTORY_CLOSED';
+/** Device event history kept per device (newest first survive); see recordEvents. */
+export const DEVICE_EVENT_HISTORY = 1000;
+
+/** Cached responses kept per device (the newest); a redelivery is never older than a few requests. */
+export const RESPONSES_PER_DEVICE = 16;
+
+export type InventoryErrorCode = 'INVENTORY_CONFLICT' | 'INVENTORY_TOKEN_USED' | 'INVENTORY_NOT_FOUND' | 'INVENTORY_CLOSED' | 'INVENTORY_REVOKED';
 
 export class InventoryError extends CodedError<InventoryErrorCode> {}
 
@@ -62,6 +135,49 @@ export interface DeviceRecord extends DeviceRegistration {
   readonly akName?: string;
   readonly certSerial?: string;
   readonly certNotAfter?: number;
+  readonly revokedAt?: number;
+  readonly revocationReason?: string;
+  readonly reattestedAt?: number;
+  readonly lastRotationAt?: number;
+  /** Last time the bridge heard from the device (status or event). */
+  readonly lastSeenAt?: number;
+  readonly online?: boolean;
+  /** The device's latest status as it published it. */
+  readonly status?: DeviceStatusSnapshot;
+}
+
+/** A device's status as ingested (the protocol's status body). */
+export interface DeviceStatusSnapshot {
+  readonly state: string;
+  readonly online: boolean;
+  readonly certSerial?: string;
+  readonly certNotAfter?: number;
+  readonly slot?: 'A' | 'B';
+  readonly lastRotationAt?: number;
+  readonly lastRotationResult?: string;
+  readonly clockSkewMs?: number;
+  readonly errorCode?: string;
+  readonly agentVersion?: string;
+  readonly tpmManufacturer?: string;
+  readonly tpmFirmware?: string;
+  readonly outboxPending?: number;
+  readonly outboxDropped?: number;
+}
+
+export interface DeviceEventRecordInput {
+  /** The envelope requestId the device gave the event (unique per device). */
+  readonly id: string;
+  readonly type: string;
+  /** Device clock. */
+  readonly at: number;
+  readonly seq: number;
+  readonly details: Readonly<Record<string, string | number>>;
+}
+
+export interface DeviceEventRecord extends DeviceEventRecordInput {
+  readonly deviceId: string;
+  /** Bridge clock at ingestion. */
+  readonly receivedAt: number;
 }
 
 export interface TokenRecord {
@@ -86,6 +202,12 @@ export interface CertificateRecord {
   readonly keySpkiHash: string;
   readonly revokedAt?: number;
   readonly revocationReason?: string;
+  /** How it was issued (absent on records from before rotation existed: 'enroll'). */
+  readonly kind?: 'enroll' | 'rotate' | 'reattest';
+  /** Retired after the device confirmed a newer certificate, or abandoned by a newer rotation. */
+  readonly supersededAt?: number;
+  /** The device confirmed it connected with this certificate. */
+  readonly confirmedAt?: number;
 }
 
 export interface CachedResponse {
@@ -113,6 +235,26 @@ export interface CompleteEnrollment {
   readonly requestId: string;
   readonly deviceId: string;
   readonly akName: string;
+  readonly certificate: CertificateRecord;
+  readonly response: CachedResponse;
+  readonly audit: readonly AuditEventInput[];
+  readonly at: number;
+}
+
+export interface CompleteRotation {
+  readonly deviceId: string;
+  readonly requestId: string;
+  /** The certificate the rotation began from (rotateBegin's currentSerial); never abandoned by it. */
+  readonly previousSerial: string;
+  readonly certificate: CertificateRecord;
+  readonly response: CachedResponse;
+  readonly audit: readonly AuditEventInput[];
+  readonly at: number;
+}
+
+export interface CompleteReattestation {
+  readonly deviceId: string;
+  readonly requestId: string;
   readonly certificate: CertificateRecord;
   readonly response: CachedResponse;
   readonly audit: readonly AuditEventInput[];

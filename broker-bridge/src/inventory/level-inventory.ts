@@ -1,19 +1,41 @@
 import { Level } from 'level';
+import { SECURITY_EVENTS, type EventType } from '../../../common/protocol/messages.js';
 import {
+  DEVICE_EVENT_HISTORY,
   InventoryError,
+  RESPONSES_PER_DEVICE,
   type AuditEvent,
   type AuditEventInput,
   type CachedResponse,
   type CertificateRecord,
   type CompleteEnrollment,
+  type CompleteReattestation,
+  type CompleteRotation,
+  type DeviceEventRecord,
+  type DeviceEventRecordInput,
   type DeviceRecord,
   type DeviceRegistration,
+  type DeviceStatusSnapshot,
   type Inventory,
   type TokenRecord,
 } from './inventory.js';
 
-type BatchOp = { type: 'put'; sublevel: never; key: string; value: unknown };
 type Sub<V> = ReturnType<Level<string, unknown>['sublevel']> & { get(key: string): Promise<V | undefined> };
+type Op = { type: 'put'; sublevel: never; key: string; value: unknown } | { type: 'del'; sublevel: never; key: string };
+
+/** Per-device event bookkeeping kept in memory: the dedupe window and the next arrival number. */
+interface EventIndex {
+  next: number;
+  /** event id → arrival number, for the events still in the history. */
+  readonly ids: Map<string, number>;
+  /** [arrival number, event id], oldest first: what to prune. */
+  readonly order: [number, string][];
+}
+
+/** Keys are `<deviceId>\x00<…>`: device ids never contain NUL, so a device's keys form one range. */
+const SEP = '\x00';
+const pad = (n: number) => String(n).padStart(16, '0');
+const responseKey = (deviceId: string, requestId: string) => `${deviceId}${SEP}${requestId}`;
 
 /**
  * LevelDB inventory with a hot in-memory index: every record is loaded at open and reads never touch
@@ -21,6 +43,9 @@ type Sub<V> = ReturnType<Level<string, unknown>['sublevel']> & { get(key: string
  * per logical change, and only then to the index, so a crash never leaves the index ahead of the disk.
  * Writers are serialized in-process; one bridge process owns one LevelDB directory (LevelDB's lock
  * enforces it). Horizontal scaling swaps this class for a PostgreSQL one.
+ *
+ * Exceptions to "everything in memory": device event bodies and audit events stay on disk (only the
+ * per-device dedupe window of event ids is in memory); both are read by operator queries only.
  */
 export class LevelInventory implements Inventory {
   readonly #db: Level<string, unknown>;
@@ -29,10 +54,17 @@ export class LevelInventory implements Inventory {
   readonly #certsDb: Sub<CertificateRecord>;
   readonly #responsesDb: Sub<CachedResponse>;
   readonly #auditDb: Sub<AuditEvent>;
+  readonly #eventsDb: Sub<DeviceEventRecord>;
+  readonly #eventIdsDb: Sub<number>;
   readonly #devices = new Map<string, DeviceRecord>();
   readonly #tokens = new Map<string, TokenRecord>();
   readonly #certs = new Map<string, CertificateRecord>();
+  readonly #certsByDevice = new Map<string, Set<string>>();
+  /** `<deviceId>\x00<requestId>` → response. */
   readonly #responses = new Map<string, CachedResponse>();
+  /** deviceId → its response keys, oldest first (for pruning). */
+  readonly #responseKeys = new Map<string, string[]>();
+  readonly #events = new Map<string, EventIndex>();
   #auditSeq = 0;
   #writeChain: Promise<unknown> = Promise.resolve();
   #open = false;
@@ -43,8 +75,12 @@ export class LevelInventory implements Inventory {
     this.#devicesDb = sub('devices');
     this.#tokensDb = sub('tokens');
     this.#certsDb = sub('certs');
-    this.#responsesDb = sub('responses');
+    // Keyed `<deviceId>\x00<requestId>` since responses became per requester; earlier records keyed by
+    // requestId alone sit in the old 'responses' sublevel, which nothing reads any more.
+    this.#responsesDb = sub('device-responses');
     this.#auditDb = sub('audit');
+    this.#eventsDb = sub('events');
+    this.#eventIdsDb = sub('event-ids');
   }
 
   async open(): Promise<void> {
@@ -53,7 +89,18 @@ export class LevelInventory implements Inventory {
     await this.#load(this.#devicesDb, this.#devices);
     await this.#load(this.#tokensDb, this.#tokens);
     await this.#load(this.#certsDb, this.#certs);
+    for (const c of this.#certs.values()) this.#indexCert(c);
     await this.#load(this.#responsesDb, this.#responses);
+    const byAge = [...this.#responses.entries()].sort((x, y) => x[1].storedAt - y[1].storedAt);
+    for (const [key, r] of byAge) this.#responseKeysOf(r.deviceId).push(key);
+    for await (const [key, arrival] of this.#eventIdsDb.iterator() as AsyncIterable<[string, number]>) {
+      const sep = key.indexOf(SEP);
+      const idx = this.#eventIndexOf(key.slice(0, sep));
+      idx.ids.set(key.slice(sep + 1), arrival);
+      idx.order.push([arrival, key.slice(sep + 1)]);
+      idx.next = Math.max(idx.next, arrival + 1);
+    }
+    for (const idx of this.#events.values()) idx.order.sort((x, y) => x[0] - y[0]);
     for await (const key of this.#auditDb.keys({ reverse: true, limit: 1 })) this.#auditSeq = Number(key);
     this.#open = true;
   }
@@ -95,17 +142,17 @@ export class LevelInventory implements Inventory {
         return; // already registered exactly like this: nothing to write, not even an audit event
       }
       const record: DeviceRecord = existing ? { ...existing, ...device, registeredAt: existing.registeredAt } : device;
-      const ops: BatchOp[] = [{ type: 'put', sublevel: this.#devicesDb as never, key: device.deviceId, value: record }];
+      const ops: Op[] = [this.#put(this.#devicesDb, device.deviceId, record)];
       // A device has at most one live token: a new one (a re-provisioned device) supersedes the rest.
       const superseded = token
         ? [...this.#tokens.values()].filter((t) => t.deviceId === device.deviceId && t.usedAt === undefined && t.tokenHash !== token.tokenHash)
         : [];
-      if (token) ops.push({ type: 'put', sublevel: this.#tokensDb as never, key: token.tokenHash, value: token });
+      if (token) ops.push(this.#put(this.#tokensDb, token.tokenHash, token));
+      for (const t of superseded) ops.push(this.#del(this.#tokensDb, t.tokenHash));
       const audit = this.#auditOps([
         { at: device.registeredAt, type: existing ? 'device.reregistered' : 'device.registered', deviceId: device.deviceId },
       ]);
-      const dels = superseded.map((t) => ({ type: 'del' as const, sublevel: this.#tokensDb as never, key: t.tokenHash }));
-      await this.#db.batch([...ops, ...dels, ...audit.ops] as never);
+      await this.#db.batch([...ops, ...audit.ops] as never);
       this.#devices.set(device.deviceId, record);
       for (const t of superseded) this.#tokens.delete(t.tokenHash);
       if (token) this.#tokens.set(token.tokenHash, token);
@@ -132,6 +179,7 @@ export class LevelInventory implements Inventory {
       if (token.usedAt !== undefined) throw new InventoryError('INVENTORY_TOKEN_USED', 'token already used');
       const device = this.#devices.get(input.deviceId);
       if (!device) throw new InventoryError('INVENTORY_NOT_FOUND', `device ${input.deviceId} not registered`);
+      this.#assertNewCertificate(input.deviceId, input.certificate, input.response);
       const usedToken: TokenRecord = { ...token, usedAt: input.at, usedByRequestId: input.requestId };
       const enrolled: DeviceRecord = {
         ...device,
@@ -140,18 +188,20 @@ export class LevelInventory implements Inventory {
         certSerial: input.certificate.serial,
         certNotAfter: input.certificate.notAfter,
       };
+      const certificate: CertificateRecord = { ...input.certificate, kind: 'enroll' };
+      const response = this.#responseOps(input.response);
       const audit = this.#auditOps(input.audit);
       await this.#db.batch([
-        { type: 'put', sublevel: this.#tokensDb as never, key: usedToken.tokenHash, value: usedToken },
-        { type: 'put', sublevel: this.#devicesDb as never, key: enrolled.deviceId, value: enrolled },
-        { type: 'put', sublevel: this.#certsDb as never, key: input.certificate.serial, value: input.certificate },
-        { type: 'put', sublevel: this.#responsesDb as never, key: input.response.requestId, value: input.response },
+        this.#put(this.#tokensDb, usedToken.tokenHash, usedToken),
+        this.#put(this.#devicesDb, enrolled.deviceId, enrolled),
+        this.#put(this.#certsDb, certificate.serial, certificate),
+        ...response.ops,
         ...audit.ops,
-      ]);
+      ] as never);
       this.#tokens.set(usedToken.tokenHash, usedToken);
       this.#devices.set(enrolled.deviceId, enrolled);
-      this.#certs.set(input.certificate.serial, input.certificate);
-      this.#responses.set(input.response.requestId, input.response);
+      this.#setCert(certificate);
+      response.apply();
       this.#auditSeq = audit.lastSeq;
     });
   }
@@ -161,25 +211,219 @@ export class LevelInventory implements Inventory {
   }
 
   listCertificates(deviceId?: string): CertificateRecord[] {
-    const all = [...this.#certs.values()];
-    return deviceId === undefined ? all : all.filter((c) => c.deviceId === deviceId);
+    if (deviceId === undefined) return [...this.#certs.values()];
+    return [...(this.#certsByDevice.get(deviceId) ?? [])].map((s) => this.#certs.get(s)!);
   }
 
-  getResponse(requestId: string): CachedResponse | undefined {
-    return this.#responses.get(requestId);
+  getResponse(deviceId: string, requestId: string): CachedResponse | undefined {
+    return this.#responses.get(responseKey(deviceId, requestId));
   }
 
   putResponse(response: CachedResponse): Promise<void> {
     return this.#serialize(async () => {
-      await this.#responsesDb.put(response.requestId, response as never);
-      this.#responses.set(response.requestId, response);
+      const r = this.#responseOps(response);
+      await this.#db.batch(r.ops as never);
+      r.apply();
     });
+  }
+
+  completeRotation(input: CompleteRotation): Promise<void> {
+    return this.#serialize(async () => {
+      const device = this.#activeDevice(input.deviceId);
+      this.#assertNewCertificate(input.deviceId, input.certificate, input.response);
+      // Rotation certificates the device never confirmed were abandoned (rolled back, or the device
+      // died before confirming): retire them now so at most the in-use and the new one stay active.
+      const abandoned = this.listCertificates(input.deviceId).filter(
+        (c) => c.kind === 'rotate' && c.confirmedAt === undefined && isActive(c) && c.serial !== input.previousSerial,
+      );
+      const retired = abandoned.map((c): CertificateRecord => ({ ...c, supersededAt: input.at }));
+      const certificate: CertificateRecord = { ...input.certificate, kind: 'rotate' };
+      const updated: DeviceRecord = {
+        ...device,
+        certSerial: certificate.serial,
+        certNotAfter: certificate.notAfter,
+        lastRotationAt: input.at,
+      };
+      const response = this.#responseOps(input.response);
+      const audit = this.#auditOps([
+        ...input.audit,
+        ...retired.map((c) => supersededAudit(c, input.at, 'abandoned')),
+      ]);
+      await this.#db.batch([
+        this.#put(this.#certsDb, certificate.serial, certificate),
+        ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
+        this.#put(this.#devicesDb, updated.deviceId, updated),
+        ...response.ops,
+        ...audit.ops,
+      ] as never);
+      this.#setCert(certificate);
+      for (const c of retired) this.#setCert(c);
+      this.#devices.set(updated.deviceId, updated);
+      response.apply();
+      this.#auditSeq = audit.lastSeq;
+    });
+  }
+
+  confirmRotation(deviceId: string, serial: string, at: number): Promise<string[]> {
+    return this.#serialize(async () => {
+      const device = this.#devices.get(deviceId);
+      const cert = this.#certs.get(serial);
+      if (!device || !cert || cert.deviceId !== deviceId) {
+        throw new InventoryError('INVENTORY_NOT_FOUND', `${serial} is not a certificate of ${deviceId}`);
+      }
+      if (device.revokedAt !== undefined || cert.revokedAt !== undefined) throw new InventoryError('INVENTORY_REVOKED', `${serial} is revoked`);
+      if (cert.supersededAt !== undefined) throw new InventoryError('INVENTORY_CONFLICT', `${serial} was superseded`);
+      const others = this.listCertificates(deviceId).filter((c) => c.serial !== serial && isActive(c));
+      if (others.length === 0 && cert.confirmedAt !== undefined && device.certSerial === serial) return [];
+      const confirmed: CertificateRecord = cert.confirmedAt === undefined ? { ...cert, confirmedAt: at } : cert;
+      const retired = others.map((c): CertificateRecord => ({ ...c, supersededAt: at }));
+      const updated: DeviceRecord = { ...device, certSerial: serial, certNotAfter: cert.notAfter };
+      const audit = this.#auditOps([
+        { at, type: 'rotation.confirmed', deviceId, details: { serial, superseded: retired.map((c) => c.serial).join(',') } },
+        ...retired.map((c) => supersededAudit(c, at, 'confirmed-newer')),
+      ]);
+      await this.#db.batch([
+        this.#put(this.#certsDb, serial, confirmed),
+        ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
+        this.#put(this.#devicesDb, deviceId, updated),
+        ...audit.ops,
+      ] as never);
+      this.#setCert(confirmed);
+      for (const c of retired) this.#setCert(c);
+      this.#devices.set(deviceId, updated);
+      this.#auditSeq = audit.lastSeq;
+      return retired.map((c) => c.serial);
+    });
+  }
+
+  completeReattestation(input: CompleteReattestation): Promise<void> {
+    return this.#serialize(async () => {
+      const device = this.#activeDevice(input.deviceId);
+      this.#assertNewCertificate(input.deviceId, input.certificate, input.response);
+      const retired = this.listCertificates(input.deviceId)
+        .filter(isActive)
+        .map((c): CertificateRecord => ({ ...c, supersededAt: input.at }));
+      const certificate: CertificateRecord = { ...input.certificate, kind: 'reattest' };
+      const updated: DeviceRecord = {
+        ...device,
+        certSerial: certificate.serial,
+        certNotAfter: certificate.notAfter,
+        reattestedAt: input.at,
+      };
+      const response = this.#responseOps(input.response);
+      const audit = this.#auditOps([...input.audit, ...retired.map((c) => supersededAudit(c, input.at, 'reattested'))]);
+      await this.#db.batch([
+        this.#put(this.#certsDb, certificate.serial, certificate),
+        ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
+        this.#put(this.#devicesDb, updated.deviceId, updated),
+        ...response.ops,
+        ...audit.ops,
+      ] as never);
+      this.#setCert(certificate);
+      for (const c of retired) this.#setCert(c);
+      this.#devices.set(updated.deviceId, updated);
+      response.apply();
+      this.#auditSeq = audit.lastSeq;
+    });
+  }
+
+  revokeDevice(deviceId: string, reason: string, at: number): Promise<string[]> {
+    return this.#serialize(async () => {
+      const device = this.#devices.get(deviceId);
+      if (!device) throw new InventoryError('INVENTORY_NOT_FOUND', `device ${deviceId} not registered`);
+      const revoked = this.listCertificates(deviceId)
+        .filter((c) => c.revokedAt === undefined)
+        .map((c): CertificateRecord => ({ ...c, revokedAt: at, revocationReason: reason }));
+      if (device.revokedAt !== undefined && revoked.length === 0) return [];
+      const updated: DeviceRecord = device.revokedAt === undefined ? { ...device, revokedAt: at, revocationReason: reason } : device;
+      const audit = this.#auditOps([
+        { at, type: 'device.revoked', deviceId, details: { reason, serials: revoked.map((c) => c.serial).join(',') } },
+      ]);
+      await this.#db.batch([
+        this.#put(this.#devicesDb, deviceId, updated),
+        ...revoked.map((c) => this.#put(this.#certsDb, c.serial, c)),
+        ...audit.ops,
+      ] as never);
+      this.#devices.set(deviceId, updated);
+      for (const c of revoked) this.#setCert(c);
+      this.#auditSeq = audit.lastSeq;
+      return revoked.map((c) => c.serial);
+    });
+  }
+
+  recordStatus(deviceId: string, status: DeviceStatusSnapshot, at: number): Promise<void> {
+    return this.#serialize(async () => {
+      const device = this.#devices.get(deviceId);
+      if (!device) throw new InventoryError('INVENTORY_NOT_FOUND', `device ${deviceId} not registered`);
+      // A retained offline status redelivered (bridge restart, resubscribe) carries no news.
+      const redelivered = !status.online && device.online === false && JSON.stringify(device.status) === JSON.stringify(status);
+      if (redelivered) return;
+      const seen = status.online || device.online === true;
+      const updated: DeviceRecord = { ...device, status, online: status.online, ...(seen ? { lastSeenAt: at } : {}) };
+      await this.#devicesDb.put(deviceId, updated as never);
+      this.#devices.set(deviceId, updated);
+    });
+  }
+
+  recordEvents(deviceId: string, events: readonly DeviceEventRecordInput[], at: number): Promise<DeviceEventRecord[]> {
+    return this.#serialize(async () => {
+      const device = this.#devices.get(deviceId);
+      if (!device) throw new InventoryError('INVENTORY_NOT_FOUND', `device ${deviceId} not registered`);
+      const idx = this.#events.get(deviceId);
+      let next = idx?.next ?? 1;
+      const fresh: { arrival: number; record: DeviceEventRecord }[] = [];
+      const seen = new Set<string>();
+      for (const e of events) {
+        if (idx?.ids.has(e.id) || seen.has(e.id)) continue;
+        seen.add(e.id);
+        fresh.push({ arrival: next++, record: { ...e, deviceId, receivedAt: at } });
+      }
+      // Keep the newest DEVICE_EVENT_HISTORY, pruning the oldest in the same write (a batch larger than
+      // the history itself keeps only its own newest).
+      const old = idx?.order ?? [];
+      const excess = Math.max(0, old.length + fresh.length - DEVICE_EVENT_HISTORY);
+      const pruned = old.slice(0, Math.min(excess, old.length));
+      const kept = fresh.slice(excess - pruned.length);
+      const updated: DeviceRecord = { ...device, lastSeenAt: at };
+      const ops: Op[] = [this.#put(this.#devicesDb, deviceId, updated)];
+      for (const [arrival, id] of pruned) {
+        ops.push(this.#del(this.#eventsDb, `${deviceId}${SEP}${pad(arrival)}`), this.#del(this.#eventIdsDb, `${deviceId}${SEP}${id}`));
+      }
+      for (const { arrival, record } of kept) {
+        ops.push(this.#put(this.#eventsDb, `${deviceId}${SEP}${pad(arrival)}`, record), this.#put(this.#eventIdsDb, `${deviceId}${SEP}${record.id}`, arrival));
+      }
+      const audit = this.#auditOps(
+        fresh
+          .filter(({ record }) => SECURITY_EVENTS.has(record.type as EventType))
+          .map(({ record }) => ({ at, type: `event.${record.type}`, deviceId, details: { ...record.details, eventId: record.id, seq: record.seq, deviceAt: record.at } })),
+      );
+      await this.#db.batch([...ops, ...audit.ops] as never);
+      this.#devices.set(deviceId, updated);
+      const index = this.#eventIndexOf(deviceId);
+      for (const [, id] of pruned) index.ids.delete(id);
+      index.order.splice(0, pruned.length);
+      for (const { arrival, record } of kept) {
+        index.ids.set(record.id, arrival);
+        index.order.push([arrival, record.id]);
+      }
+      index.next = next;
+      this.#auditSeq = audit.lastSeq;
+      return fresh.map((f) => f.record);
+    });
+  }
+
+  async listDeviceEvents(deviceId: string): Promise<DeviceEventRecord[]> {
+    this.#assertOpen();
+    const out: DeviceEventRecord[] = [];
+    const range = { gt: `${deviceId}${SEP}`, lt: `${deviceId}\x01` };
+    for await (const value of this.#eventsDb.values(range) as AsyncIterable<DeviceEventRecord>) out.push(value);
+    return out;
   }
 
   appendAudit(events: readonly AuditEventInput[]): Promise<void> {
     return this.#serialize(async () => {
       const audit = this.#auditOps(events);
-      await this.#db.batch(audit.ops);
+      await this.#db.batch(audit.ops as never);
       this.#auditSeq = audit.lastSeq;
     });
   }
@@ -195,14 +439,85 @@ export class LevelInventory implements Inventory {
     return out;
   }
 
+  /** The device, registered and not revoked (rotation and re-attestation need both). */
+  #activeDevice(deviceId: string): DeviceRecord {
+    const device = this.#devices.get(deviceId);
+    if (!device) throw new InventoryError('INVENTORY_NOT_FOUND', `device ${deviceId} not registered`);
+    if (device.revokedAt !== undefined) throw new InventoryError('INVENTORY_REVOKED', `device ${deviceId} is revoked`);
+    return device;
+  }
+
+  #assertNewCertificate(deviceId: string, cert: CertificateRecord, response: CachedResponse): void {
+    if (cert.deviceId !== deviceId || response.deviceId !== deviceId) {
+      throw new InventoryError('INVENTORY_CONFLICT', 'certificate or response names another device');
+    }
+    if (this.#certs.has(cert.serial)) throw new InventoryError('INVENTORY_CONFLICT', `certificate ${cert.serial} exists already`);
+  }
+
+  #setCert(c: CertificateRecord): void {
+    this.#certs.set(c.serial, c);
+    this.#indexCert(c);
+  }
+
+  #indexCert(c: CertificateRecord): void {
+    let set = this.#certsByDevice.get(c.deviceId);
+    if (!set) this.#certsByDevice.set(c.deviceId, (set = new Set()));
+    set.add(c.serial);
+  }
+
+  #responseKeysOf(deviceId: string): string[] {
+    let keys = this.#responseKeys.get(deviceId);
+    if (!keys) this.#responseKeys.set(deviceId, (keys = []));
+    return keys;
+  }
+
+  #eventIndexOf(deviceId: string): EventIndex {
+    let idx = this.#events.get(deviceId);
+    if (!idx) this.#events.set(deviceId, (idx = { next: 1, ids: new Map(), order: [] }));
+    return idx;
+  }
+
+  /** Stores a response and prunes the device's oldest beyond RESPONSES_PER_DEVICE; `apply` after the batch. */
+  #responseOps(response: CachedResponse): { ops: Op[]; apply: () => void } {
+    const key = responseKey(response.deviceId, response.requestId);
+    const keys = (this.#responseKeys.get(response.deviceId) ?? []).filter((k) => k !== key);
+    const drop = keys.slice(0, Math.max(0, keys.length + 1 - RESPONSES_PER_DEVICE));
+    const ops: Op[] = [this.#put(this.#responsesDb, key, response), ...drop.map((k) => this.#del(this.#responsesDb, k))];
+    return {
+      ops,
+      apply: () => {
+        for (const k of drop) this.#responses.delete(k);
+        this.#responses.set(key, response);
+        this.#responseKeys.set(response.deviceId, [...keys.slice(drop.length), key]);
+      },
+    };
+  }
+
+  #put<V>(db: Sub<V>, key: string, value: V): Op {
+    return { type: 'put', sublevel: db as never, key, value };
+  }
+
+  #del<V>(db: Sub<V>, key: string): Op {
+    return { type: 'del', sublevel: db as never, key };
+  }
+
   /** Audit keys are zero-padded sequence numbers so LevelDB's order is append order. */
   #auditOps(events: readonly AuditEventInput[]) {
     let seq = this.#auditSeq;
-    const ops = events.map((e) => {
+    const ops = events.map((e): Op => {
       seq += 1;
       const value: AuditEvent = { ...e, seq };
-      return { type: 'put' as const, sublevel: this.#auditDb as never, key: String(seq).padStart(16, '0'), value };
+      return { type: 'put', sublevel: this.#auditDb as never, key: pad(seq), value };
     });
     return { ops, lastSeq: seq };
   }
+}
+
+/** Usable by the device as far as the inventory knows: neither retired nor revoked. */
+function isActive(c: CertificateRecord): boolean {
+  return c.supersededAt === undefined && c.revokedAt === undefined;
+}
+
+function supersededAudit(c: CertificateRecord, at: number, reason: 'abandoned' | 'confirmed-newer' | 'reattested'): AuditEventInput {
+  return { at, type: 'certificate.superseded', deviceId: c.deviceId, details: { serial: c.serial, reason } };
 }
