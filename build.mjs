@@ -2,7 +2,8 @@
 // it is copied next to the bundles and located at run time by native/lib/binding.ts. Packages with
 // their own native parts (level/classic-level, pkcs11js) stay external and load from node_modules.
 import { build } from 'esbuild';
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 
 const programs = {
   agent: 'agent/src/main.ts',
@@ -11,7 +12,18 @@ const programs = {
   demo: 'sim/src/demo.ts',
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',
+  'bench-agent': 'test/bench/agent.ts',
 };
+
+// Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.
+const pkgVersion = JSON.parse(readFileSync('package.json', 'utf8')).version;
+let commit = 'unknown';
+try {
+  commit = execFileSync('git', ['rev-parse', '--short=12', 'HEAD'], { stdio: ['ignore', 'pipe', 'ignore'] }).toString().trim();
+} catch {
+  // not a git checkout (a source tarball): the version alone
+}
+const version = `${pkgVersion}+${commit}`.slice(0, 32);
 
 mkdirSync('dist', { recursive: true });
 const entryPoints = Object.fromEntries(Object.entries(programs).filter(([, src]) => existsSync(src)));
@@ -25,6 +37,7 @@ await build({
   format: 'esm',
   sourcemap: 'linked',
   logLevel: 'warning',
+  define: { AGENT_BUILD_VERSION: JSON.stringify(version) },
   external: ['*.node', 'level', 'classic-level', 'pkcs11js'],
   // CommonJS dependencies inside an ESM bundle still call require() for Node built-ins.
   banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" },

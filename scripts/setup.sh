@@ -17,7 +17,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 # mosquitto: the broker; softhsm2: PKCS#11 token for the CA key; tpm2-tools: debugging and the
 # benchmark baseline only; docker.io + debootstrap + iproute2: the container test backend;
 # build-essential/python3: node-gyp.
-apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-device0 mosquitto softhsm2 tpm2-tools
+apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-device0 mosquitto mosquitto-clients softhsm2 tpm2-tools
   openssl g++ make python3 docker.io debootstrap iproute2 procps)
 missing=()
 for p in "${apt_packages[@]}"; do

@@ -1,34 +1,45 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../../common/clock.js';
-import { CodedError, isCodedError } from '../../common/coded-error.js';
+import { isCodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
-import { encode, type DeviceStatus } from '../../common/protocol/messages.js';
+import { encode } from '../../common/protocol/messages.js';
 import { DEFAULT_BASE_TOPIC, Topics } from '../../common/protocol/topics.js';
 import { MqttTransport, type MqttTransportOptions } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
-import type { TlsKeyOptions, Tpm, TpmKey } from '../../native/lib/tpm.js';
-import { abortError, Backoff, sleep as realSleep, throwIfAborted, type Sleep } from './backoff.js';
+import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
+import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from './agent-config.js';
+import { abortError, Backoff, sleep as realSleep, type Sleep } from './backoff.js';
 import { checkTrustBundle, type BootstrapConfig } from './config.js';
 import { enroll, EnrollmentError, fromStored, toStored, type EnrollmentResult } from './enrollment.js';
+import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
+import { eventBody, Outbox, type NewEvent } from './outbox.js';
+import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
+import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
 import { countSignatures } from './signature-counter.js';
-import { AgentStore, AgentStoreError, type ActiveIdentity } from './store.js';
+import { statusBody, windowOf, type AgentState } from './status.js';
+import { AgentStore, AgentStoreError, type ActiveIdentity, type LastRotation, type PendingRotation, type StoredAk } from './store.js';
+import { AGENT_VERSION } from './version.js';
+
+export type { AgentState } from './status.js';
 
 /**
- * The device agent. `new Agent(options)` does nothing; `start()`:
- *   1. opens the store (LevelDB in <dataDir>/state) and the TPM, takes back TPM slots a killed
- *      predecessor left loaded, ensures the SRK and the attestation key;
- *   2. enrolls if no identity is active (enrollment.ts, over the server-authenticated listener);
- *   3. connects to the device listener over mutual TLS, signing the handshake with the identity key
- *      inside the TPM, and publishes its retained status (the last will marks it offline).
- * `stop()` publishes offline, disconnects and releases TPM objects, the TPM (if it opened it) and
- * the store. No global state: a simulator runs hundreds of agents in one process.
- *
- * States: stopped → starting → [enrolling →] connecting → online; online ⇄ connecting while the
- * connection drops and comes back; any failure → error; stop() → stopping → stopped.
+ * The device agent: a long-running supervisor over an explicit state machine (status.ts has the
+ * diagram). `new Agent(options)` does nothing; `start()` opens the store and the TPM and starts the
+ * supervisor loop, which forever:
+ *   1. finishes a rotation left half-done (trial connection, confirmation);
+ *   2. enrolls (token) or re-attests (no token) when there is no usable identity;
+ *   3. judges the identity with the clock floor: expired or within grace of expiry → re-attest;
+ *   4. keeps the mutual-TLS connection up (backoff, full jitter, forever), status retained, outbox drained;
+ *   5. rotates at the jittered renewal point (policy.ts), or when asked (`rotateNow()`);
+ *   6. sleeps until the next timing decision or until something wakes it (connection lost, rotateNow, stop).
+ * No network condition ends the loop. Non-retryable rejections and corrupt local state park it in
+ * `error` (or `revoked`): the agent stays up, reports the code, and ends only on `stop()`.
+ * No global state: a simulator runs many agents in one process.
  */
-export type AgentState = 'stopped' | 'starting' | 'enrolling' | 'connecting' | 'online' | 'stopping' | 'error';
+export type { TransportPurpose };
+type TransportPurpose = 'enroll' | 'device';
 
 /** pino-compatible subset (a pino logger fits). Never given the token or key blobs. */
 export interface AgentLogger {
@@ -37,31 +48,33 @@ export interface AgentLogger {
   error(obj: object, msg: string): void;
 }
 
-export type TransportPurpose = 'enroll' | 'device';
-
 export interface AgentOptions {
   readonly bootstrap: BootstrapConfig;
   readonly dataDir: string;
+  /** Offline budget, backoff, tick, outbox bound (agent-config.ts); default DEFAULT_AGENT_CONFIG. */
+  readonly config?: AgentRuntimeConfig;
   readonly clock?: Clock;
   readonly logger?: AgentLogger;
   /** An already open TPM (the agent then does not close it); default: NativeTpm.open(bootstrap.tcti). */
   readonly tpm?: Tpm;
   /** How transports are made (tests, simulator); default: MqttTransport. */
   readonly transportFactory?: (opts: MqttTransportOptions, purpose: TransportPurpose) => Transport;
-  /** Waits between retries; tests inject one that advances a manual clock. */
+  /** Waits between retries; tests may inject a faster one. */
   readonly sleep?: Sleep;
   /** Jitter source in [0, 1); default Math.random. */
   readonly random?: () => number;
-  /** Wait for each enrollment answer before re-publishing. Default 15 000. */
+  /** Wait for each answer before sending again. Default 15 000. */
   readonly responseTimeoutMs?: number;
-  /** Failed enrollment attempts (rejections, timeouts) and failed connects before giving up. Default 20. */
+  /** Rejected enrollment attempts (retryable codes) before giving up. Default: never. */
   readonly maxAttempts?: number;
+  /** Default: the build-stamped version (version.ts). */
   readonly agentVersion?: string;
 }
 
 export interface AgentStatus {
   readonly deviceId: string;
   readonly state: AgentState;
+  readonly online: boolean;
   readonly slot?: 'A' | 'B';
   readonly certSerial?: string;
   readonly certNotAfter?: number;
@@ -69,44 +82,78 @@ export interface AgentStatus {
   readonly tpmSignatures: number;
   /** Completed mutual-TLS connects; each costs one TPM signature (CertificateVerify). */
   readonly tlsHandshakes: number;
-  /** The enrollment this agent ran, if it had to enroll. */
+  /** The enrollment (or re-attestation) this agent ran last, if any. */
   readonly enrollment?: { readonly tpmSignatures: number; readonly messagesSent: number; readonly resumed: boolean };
-  /** Why the agent is in state `error`. */
+  /** Rotations completed by this process, and the TPM signatures the last one cost (CSR, certify, handshake). */
+  readonly rotations: number;
+  readonly lastRotationSignatures?: number;
+  readonly lastRotation?: LastRotation;
+  /** Negative when the system clock is behind the time floor (then never used to judge validity). */
+  readonly clockSkewMs: number;
+  readonly outbox: { readonly pending: number; readonly dropped: number };
+  /** Why the agent is in state `error` or `revoked`. */
   readonly error?: { readonly code: string; readonly rejection?: RejectionCode; readonly message: string };
 }
 
-export type AgentErrorCode = 'AGENT_STATE_CORRUPT' | 'AGENT_STOPPED' | 'AGENT_CONNECT_FAILED';
+interface Resources {
+  readonly store: AgentStore;
+  readonly tpm: Tpm;
+  readonly signatures: () => number;
+  readonly ownsTpm: boolean;
+  readonly srk: TpmKey;
+  readonly ak: StoredAk;
+  readonly outbox: Outbox;
+  readonly tpmInfo?: { readonly manufacturer: string; readonly firmwareVersion: string };
+}
 
-/** Connect failures a later attempt can outlive; TLS and authorization failures need a human. */
-const TRANSIENT_CONNECT = new Set(['TRANSPORT_UNREACHABLE', 'TRANSPORT_TIMEOUT', 'TRANSPORT_CONNECTION_LOST', 'TRANSPORT_NOT_CONNECTED']);
+/** Connection refusals with an unexpired identity before the agent tries re-attestation instead. */
+const REFUSALS_BEFORE_REATTEST = 3;
 
 export class Agent {
   readonly #o: AgentOptions;
   readonly #clock: Clock;
   readonly #sleep: Sleep;
-  #state: AgentState = 'stopped';
-  #abort: AbortController | undefined;
-  #starting: Promise<void> | undefined;
-  #store: AgentStore | undefined;
-  #tpm: Tpm | undefined;
-  #ownsTpm = false;
-  #signatures: () => number = () => 0;
-  #signaturesBefore = 0;
-  #loaded: TpmKey[] = [];
-  #tls: TlsKeyOptions | undefined;
-  #enrollTransport: Transport | undefined;
-  #transport: Transport | undefined;
-  #everOnline = false;
-  #identity: ActiveIdentity | undefined;
-  #enrollment: EnrollmentResult | undefined;
-  #handshakes = 0;
-  #error: AgentStatus['error'];
+  readonly #config: AgentRuntimeConfig;
+  readonly #topics: Topics;
   readonly #listeners = new Set<(s: AgentState) => void>();
+  #state: AgentState = 'stopped';
+  #res: Resources | undefined;
+  #abort: AbortController | undefined;
+  #loop: Promise<void> | undefined;
+  #firstOnline: { promise: Promise<void>; resolve: () => void; reject: (e: unknown) => void } | undefined;
+  #device: MqttLink | undefined;
+  #enrollLink: MqttLink | undefined;
+  #identity: ActiveIdentity | undefined;
+  #trust: readonly string[] | undefined;
+  #floor: number | undefined;
+  #skewReported = false;
+  #wake: (() => void) | undefined;
+  #woken = false;
+  #lifetimeWarned = false;
+  #announced = false;
+  #finishing = false;
+  #rotateRequested = false;
+  #rotationNotBefore = 0;
+  #refusals = 0;
+  #handshakes = 0;
+  #signaturesBefore = 0;
+  #rotations = 0;
+  #lastRotationSignatures: number | undefined;
+  #lastRotation: LastRotation | undefined;
+  #enrollment: EnrollmentResult | undefined;
+  #error: AgentStatus['error'];
+  #draining: Promise<void> | undefined;
+  readonly #stepBackoff: Backoff;
+  readonly #rotationBackoff: Backoff;
 
   constructor(options: AgentOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
     this.#sleep = options.sleep ?? realSleep;
+    this.#config = options.config ?? DEFAULT_AGENT_CONFIG;
+    this.#topics = new Topics(options.bootstrap.baseTopic ?? DEFAULT_BASE_TOPIC);
+    this.#stepBackoff = this.#newBackoff();
+    this.#rotationBackoff = this.#newBackoff();
   }
 
   get state(): AgentState {
@@ -126,265 +173,659 @@ export class Agent {
   status(): AgentStatus {
     const id = this.#identity;
     const e = this.#enrollment;
+    const outbox = this.#res?.outbox;
     return {
       deviceId: this.deviceId,
       state: this.#state,
+      online: this.#device?.connected === true,
       ...(id ? { slot: id.name, certSerial: id.slot.serial, certNotAfter: id.slot.notAfter } : {}),
-      tpmSignatures: this.#signaturesBefore + this.#signatures(),
+      tpmSignatures: this.#signaturesBefore + (this.#res?.signatures() ?? 0),
       tlsHandshakes: this.#handshakes,
       ...(e ? { enrollment: { tpmSignatures: e.tpmSignatures, messagesSent: e.messagesSent, resumed: e.resumed } } : {}),
+      rotations: this.#rotations,
+      ...(this.#lastRotationSignatures === undefined ? {} : { lastRotationSignatures: this.#lastRotationSignatures }),
+      ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
+      clockSkewMs: -judgeNow(this.#clock.now(), this.#floor).behindMs,
+      outbox: { pending: outbox?.pending() ?? 0, dropped: outbox?.dropped() ?? 0 },
       ...(this.#error ? { error: this.#error } : {}),
     };
   }
 
-  /** Resolves once online; rejects (state `error`) with a coded error. */
-  async start(): Promise<void> {
-    if (this.#starting) return this.#starting;
-    if (this.#state !== 'stopped' && this.#state !== 'error') return;
+  /**
+   * Opens the store and the TPM and starts the supervisor. Resolves the first time the agent is online;
+   * rejects (coded) when it parks in `error`/`revoked` before that, or when it could not open its
+   * store or TPM. A parked agent stays up (status, stop()) until stopped.
+   */
+  start(): Promise<void> {
+    if (this.#firstOnline) return this.#firstOnline.promise;
+    let resolve!: () => void;
+    let reject!: (e: unknown) => void;
+    const promise = new Promise<void>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    promise.catch(() => undefined); // the caller of start() sees it; nobody else must
+    this.#firstOnline = { promise, resolve, reject };
     const abort = new AbortController();
     this.#abort = abort;
     this.#error = undefined;
     this.#set('starting');
-    this.#starting = this.#start(abort.signal);
-    try {
-      await this.#starting;
-    } finally {
-      this.#starting = undefined;
-    }
+    this.#loop = this.#open().then(
+      () => this.#supervise(abort.signal),
+      async (e: unknown) => {
+        this.#fail(e);
+        await this.#release();
+      },
+    );
+    return promise;
   }
 
-  async #start(signal: AbortSignal): Promise<void> {
+  /**
+   * Queues an event in the outbox (stored before this resolves; sent in order once connected; see
+   * outbox.ts for the drop policy). The agent emits its own lifecycle events; this is for what the
+   * device wants to report besides. Resolves false when the event was dropped (outbox full).
+   */
+  async emitEvent(e: NewEvent): Promise<boolean> {
+    if (!this.#res) return false;
+    return this.#emit(e);
+  }
+
+  /** Asks for a rotation now (operator command, tests); the supervisor picks it up at once. */
+  rotateNow(): void {
+    this.#rotateRequested = true;
+    this.#rotationNotBefore = 0;
+    this.#poke();
+  }
+
+  /** Publishes offline status, disconnects, releases TPM objects and the store. Interrupts anything in progress. */
+  async stop(): Promise<void> {
+    if (this.#state === 'stopped' || this.#state === 'stopping' || !this.#abort) return;
+    const wasStarting = this.#firstOnline;
+    this.#abort.abort();
+    this.#set('stopping');
+    this.#poke();
+    const device = this.#device;
+    if (device?.transport) await this.#publishStatus(false).catch(() => undefined);
+    await device?.close();
+    await this.#enrollLink?.close();
+    await this.#loop?.catch(() => undefined);
+    await this.#release();
+    wasStarting?.reject(abortError());
+    this.#firstOnline = undefined;
+    this.#abort = undefined;
+    this.#set('stopped');
+  }
+
+  // ---- resources ---------------------------------------------------------------------------------
+
+  async #open(): Promise<void> {
     const cfg = this.#o.bootstrap;
+    checkTrustBundle(cfg);
+    mkdirSync(this.#o.dataDir, { recursive: true, mode: 0o700 });
+    const store = new AgentStore(join(this.#o.dataDir, 'state'));
+    await store.open();
+    let tpm: Tpm | undefined;
     try {
-      checkTrustBundle(cfg);
-      mkdirSync(this.#o.dataDir, { recursive: true, mode: 0o700 });
-      const store = new AgentStore(join(this.#o.dataDir, 'state'));
-      this.#store = store;
-      await store.open();
-      this.#ownsTpm = !this.#o.tpm;
       const counted = countSignatures(this.#o.tpm ?? (await NativeTpm.open(cfg.tcti)));
-      this.#tpm = counted.tpm;
-      this.#signatures = counted.signatures;
-      const tpm = counted.tpm;
+      tpm = counted.tpm;
       // Without a resource manager (swtpm) a killed predecessor's objects stay loaded; free them first.
       const reclaimed = await tpm.reclaimSlots();
       if (reclaimed) this.#log('warn', 'flushed TPM objects left by a previous process', { reclaimed });
       const srk = await tpm.ensureSrk();
-      this.#loaded.push(srk);
-      const ak = await this.#ensureAk(srk);
-
-      let active = await store.active();
-      let key: TpmKey | undefined;
-      if (!active) {
-        this.#set('enrolling');
-        const result = await this.#enroll(srk, ak, signal);
-        this.#enrollment = result;
-        key = result.key;
-        this.#loaded.push(key);
-        active = { name: result.slot, slot: result.identity };
+      const ak = await this.#ensureAk(tpm, srk, store);
+      let tpmInfo: Resources['tpmInfo'];
+      try {
+        const caps = await tpm.capabilities();
+        tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion };
+      } catch (e) {
+        this.#log('warn', 'could not read TPM capabilities', { code: isCodedError(e) ? e.code : undefined });
       }
-      // The AK is only needed for attestation: free its slot (swtpm has three).
-      await this.#flush(ak);
-
-      throwIfAborted(signal);
-      this.#set('connecting');
-      key ??= await this.#load(srk, active);
-      this.#identity = active;
-      await this.#connectDevice(active, key, signal);
-      this.#set('online');
-      this.#log('info', 'online', { slot: active.name, serial: active.slot.serial });
+      const outbox = new Outbox(store.sublevel('outbox'), { clock: this.#clock, maxEvents: this.#config.outbox.maxEvents });
+      await outbox.open();
+      this.#floor = await store.getClockFloor();
+      this.#lastRotation = await store.getLastRotation();
+      this.#res = { store, tpm, signatures: counted.signatures, ownsTpm: !this.#o.tpm, srk, ak, outbox, ...(tpmInfo ? { tpmInfo } : {}) };
+      this.#identity = await store.active();
+      this.#trust = await store.getTrustBundle();
+      const pending = await store.getPending();
+      if (pending) this.#log('info', 'resuming unfinished work', { kind: pending.kind, phase: pending.kind === 'rotate' ? pending.phase : undefined });
+      if (this.#identity) await this.#advanceFloor(windowOf(this.#identity.slot).notBefore);
     } catch (e) {
-      const err = signal.aborted ? abortError() : e;
-      if (!signal.aborted) {
-        this.#error = {
-          code: isCodedError(err) ? err.code : 'AGENT_INTERNAL',
-          ...(err instanceof EnrollmentError && err.rejection ? { rejection: err.rejection } : {}),
-          message: (err as Error).message,
-        };
-        this.#log('error', 'agent failed to start', { code: this.#error.code, rejection: this.#error.rejection, err: this.#error.message });
-      }
-      await this.#release();
-      this.#set(signal.aborted ? 'stopped' : 'error');
-      throw err;
+      if (tpm && !this.#o.tpm) await tpm.close().catch(() => undefined);
+      await store.close().catch(() => undefined);
+      throw e;
     }
   }
 
-  async #ensureAk(srk: TpmKey): Promise<TpmKey> {
-    const tpm = this.#tpm!;
-    const stored = await this.#store!.getAk();
+  /** The attestation key: created once, its blobs and Name stored; not kept loaded (slots are scarce). */
+  async #ensureAk(tpm: Tpm, srk: TpmKey, store: AgentStore): Promise<StoredAk> {
+    const stored = await store.getAk();
     if (stored) {
       const ak = await tpm.loadKey(srk, fromStored(stored.blobs));
-      this.#loaded.push(ak);
+      await tpm.flush(ak);
       if (ak.name.toString('hex') !== stored.name) {
         throw new AgentStoreError('AGENT_STATE_CORRUPT', 'the stored attestation key loads with another TPM Name');
       }
-      return ak;
+      return stored;
     }
     const created = await tpm.createAttestationKey(srk);
-    this.#loaded.push(created.key);
-    await this.#store!.putAk({ blobs: toStored(created.blobs), name: created.key.name.toString('hex') });
-    return created.key;
+    await tpm.flush(created.key);
+    const ak: StoredAk = { blobs: toStored(created.blobs), name: created.key.name.toString('hex') };
+    await store.putAk(ak);
+    return ak;
   }
 
-  async #load(srk: TpmKey, active: ActiveIdentity): Promise<TpmKey> {
-    const key = await this.#tpm!.loadKey(srk, fromStored(active.slot.key));
-    this.#loaded.push(key);
-    return key;
+  async #release(): Promise<void> {
+    const res = this.#res;
+    this.#res = undefined;
+    await this.#device?.close();
+    this.#device = undefined;
+    if (!res) return;
+    this.#signaturesBefore += res.signatures();
+    if (res.ownsTpm) await res.tpm.close().catch(() => undefined);
+    await res.store.close().catch(() => undefined);
   }
 
-  async #flush(key: TpmKey): Promise<void> {
-    this.#loaded = this.#loaded.filter((k) => k !== key);
-    await this.#tpm!.flush(key);
+  // ---- the supervisor ----------------------------------------------------------------------------
+
+  async #supervise(signal: AbortSignal): Promise<void> {
+    for (;;) {
+      if (signal.aborted) return;
+      try {
+        await this.#step(signal);
+        this.#stepBackoff.reset();
+      } catch (e) {
+        if (signal.aborted) return;
+        if (this.#isFinal(e)) {
+          this.#fail(e);
+          await this.#publishStatus(true).catch(() => undefined);
+          await this.#idle(Infinity, signal, 'tick');
+          return;
+        }
+        // A TPM hiccup, a store error, a certificate the fleet should not have sent: log and retry later.
+        const waitMs = this.#stepBackoff.next();
+        this.#log('warn', 'supervisor step failed; retrying', { code: isCodedError(e) ? e.code : 'UNEXPECTED', err: (e as Error).message, waitMs });
+        await this.#idle(waitMs, signal);
+      }
+    }
   }
 
-  #transportFor(opts: MqttTransportOptions, purpose: TransportPurpose): Transport {
-    return this.#o.transportFactory ? this.#o.transportFactory(opts, purpose) : new MqttTransport(opts);
+  async #step(signal: AbortSignal): Promise<void> {
+    const res = this.#res!;
+    const pending = await res.store.getPending();
+    // 1. A rotation past its request phase finishes before anything else.
+    if (pending?.kind === 'rotate' && pending.phase !== 'requesting' && !this.#finishing) {
+      this.#finishing = true;
+      this.#log('info', 'finishing a rotation', { phase: pending.phase, slot: pending.slot, serial: pending.serial });
+    }
+    if (pending?.kind === 'rotate' && pending.phase === 'trial') return this.#trial(pending, signal);
+    if (pending?.kind === 'rotate' && pending.phase === 'confirming') {
+      this.#identity = await res.store.active();
+      await this.#connect(signal);
+      return this.#confirm(pending, signal);
+    }
+    // 2. No identity, or an attestation left half-done.
+    const active = await res.store.active();
+    if (pending?.kind === 'enroll') return this.#attest(pending.mode ?? 'token', active?.name, signal);
+    if (!active) return this.#attest((await res.store.hasEnrolled()) ? 'reattest' : 'token', undefined, signal);
+    this.#identity = active;
+    // 3. Judge the identity by the clock floor, never by a clock that runs behind it.
+    const judged = this.#judge();
+    const window = windowOf(active.slot);
+    const phase = identityPhase(judged, window, this.#phasePolicy(window), this.deviceId);
+    if (phase === 'expired' || phase === 'expiring') {
+      this.#log('warn', 'identity expired or about to; re-attesting', { serial: active.slot.serial, phase });
+      return this.#attest('reattest', active.name, signal);
+    }
+    // 4. Connected with it.
+    if (!(await this.#connect(signal))) return;
+    // 5. Rotation when due (or asked), not before a failed one's backoff ran out.
+    // Asked for, due by time, or left half-done; after a failure not before its backoff ran out
+    // (rotateNow() clears that).
+    const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
+    if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
+    // 6. Nothing to do until the next decision.
+    await this.#idle(nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs), signal, 'tick');
   }
 
-  #topics(): Topics {
-    return new Topics(this.#o.bootstrap.baseTopic ?? DEFAULT_BASE_TOPIC);
+  /** Connects the device link with the current identity; false when it should be retried later. */
+  async #connect(signal: AbortSignal): Promise<boolean> {
+    const link = this.#deviceLink();
+    if (link.connected) {
+      this.#set('online');
+      return true;
+    }
+    this.#set('connecting');
+    link.setIdentity(this.#linkIdentity(this.#identity!));
+    try {
+      await link.ensureConnected(signal);
+    } catch (e) {
+      if (!(e instanceof LinkRefusedError)) throw e;
+      this.#refusals++;
+      this.#log('warn', 'the broker refused our identity', { code: e.transportCode, refusals: this.#refusals, serial: this.#identity?.slot.serial });
+      if (this.#refusals >= REFUSALS_BEFORE_REATTEST) {
+        // Unexpired yet refused: the identity is unusable (e.g. the fleet's CA changed). Re-attestation
+        // proves the device again; the bridge refuses it for a revoked device.
+        this.#refusals = 0;
+        await this.#attest('reattest', this.#identity?.name, signal);
+        return false;
+      }
+      await this.#idle(this.#stepBackoff.next(), signal);
+      return false;
+    }
+    this.#refusals = 0;
+    this.#online();
+    return true;
   }
 
-  async #enroll(srk: TpmKey, ak: TpmKey, signal: AbortSignal): Promise<EnrollmentResult> {
+  /** State online; the first time in this process also logs `online` and resolves start(). */
+  #online(): void {
+    this.#set('online');
+    if (!this.#announced) {
+      this.#announced = true;
+      this.#log('info', 'online', { serial: this.#identity?.slot.serial, slot: this.#identity?.name });
+    }
+    this.#firstOnline?.resolve();
+  }
+
+  // ---- enrollment and re-attestation -------------------------------------------------------------
+
+  async #attest(mode: 'token' | 'reattest', retire: 'A' | 'B' | undefined, signal: AbortSignal): Promise<void> {
+    const res = this.#res!;
     const cfg = this.#o.bootstrap;
-    if (this.#clock.now() >= cfg.tokenExpiresAt) {
+    this.#set(mode === 'token' ? 'enrolling' : 'reattesting');
+    // The device connection, if any, goes: the identity it uses is being replaced.
+    await this.#device?.close();
+    this.#device = undefined;
+    if (mode === 'token' && this.#clock.now() >= cfg.tokenExpiresAt) {
       // The bridge decides with its own clock; a device clock can be wrong, so only say so.
       this.#log('warn', 'the enrollment token looks expired by this device clock', { tokenExpiresAt: cfg.tokenExpiresAt });
     }
-    const backoff = this.#backoff();
-    // Server-authenticated TLS only: the device has no certificate yet; the broker knows it by client id.
-    const transport = this.#transportFor({ url: cfg.enrollUrl, clientId: cfg.deviceId, tls: { ca: cfg.trustBundle }, reconnectPeriodMs: 1000 }, 'enroll');
-    this.#enrollTransport = transport;
+    const trust = mode === 'reattest' ? ((await res.store.getTrustBundle()) ?? cfg.trustBundle) : cfg.trustBundle;
+    const link = new MqttLink({
+      name: 'enroll',
+      url: cfg.enrollUrl,
+      // Server-authenticated TLS only: the broker knows the device by client id on this listener.
+      clientId: cfg.deviceId,
+      ca: trust,
+      transportFactory: (opts) => this.#transport(opts, 'enroll'),
+      backoff: this.#newBackoff(),
+      sleep: this.#sleep,
+      clock: this.#clock,
+      log: (level, msg, fields) => this.#log(level, msg, fields),
+    });
+    this.#enrollLink = link;
+    const ak = await res.tpm.loadKey(res.srk, fromStored(res.ak.blobs));
+    let result: EnrollmentResult;
     try {
-      await this.#connect(transport, backoff, signal);
-      return await enroll({
-        tpm: this.#tpm!,
-        srk,
+      result = await enroll({
+        tpm: res.tpm,
+        srk: res.srk,
         ak,
-        store: this.#store!,
-        transport,
-        topics: this.#topics(),
+        store: res.store,
+        link,
+        mode,
+        ...(retire ? { retire } : {}),
+        topics: this.#topics,
         config: cfg,
         clock: this.#clock,
         sleep: this.#sleep,
         signal,
-        backoff,
+        backoff: this.#newBackoff(),
         ...(this.#o.responseTimeoutMs === undefined ? {} : { responseTimeoutMs: this.#o.responseTimeoutMs }),
         ...(this.#o.maxAttempts === undefined ? {} : { maxAttempts: this.#o.maxAttempts }),
         log: (msg, fields) => this.#log('info', msg, fields),
       });
     } finally {
-      this.#enrollTransport = undefined;
-      await transport.close().catch(() => undefined);
+      this.#enrollLink = undefined;
+      await link.close();
+      await res.tpm.flush(ak).catch(() => undefined);
     }
+    // Loaded again for each handshake only.
+    await res.tpm.flush(result.key).catch(() => undefined);
+    this.#enrollment = result;
+    this.#identity = { name: result.slot, slot: result.identity };
+    this.#trust = result.trustBundle;
+    this.#rotationNotBefore = 0;
+    await this.#advanceFloor(windowOf(result.identity).notBefore);
+    await this.#emit({ type: mode === 'token' ? 'enrolled' : 'reattested', serial: result.identity.serial, slot: result.slot });
   }
 
-  async #connectDevice(active: ActiveIdentity, key: TpmKey, signal: AbortSignal): Promise<void> {
-    const cfg = this.#o.bootstrap;
-    this.#tls = this.#tpm!.tlsKey(key);
-    const trust = (await this.#store!.getTrustBundle()) ?? cfg.trustBundle;
-    const statusTopic = this.#topics().device(cfg.deviceId, 'status');
-    const transport = this.#transportFor(
-      {
-        url: cfg.deviceUrl,
-        clientId: cfg.deviceId,
-        tls: { ca: trust, cert: [active.slot.certificate, ...active.slot.chain].join('\n'), ...this.#tls },
-        will: { topic: statusTopic, payload: this.#statusPayload(false, 'offline'), qos: 1, retain: true },
-      },
-      'device',
-    );
-    this.#transport = transport;
-    this.#everOnline = false;
-    transport.onConnectionChange((up) => this.#onConnection(up));
-    await this.#connect(transport, this.#backoff(), signal);
-    await this.#publishStatus(true, 'enrolled');
-    this.#everOnline = true;
+  // ---- rotation ----------------------------------------------------------------------------------
+
+  #rotationDeps(signal: AbortSignal, trustBundle: readonly string[]): RotationDeps {
+    const res = this.#res!;
+    return {
+      tpm: res.tpm,
+      srk: res.srk,
+      ak: res.ak,
+      store: res.store,
+      link: this.#deviceLink(),
+      topics: this.#topics,
+      deviceId: this.deviceId,
+      trustBundle,
+      clock: this.#clock,
+      sleep: this.#sleep,
+      backoff: this.#newBackoff(),
+      responseTimeoutMs: this.#o.responseTimeoutMs ?? 15_000,
+      signal,
+      log: (msg, fields) => this.#log('info', msg, fields),
+    };
   }
 
-  #onConnection(up: boolean): void {
-    if (up) this.#handshakes++;
-    if (!this.#everOnline || (this.#state !== 'online' && this.#state !== 'connecting')) return;
-    if (!up) {
-      this.#set('connecting');
+  async #rotate(active: ActiveIdentity, resume: PendingRotation | undefined, signal: AbortSignal): Promise<void> {
+    const res = this.#res!;
+    this.#set('rotating');
+    await this.#publishStatus(true).catch(() => undefined);
+    const signaturesBefore = res.signatures();
+    const handshakesBefore = this.#handshakes;
+    const trust = (await res.store.getTrustBundle()) ?? this.#o.bootstrap.trustBundle;
+    const out = await requestRotation(this.#rotationDeps(signal, trust), active, resume);
+    if (out.kind === 'refused') {
+      // Nothing was certified. A retryable refusal keeps the new key (and its CSR) for the next try;
+      // otherwise its blob goes with the pending record (the key is not loaded).
+      if (out.reaction !== 'retry') await res.store.deletePending();
+      if (out.reaction === 'reattest') return this.#attest('reattest', active.name, signal);
+      if (out.code === 'DEVICE_REVOKED') throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', 'the fleet says this device is revoked', { rejection: out.code });
+      const waitMs = out.retryAfterSec !== undefined ? out.retryAfterSec * 1000 : this.#rotationBackoff.next();
+      this.#rotationNotBefore = this.#clock.now() + waitMs;
+      await this.#rotationFailed(active.slot.serial, undefined, out.code);
+      this.#log('warn', 'rotation refused by the fleet; keeping the current identity', { code: out.code, retryInMs: waitMs });
+      this.#set(this.#device?.connected ? 'online' : 'connecting');
+      await this.#publishStatus(true).catch(() => undefined);
       return;
     }
-    // The will replaced our retained status while we were away: say we are back.
-    this.#publishStatus(true, 'enrolled').then(
-      () => this.#set('online'),
-      (e: unknown) => this.#log('warn', 'could not republish status after reconnecting', { code: isCodedError(e) ? e.code : undefined }),
-    );
+    await this.#trial(out.pending, signal, { signaturesBefore, handshakesBefore });
   }
 
-  async #connect(transport: Transport, backoff: Backoff, signal: AbortSignal): Promise<void> {
-    const maxAttempts = this.#o.maxAttempts ?? 20;
-    for (let attempt = 1; ; attempt++) {
-      throwIfAborted(signal);
+  /** Connects with the newly issued identity; commits it when the broker takes it, rolls back when refused. */
+  async #trial(p: PendingRotation, signal: AbortSignal, cost?: { signaturesBefore: number; handshakesBefore: number }): Promise<void> {
+    const res = this.#res!;
+    const old = await res.store.active();
+    const fresh = await res.store.getSlot(p.slot);
+    if (!old || !fresh) throw new AgentStoreError('AGENT_STATE_CORRUPT', 'rotation trial without both identities');
+    this.#set('rotating');
+    const link = this.#deviceLink();
+    // Graceful: no last will. The retained status says `rotating` until the new session replaces it.
+    await link.disconnect({ graceful: true });
+    this.#identity = { name: p.slot, slot: fresh };
+    link.setIdentity(this.#linkIdentity(this.#identity));
+    for (;;) {
       try {
-        await transport.connect();
-        return;
+        await link.connectOnce();
+        break;
       } catch (e) {
-        const code = isCodedError(e) ? e.code : undefined;
+        if (e instanceof LinkRefusedError) return this.#rollback(p, old, e.transportCode);
         if (signal.aborted) throw abortError();
-        if (!code || !TRANSIENT_CONNECT.has(code) || attempt >= maxAttempts) {
-          throw new CodedError<AgentErrorCode>('AGENT_CONNECT_FAILED', `cannot connect: ${(e as Error).message}`, { cause: e, details: { transportCode: code, attempt } });
-        }
-        const waitMs = backoff.next();
-        this.#log('warn', 'connect failed; retrying', { code, waitMs });
-        await this.#sleep(waitMs, signal);
+        // The broker is away: stay in trial and try again; nothing is decided until it answers.
+        await this.#idle(this.#stepBackoff.next(), signal);
       }
     }
+    const committed = await res.store.rotationCommitted(p);
+    await this.#advanceFloor(windowOf(fresh).notBefore);
+    if (cost) this.#lastRotationSignatures = res.signatures() - cost.signaturesBefore + (this.#handshakes - cost.handshakesBefore);
+    await this.#confirm(committed, signal);
   }
 
-  #backoff(): Backoff {
-    return new Backoff(this.#o.random ? { random: this.#o.random } : {});
+  async #rollback(p: PendingRotation, old: ActiveIdentity, code: string): Promise<void> {
+    const res = this.#res!;
+    this.#log('warn', 'the broker refused the new certificate; rolling back to the old identity', { code, serial: p.serial, keep: old.slot.serial });
+    await res.store.rotationAbandoned(p, code, this.#clock.now());
+    this.#identity = old;
+    this.#deviceLink().setIdentity(this.#linkIdentity(old));
+    this.#rotationNotBefore = this.#clock.now() + this.#rotationBackoff.next();
+    await this.#rotationFailed(old.slot.serial, p.serial, code);
   }
 
-  #statusPayload(online: boolean, state: DeviceStatus['state']): Buffer {
-    const now = this.#clock.now();
-    const id = this.#identity;
-    return encode('status', `status-${now}`, now, {
-      deviceId: this.deviceId,
-      online,
-      state,
-      ...(id ? { certSerial: id.slot.serial, certNotAfter: id.slot.notAfter } : {}),
-      ...(this.#o.agentVersion ? { agentVersion: this.#o.agentVersion } : {}),
-    });
+  async #rotationFailed(serial: string, attempted: string | undefined, code: string): Promise<void> {
+    this.#lastRotation = { at: this.#clock.now(), result: code };
+    await this.#res!.store.putLastRotation(this.#lastRotation);
+    await this.#emit({ type: 'rotation_failed', code, serial, ...(attempted ? { previousSerial: attempted } : {}) });
   }
 
-  #publishStatus(online: boolean, state: DeviceStatus['state']): Promise<void> {
-    const topic = this.#topics().device(this.deviceId, 'status');
-    return this.#transport!.publish(topic, this.#statusPayload(online, state), { qos: 1, retain: true });
-  }
-
-  /** Publishes offline status, disconnects, releases TPM objects and the store. Interrupts a start(). */
-  async stop(): Promise<void> {
-    if (this.#state === 'stopped' || this.#state === 'stopping') return;
-    if (this.#starting) {
-      this.#abort?.abort();
-      // Closing the connections ends whatever start() is waiting for (an answer, a CONNACK).
-      await this.#enrollTransport?.close().catch(() => undefined);
-      await this.#transport?.close().catch(() => undefined);
-      await this.#starting.catch(() => undefined);
+  /** The bridge retires the old certificate; then the old key blob goes (the key was never kept loaded). */
+  async #confirm(p: PendingRotation, signal: AbortSignal): Promise<void> {
+    const res = this.#res!;
+    const backoff = this.#newBackoff();
+    for (;;) {
+      const out = await confirmRotation(this.#rotationDeps(signal, []), p);
+      if (out.kind === 'confirmed') break;
+      if (out.reaction === 'retry') {
+        await this.#idle(out.retryAfterSec !== undefined ? out.retryAfterSec * 1000 : backoff.next(), signal);
+        continue;
+      }
+      // The new identity works and is active; the bridge keeps the old certificate until it expires.
+      this.#log('warn', 'the fleet did not confirm the rotation; the old certificate stays until it expires', { code: out.code });
+      break;
     }
-    if ((this.#state as AgentState) === 'stopped') return;
-    this.#set('stopping');
-    if (this.#transport?.connected) await this.#publishStatus(false, 'offline').catch(() => undefined);
-    await this.#release();
-    this.#set('stopped');
+    const at = this.#clock.now();
+    await res.store.rotationFinished(p, at);
+    this.#lastRotation = { at, result: 'ok' };
+    this.#rotations++;
+    this.#rotateRequested = false;
+    this.#finishing = false;
+    this.#rotationBackoff.reset();
+    this.#rotationNotBefore = 0;
+    this.#log('info', 'rotated', { serial: p.serial, previous: p.fromSerial, slot: p.slot });
+    await this.#emit({ type: 'rotated', serial: p.serial!, previousSerial: p.fromSerial, slot: p.slot });
+    this.#online();
+    await this.#publishStatus(true).catch(() => undefined);
   }
 
-  async #release(): Promise<void> {
-    this.#signaturesBefore += this.#signatures();
-    this.#signatures = () => 0;
-    await this.#transport?.close().catch(() => undefined);
-    this.#transport = undefined;
-    if (this.#tls) this.#tpm?.releaseTlsKey(this.#tls);
-    this.#tls = undefined;
-    for (const k of this.#loaded.splice(0).reverse()) await this.#tpm?.flush(k).catch(() => undefined);
-    if (this.#ownsTpm) await this.#tpm?.close().catch(() => undefined);
-    this.#tpm = undefined;
-    await this.#store?.close().catch(() => undefined);
-    this.#store = undefined;
+  // ---- the device connection ---------------------------------------------------------------------
+
+  #deviceLink(): MqttLink {
+    if (this.#device) return this.#device;
+    const link = new MqttLink({
+      name: 'device',
+      url: this.#o.bootstrap.deviceUrl,
+      clientId: this.deviceId,
+      // The bundle from the accepted enrollment supersedes the bootstrap one.
+      ca: this.#trust ?? this.#o.bootstrap.trustBundle,
+      transportFactory: (opts) => this.#transport(opts, 'device'),
+      backoff: this.#newBackoff(),
+      sleep: this.#sleep,
+      clock: this.#clock,
+      log: (level, msg, fields) => this.#log(level, msg, fields),
+      will: () => ({ topic: this.#topics.device(this.deviceId, 'status'), payload: this.#statusPayload(false), qos: 1, retain: true }),
+      onUp: async (t) => {
+        this.#handshakes++;
+        await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(true), { qos: 1, retain: true });
+        void this.#drainOutbox();
+      },
+      onDown: () => {
+        if (this.#state === 'online') this.#set('connecting');
+        this.#poke();
+      },
+    });
+    this.#device = link;
+    return link;
+  }
+
+  #linkIdentity(id: ActiveIdentity): LinkIdentity {
+    const res = this.#res!;
+    return {
+      label: `certificate ${id.slot.serial}`,
+      prepare: async () => {
+        const key = await res.tpm.loadKey(res.srk, fromStored(id.slot.key));
+        let tls;
+        try {
+          tls = res.tpm.tlsKey(key);
+        } catch (e) {
+          await res.tpm.flush(key).catch(() => undefined);
+          throw e;
+        }
+        return {
+          tls: { cert: [id.slot.certificate, ...id.slot.chain].join('\n'), ...tls },
+          release: async () => {
+            res.tpm.releaseTlsKey(tls);
+            await res.tpm.flush(key);
+          },
+        };
+      },
+    };
+  }
+
+  #transport(opts: MqttTransportOptions, purpose: TransportPurpose): Transport {
+    return this.#o.transportFactory ? this.#o.transportFactory(opts, purpose) : new MqttTransport(opts);
+  }
+
+  #statusPayload(online: boolean): Buffer {
+    const now = this.#clock.now();
+    const res = this.#res;
+    const body = statusBody({
+      deviceId: this.deviceId,
+      state: this.#state,
+      online,
+      ...(this.#identity ? { identity: this.#identity } : {}),
+      ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
+      clockSkewMs: -judgeNow(now, this.#floor).behindMs,
+      ...(this.#error ? { errorCode: this.#error.rejection ?? this.#error.code } : {}),
+      agentVersion: this.#o.agentVersion ?? AGENT_VERSION,
+      ...(res?.tpmInfo ? { tpm: res.tpmInfo } : {}),
+      ...(res ? { outbox: { pending: res.outbox.pending(), dropped: res.outbox.dropped() } } : {}),
+    });
+    return encode('status', `status-${now}`, now, body);
+  }
+
+  async #publishStatus(online: boolean): Promise<void> {
+    const t = this.#device?.transport;
+    if (!t) return;
+    await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(online), { qos: 1, retain: true });
+  }
+
+  // ---- events ------------------------------------------------------------------------------------
+
+  async #emit(e: NewEvent): Promise<boolean> {
+    const res = this.#res;
+    if (!res) return false;
+    const queued = await res.outbox.enqueue(e);
+    if (!queued) this.#log('warn', 'outbox full; event dropped', { type: e.type });
+    void this.#drainOutbox();
+    return queued !== undefined;
+  }
+
+  /** Sends queued events in order over the device connection; each is removed only after its PUBACK. */
+  #drainOutbox(): Promise<void> {
+    if (this.#draining) return this.#draining;
+    const run = this.#drainLoop()
+      .catch((e: unknown) => this.#log('warn', 'outbox drain failed', { code: isCodedError(e) ? e.code : undefined }))
+      .finally(() => {
+        if (this.#draining === run) this.#draining = undefined;
+      });
+    this.#draining = run;
+    return run;
+  }
+
+  async #drainLoop(): Promise<void> {
+    for (;;) {
+      const res = this.#res;
+      const t = this.#device?.transport;
+      if (!res || !t || res.outbox.pending() === 0) return;
+      const topic = this.#topics.device(this.deviceId, 'events');
+      const r = await res.outbox.drain((ev) => t.publish(topic, encode('events', ev.id, this.#clock.now(), eventBody(ev)), { qos: 1 }));
+      if (r.error !== undefined) {
+        this.#log('info', 'outbox drain interrupted; the rest goes on the next connection', { sent: r.sent, code: isCodedError(r.error) ? r.error.code : undefined });
+        return;
+      }
+      if (r.sent === 0) return;
+    }
+  }
+
+  // ---- time --------------------------------------------------------------------------------------
+
+  /**
+   * The budget's grace is declared for its lifetime; a certificate with another lifetime (the fleet's
+   * policy is the fleet's) gets the grace scaled to it, so renewal window and grace keep their proportions.
+   */
+  #phasePolicy(cert?: { notBefore: number; notAfter: number }): PhasePolicy {
+    const b = this.#config.offlineBudget;
+    if (!cert) return b;
+    const lifetimeSec = (cert.notAfter - cert.notBefore) / 1000;
+    if (Math.abs(lifetimeSec - b.lifetimeSec) <= b.lifetimeSec * 0.01) return b;
+    if (!this.#lifetimeWarned) {
+      this.#lifetimeWarned = true;
+      this.#log('info', 'certificate lifetime differs from the offline budget; scaling the grace to it', { lifetimeSec, budgetLifetimeSec: b.lifetimeSec });
+    }
+    return { ...b, graceSec: (b.graceSec * lifetimeSec) / b.lifetimeSec };
+  }
+
+  /** Now for validity decisions: never below the floor; a clock behind it is reported once per run. */
+  #judge(): number {
+    const j = judgeNow(this.#clock.now(), this.#floor);
+    if (j.behindMs > 0 && !this.#skewReported) {
+      this.#skewReported = true;
+      this.#log('warn', 'the system clock is behind the newest trusted time; judging validity by that time instead', { behindMs: j.behindMs });
+      void this.#emit({ type: 'clock_skew', skewMs: -j.behindMs });
+    }
+    if (j.behindMs === 0) this.#skewReported = false;
+    return j.now;
+  }
+
+  async #advanceFloor(trusted: number): Promise<void> {
+    const next = advanceFloor(this.#floor, trusted);
+    if (next === this.#floor) return;
+    this.#floor = next;
+    await this.#res?.store.putClockFloor(next);
+  }
+
+  /** Ends the current idle wait, or the next one before it starts. */
+  #poke(): void {
+    if (this.#wake) this.#wake();
+    else this.#woken = true;
+  }
+
+  /**
+   * Waits up to `ms` (Infinity: until stopped); `wake()` (connection change, rotateNow, stop) ends it
+   * early. A `retry` wait goes through the injected sleep (tests shorten backoff); a `tick` (nothing to
+   * do until the next timing decision) always waits on a real timer and re-reads the injected clock after.
+   */
+  async #idle(ms: number, signal: AbortSignal, kind: 'retry' | 'tick' = 'retry'): Promise<void> {
+    if (signal.aborted) throw abortError();
+    // Something happened since the last step (a wake with nobody idle): decide again at once.
+    if (this.#woken) {
+      this.#woken = false;
+      return;
+    }
+    const wake = new AbortController();
+    this.#wake = () => wake.abort();
+    const onStop = () => wake.abort();
+    signal.addEventListener('abort', onStop, { once: true });
+    try {
+      const sleep = kind === 'tick' ? realSleep : this.#sleep;
+      await sleep(Number.isFinite(ms) ? Math.min(ms, 2 ** 31 - 1) : 2 ** 31 - 1, wake.signal).catch(() => undefined);
+    } finally {
+      signal.removeEventListener('abort', onStop);
+      this.#wake = undefined;
+    }
+    if (signal.aborted) throw abortError();
+  }
+
+  // ---- state -------------------------------------------------------------------------------------
+
+  #isFinal(e: unknown): boolean {
+    if (e instanceof EnrollmentError) return e.code === 'AGENT_ENROLLMENT_REJECTED' || e.code === 'AGENT_ENROLLMENT_GAVE_UP' || e.code === 'AGENT_NO_EK_CERTIFICATE';
+    return isCodedError(e) && (e.code === 'AGENT_STATE_CORRUPT' || e.code === 'AGENT_CONFIG_INVALID');
+  }
+
+  #fail(e: unknown): void {
+    const rejection = e instanceof EnrollmentError ? e.rejection : undefined;
+    this.#error = {
+      code: isCodedError(e) ? e.code : 'AGENT_INTERNAL',
+      ...(rejection ? { rejection } : {}),
+      message: (e as Error).message,
+    };
+    this.#log('error', rejection === 'DEVICE_REVOKED' ? 'this device is revoked; stopped using its identity' : 'agent stopped making progress; waiting for an operator', {
+      code: this.#error.code,
+      rejection,
+      err: this.#error.message,
+    });
+    this.#set(rejection === 'DEVICE_REVOKED' ? 'revoked' : 'error');
+    this.#firstOnline?.reject(e);
+  }
+
+  #newBackoff(): Backoff {
+    return new Backoff({ ...this.#config.backoff, ...(this.#o.random ? { random: this.#o.random } : {}) });
   }
 
   #set(state: AgentState): void {
@@ -397,6 +838,7 @@ export class Agent {
         this.#log('warn', 'state listener threw', { err: (e as Error).message });
       }
     }
+    if (state === 'online' || state === 'rotating' || state === 'connecting') void this.#publishStatus(true).catch(() => undefined);
   }
 
   #log(level: 'info' | 'warn' | 'error', msg: string, fields: Record<string, unknown> = {}): void {

@@ -70,7 +70,10 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
   /** Transports on the memory broker; `dieAfter` makes the agent "die" once that message is on the wire. */
   function agent(d: { bootstrap: BootstrapConfig; dataDir: string }, extra: Partial<AgentOptions> & { dieAfter?: string; made?: Made[] } = {}): Agent {
     const { dieAfter, made, ...rest } = extra;
-    const a = new Agent({
+    // `dieAfter`: the agent "dies" (stop() at once, nothing cleaned from its store) the moment that
+    // message is on the wire, before any answer can reach it. The SIGKILL version is test/enrollment/agent-kill.test.ts.
+    let dead = false;
+    const a: Agent = new Agent({
       ...d,
       clock,
       responseTimeoutMs: 2_000,
@@ -80,8 +83,12 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
         if (dieAfter) {
           const publish = t.publish.bind(t);
           t.publish = async (topic, payload, o) => {
+            if (dead) throw new Error('dead');
             await publish(topic, payload, o);
-            if (topic.endsWith(`/${dieAfter}`)) throw new Error('killed');
+            if (topic.endsWith(`/${dieAfter}`)) {
+              dead = true;
+              void a.stop();
+            }
           };
         }
         return t;
@@ -122,7 +129,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     expect(new X509Certificate(String(tls.cert)).serialNumber.toLowerCase()).toBe(s.certSerial);
     expect(made[1]!.opts).toMatchObject({ url: d.bootstrap.deviceUrl, clientId: id, will: { retain: true, qos: 1 } });
     expect(decode('status', made[1]!.opts.will!.payload).body).toMatchObject({ online: false, state: 'offline' });
-    expect(statusOf(id)).toMatchObject({ deviceId: id, online: true, state: 'enrolled', certSerial: s.certSerial });
+    expect(statusOf(id)).toMatchObject({ deviceId: id, online: true, state: 'online', certSerial: s.certSerial });
 
     await a.stop();
     expect(a.state).toBe('stopped');
@@ -132,7 +139,8 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     const db = new Level<string, string>(join(d.dataDir, 'state'));
     const all = await db.iterator().all();
     await db.close();
-    expect(all.map(([k]) => k).sort()).toEqual(['active', 'ak', 'slot:A', 'trustBundle']);
+    // The outbox sublevel holds what the memory broker did not deliver to anyone: events are not its topic here.
+    expect(all.map(([k]) => k).filter((k) => !k.startsWith('!outbox!')).sort()).toEqual(['active', 'ak', 'clockFloor', 'enrolled', 'slot:A', 'trustBundle']);
     expect(all.some(([, v]) => v.includes(d.bootstrap.token))).toBe(false);
 
     // A restarted agent uses what it stored: no enrollment, no TPM signature outside the handshake.
@@ -147,12 +155,13 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
   it('killed right after sending its proof, a restarted agent resends the same proof under the same requestId', async () => {
     const d = device();
     const id = d.bootstrap.deviceId;
-    await expect(agent(d, { dieAfter: 'enroll/proof' }).start()).rejects.toThrow('killed');
+    await expect(agent(d, { dieAfter: 'enroll/proof' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
 
     const store = new AgentStore(join(d.dataDir, 'state'));
     await store.open();
     const pending = (await store.getPending())!;
     await store.close();
+    if (pending.kind !== 'enroll') throw new Error('expected a pending enrollment');
     expect(pending.proof).toBeDefined();
 
     const revived = agent(d);
@@ -169,7 +178,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
   it('killed right after sending enroll, a restarted agent resends the same envelope and finishes with the same key', async () => {
     const d = device();
     const id = d.bootstrap.deviceId;
-    await expect(agent(d, { dieAfter: 'enroll' }).start()).rejects.toThrow('killed');
+    await expect(agent(d, { dieAfter: 'enroll' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
     const revived = agent(d);
     await revived.start();
     const enrolls = bridge.sent('enroll', id);
@@ -230,8 +239,8 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     await a.start();
     expect(Date.now() - t0).toBeLessThan(10_000);
     expect(a.state).toBe('online');
-    // retryAfterSec when given; otherwise backoff with jitter (base 1 s, equal jitter: 750 ms at 0.5).
-    expect(waits).toEqual([30_000, 750]);
+    // retryAfterSec when given; otherwise backoff with full jitter (base 1 s: 500 ms at 0.5).
+    expect(waits).toEqual([30_000, 500]);
     const enrolls = requestIds('enroll', id);
     expect(enrolls).toHaveLength(2);
     expect(enrolls[1]).toBe(enrolls[0]);
@@ -270,7 +279,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     expect(statusOf(id)).toMatchObject({ online: false, state: 'offline' });
     await vi.waitFor(() => expect(a.state).toBe('online'));
     expect(states).toEqual(['connecting', 'online']);
-    expect(statusOf(id)).toMatchObject({ online: true, state: 'enrolled', certSerial: a.status().certSerial });
+    expect(statusOf(id)).toMatchObject({ online: true, state: 'online', certSerial: a.status().certSerial });
     expect(a.status().tlsHandshakes).toBe(2);
     await a.stop();
   });

@@ -1,32 +1,34 @@
-import { randomBytes } from 'node:crypto';
+import { randomBytes, X509Certificate } from 'node:crypto';
 import type { Clock } from '../../common/clock.js';
-import { CodedError, isCodedError } from '../../common/coded-error.js';
-import { REJECTION_CODES, type RejectionCode } from '../../common/protocol/errors.js';
+import { CodedError } from '../../common/coded-error.js';
+import type { RejectionCode } from '../../common/protocol/errors.js';
 import { decode, encode, type EnrollAccepted, type EnrollChallenge, type EnrollRequest, type Rejection } from '../../common/protocol/messages.js';
 import type { DeviceTopic, Topics } from '../../common/protocol/topics.js';
-import { request } from '../../common/transport/request.js';
-import type { Transport } from '../../common/transport/transport.js';
 import type { EkKind, KeyBlobs, Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { Backoff, throwIfAborted, type Sleep } from './backoff.js';
+import { exchange, type Answer as ExchangeAnswer, type Link } from './exchange.js';
 import type { BootstrapConfig } from './config.js';
 import { buildTpmCsr } from './csr.js';
 import { checkIssuedCertificate } from './issued-certificate.js';
+import { reactionTo } from './policy.js';
 import { countSignatures } from './signature-counter.js';
 import type { AgentStore, IdentitySlot, PendingEnrollment, SentEnvelope, SlotName, StoredBlobs } from './store.js';
 
 /**
- * Enrollment, device side (protocol: docs/protocol.md): enroll → challenge → proof → accepted.
+ * Enrollment, device side (protocol: docs/protocol.md): enroll → challenge → proof → accepted. Also
+ * re-attestation (mode 'reattest'): the same exchange without a token, for a device that enrolled once
+ * and whose identity expired while it was offline or became unusable.
  *
  * Resumable: the identity key is stored in `pending` right after it is created, and every message is
  * stored there before it is sent. A restarted agent resends the same bytes under the same requestId
  * and the bridge answers a repeated requestId with its first answer: one key, one certificate, the
  * token used once, whenever the agent was killed.
  *
- * Reactions to rejections (closed set):
- * - retryable (RATE_LIMITED, UNAVAILABLE, INTERNAL) and response timeouts: wait (retryAfterSec, else
- *   backoff with jitter) and resend the same envelope;
+ * Reactions (policy.ts `reactionTo`, a closed mapping):
+ * - no answer or no connection: back off (capped, full jitter) and resend the same envelope, forever;
+ * - retryable (RATE_LIMITED, UNAVAILABLE, INTERNAL): wait retryAfterSec (else backoff), resend;
  * - CHALLENGE_UNKNOWN / CHALLENGE_EXPIRED: start over with a new requestId, same key, CSR and token;
- * - anything else: AGENT_ENROLLMENT_REJECTED carrying the code.
+ * - anything else: AGENT_ENROLLMENT_REJECTED carrying the code (the agent stays up and reports it).
  *
  * TPM signatures: CSR 1, certify 1 (again only if a restart or a new challenge forces it).
  */
@@ -55,8 +57,12 @@ export interface EnrollmentDeps {
   /** The loaded attestation key (owned by the caller). */
   readonly ak: TpmKey;
   readonly store: AgentStore;
-  /** Connected to the enrollment listener. */
-  readonly transport: Transport;
+  /** The enrollment listener (server-authenticated TLS). */
+  readonly link: Link;
+  /** 'token' (first enrollment, bootstrap token) or 'reattest' (no token). Default 'token'. */
+  readonly mode?: 'token' | 'reattest';
+  /** For re-attestation: the slot of the identity being replaced (deleted when the new one is stored). */
+  readonly retire?: SlotName;
   readonly topics: Topics;
   readonly config: BootstrapConfig;
   readonly clock: Clock;
@@ -64,9 +70,7 @@ export interface EnrollmentDeps {
   readonly signal?: AbortSignal;
   /** Wait for an answer per publication. Default 15 000. */
   readonly responseTimeoutMs?: number;
-  /** Re-publications of an unanswered message before it counts as a failed attempt. Default 2. */
-  readonly republish?: number;
-  /** Failed attempts (rejections, timeouts) before AGENT_ENROLLMENT_GAVE_UP. Default 20. */
+  /** Rejected attempts (retryable codes, lost challenges) before AGENT_ENROLLMENT_GAVE_UP. Default: never. Timeouts and outages never count. */
   readonly maxAttempts?: number;
   readonly backoff?: Backoff;
   readonly log?: EnrollmentLog;
@@ -99,8 +103,7 @@ export function enroll(deps: EnrollmentDeps): Promise<EnrollmentResult> {
 type Answer =
   | { readonly kind: 'challenge'; readonly body: EnrollChallenge }
   | { readonly kind: 'accepted'; readonly body: EnrollAccepted }
-  | { readonly kind: 'rejected'; readonly error: Rejection['error'] }
-  | { readonly kind: 'timeout'; readonly error: unknown };
+  | { readonly kind: 'rejected'; readonly error: Rejection['error'] };
 
 /** One enrollment attempt sequence; owns the TPM objects it loads (key until success, EK always). */
 class EnrollmentRun {
@@ -137,7 +140,13 @@ class EnrollmentRun {
   }
 
   async #run(): Promise<EnrollmentResult> {
-    const stored = await this.#d.store.getPending();
+    const found = await this.#d.store.getPending();
+    const stored = found?.kind === 'enroll' && (found.mode ?? 'token') === this.#mode ? found : undefined;
+    if (found && !stored) {
+      // A rotation, or an enrollment of the other mode, that this one replaces: its key was never certified.
+      await this.#d.store.deletePending();
+      this.#log('discarding an unfinished exchange', { kind: found.kind });
+    }
     const resumed = stored !== undefined;
     let p = stored ?? (await this.#begin());
     if (resumed) {
@@ -165,14 +174,18 @@ class EnrollmentRun {
     const slot = await this.#d.store.freeSlot();
     const created = await this.#tpm.createIdentityKey(this.#d.srk);
     this.#key = created.key;
-    const p: PendingEnrollment = { kind: 'enroll', slot, key: toStored(created.blobs), startedAt: this.#d.clock.now() };
+    const p: PendingEnrollment = { kind: 'enroll', mode: this.#mode, slot, key: toStored(created.blobs), startedAt: this.#d.clock.now() };
     await this.#d.store.putPending(p);
     this.#log('identity key created', { slot });
     return p;
   }
 
+  get #mode(): 'token' | 'reattest' {
+    return this.#d.mode ?? 'token';
+  }
+
   #tokenChanged(p: PendingEnrollment): boolean {
-    if (!p.request) return false;
+    if (!p.request || this.#mode === 'reattest') return false;
     // The operator may have re-provisioned the device with a new token after the old one was refused.
     return decode('enroll', Buffer.from(p.request.payload, 'base64')).body.token !== this.#d.config.token;
   }
@@ -189,7 +202,7 @@ class EnrollmentRun {
     if (!ekCertificate) throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', `the TPM's ${ekKind} EK certificate disappeared`);
     const body: EnrollRequest = {
       deviceId: this.#d.config.deviceId,
-      token: this.#d.config.token,
+      ...(this.#mode === 'reattest' ? { mode: 'reattest' as const } : { token: this.#d.config.token }),
       ekKind,
       ekCertificate,
       ekPublic: ek.publicArea,
@@ -200,6 +213,7 @@ class EnrollmentRun {
     const requestId = newRequestId();
     const next: PendingEnrollment = {
       kind: p.kind,
+      mode: this.#mode,
       slot: p.slot,
       key: p.key,
       startedAt: p.startedAt,
@@ -250,34 +264,26 @@ class EnrollmentRun {
   }
 
   async #react(p: PendingEnrollment, a: Answer): Promise<PendingEnrollment> {
-    if (a.kind === 'challenge' || a.kind === 'accepted') throw new EnrollmentError('AGENT_PROTOCOL_ERROR', `unexpected ${a.kind} answer`);
-    this.#failures++;
-    const maxAttempts = this.#d.maxAttempts ?? 20;
-    if (a.kind === 'timeout') {
-      if (this.#failures >= maxAttempts) {
-        throw new EnrollmentError('AGENT_ENROLLMENT_GAVE_UP', `no answer from the fleet after ${this.#failures} attempts`, { cause: a.error });
-      }
-      const waitMs = this.#backoff.next();
-      this.#log('no answer from the fleet; retrying', { waitMs });
-      await this.#d.sleep(waitMs, this.#d.signal);
-      return p;
-    }
+    if (a.kind !== 'rejected') throw new EnrollmentError('AGENT_PROTOCOL_ERROR', `unexpected ${a.kind} answer`);
     const { code, retryAfterSec } = a.error;
     this.#log('enrollment rejected', { code, retryAfterSec });
-    if (code === 'CHALLENGE_UNKNOWN' || code === 'CHALLENGE_EXPIRED') {
+    const reaction = reactionTo(code);
+    if (reaction === 'restart' || reaction === 'retry') {
+      this.#failures++;
+      if (this.#failures >= (this.#d.maxAttempts ?? Infinity)) throw this.#gaveUp(code);
+    }
+    if (reaction === 'restart') {
       // The bridge lost or expired our challenge (e.g. it restarted): start over, same key and token.
-      if (this.#failures >= maxAttempts) throw this.#gaveUp(code);
       return this.#newRequest(p);
     }
-    if (REJECTION_CODES[code].retryable) {
-      if (this.#failures >= maxAttempts) throw this.#gaveUp(code);
+    if (reaction === 'retry') {
       // Same envelope, same requestId: "retryable" means the same request may succeed later unchanged.
       const waitMs = retryAfterSec !== undefined ? retryAfterSec * 1000 : this.#backoff.next();
       this.#log('retrying after a retryable rejection', { code, waitMs });
       await this.#d.sleep(waitMs, this.#d.signal);
       return p;
     }
-    throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', `enrollment rejected: ${code} (${a.error.message})`, { rejection: code });
+    throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', `${this.#mode === 'reattest' ? 're-attestation' : 'enrollment'} rejected: ${code} (${a.error.message})`, { rejection: code });
   }
 
   #gaveUp(code: RejectionCode): EnrollmentError {
@@ -285,28 +291,25 @@ class EnrollmentRun {
   }
 
   async #send(topic: DeviceTopic, env: SentEnvelope, answers: readonly DeviceTopic[]): Promise<Answer> {
-    const { deviceId } = this.#d.config;
-    const t = this.#d.topics;
-    const responseTopics = answers.map((a) => t.device(deviceId, a));
-    this.#sent++;
-    let msg;
-    try {
-      msg = await request(this.#d.transport, {
-        requestTopic: t.device(deviceId, topic),
-        payload: Buffer.from(env.payload, 'base64'),
-        responseTopics,
-        match: (m) => peekRequestId(m.payload) === env.requestId,
-        timeoutMs: this.#d.responseTimeoutMs ?? 15_000,
-        retries: this.#d.republish ?? 2,
-        clock: this.#d.clock,
-      });
-    } catch (e) {
-      if (isCodedError(e) && e.code === 'TRANSPORT_TIMEOUT') return { kind: 'timeout', error: e };
-      throw e;
-    }
-    if (msg.topic === t.device(deviceId, 'enrollChallenge')) return { kind: 'challenge', body: decode('enrollChallenge', msg.payload).body };
-    if (msg.topic === t.device(deviceId, 'enrollAccepted')) return { kind: 'accepted', body: decode('enrollAccepted', msg.payload).body };
-    return { kind: 'rejected', error: decode('enrollRejected', msg.payload).error };
+    const a: ExchangeAnswer = await exchange({
+      link: this.#d.link,
+      topics: this.#d.topics,
+      deviceId: this.#d.config.deviceId,
+      request: topic,
+      envelope: env,
+      answers,
+      timeoutMs: this.#d.responseTimeoutMs ?? 15_000,
+      backoff: this.#backoff,
+      sleep: this.#d.sleep,
+      clock: this.#d.clock,
+      ...(this.#d.signal ? { signal: this.#d.signal } : {}),
+      onSend: () => this.#sent++,
+      onRetry: (why, waitMs) => this.#log(why === 'timeout' ? 'no answer from the fleet; sending again' : 'connection lost; sending again once back', { waitMs }),
+    });
+    if (a.kind === 'rejected') return a;
+    if (a.topic === 'enrollChallenge') return { kind: 'challenge', body: decode('enrollChallenge', a.payload).body };
+    if (a.topic === 'enrollAccepted') return { kind: 'accepted', body: decode('enrollAccepted', a.payload).body };
+    throw new EnrollmentError('AGENT_PROTOCOL_ERROR', `unexpected answer on ${a.topic}`);
   }
 
   async #finish(p: PendingEnrollment, body: EnrollAccepted, resumed: boolean): Promise<EnrollmentResult> {
@@ -325,11 +328,12 @@ class EnrollmentRun {
       certificate: body.certificate,
       chain: body.chain,
       serial: body.serial,
+      notBefore: Date.parse(new X509Certificate(body.certificate).validFrom),
       notAfter: body.notAfter,
       issuedAt: clock.now(),
     };
-    await this.#d.store.completeEnrollment(p.slot, identity, body.trustBundle);
-    this.#log('enrolled', { slot: p.slot, serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });
+    await this.#d.store.completeEnrollment(p.slot, identity, body.trustBundle, this.#d.retire);
+    this.#log(this.#mode === 'reattest' ? 're-attested' : 'enrolled', { slot: p.slot, serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });
     this.#key = undefined; // handed to the caller
     return {
       key,
@@ -340,14 +344,5 @@ class EnrollmentRun {
       messagesSent: this.#sent,
       resumed,
     };
-  }
-}
-
-function peekRequestId(payload: Buffer): string | undefined {
-  try {
-    const v = (JSON.parse(payload.toString('utf8')) as { requestId?: unknown }).requestId;
-    return typeof v === 'string' ? v : undefined;
-  } catch {
-    return undefined;
   }
 }

@@ -1,43 +1,78 @@
 /**
- * Device agent CLI: `agent --bootstrap /etc/tpm-fleet/bootstrap.json --data /var/lib/tpm-fleet`.
- * Enrolls on first start, then stays online over mTLS with the identity key inside the TPM.
- * Logs JSON lines to stdout (never the token or key blobs). SIGINT/SIGTERM stop it cleanly.
+ * Device agent CLI:
+ *   agent --bootstrap /etc/tpm-fleet/bootstrap.json --data /var/lib/tpm-fleet [--config /etc/tpm-fleet/agent.json]
+ * A long-running process: enrolls on first start (or re-attests when its identity expired), then stays
+ * online over mTLS with the identity key inside the TPM, rotating it before expiry, forever. No network
+ * condition ends it. A non-retryable rejection or corrupt local state leaves it up in state `error` or
+ * `revoked` (logged, and in its retained status when it can publish); it ends only on SIGINT/SIGTERM.
+ * Logs JSON lines to stdout (never the token or key blobs). Exit codes: 0 stopped by a signal, 1 could
+ * not start (config, store, TPM), 2 usage.
  */
 import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { Agent } from './agent.js';
+import { loadAgentConfig } from './agent-config.js';
 import { loadBootstrap } from './config.js';
+import { AGENT_VERSION } from './version.js';
 
-const { values } = parseArgs({ options: { bootstrap: { type: 'string' }, data: { type: 'string' } }, strict: true });
-if (!values.bootstrap || !values.data) {
-  process.stderr.write('usage: agent --bootstrap FILE --data DIR\n');
+const DEFAULT_CONFIG = '/etc/tpm-fleet/agent.json';
+
+let values;
+try {
+  ({ values } = parseArgs({
+    options: { bootstrap: { type: 'string' }, data: { type: 'string' }, config: { type: 'string' }, version: { type: 'boolean' } },
+    strict: true,
+  }));
+} catch (e) {
+  process.stderr.write(`agent: ${(e as Error).message}\nusage: agent --bootstrap FILE --data DIR [--config FILE]\n`);
   process.exit(2);
 }
-const logger = pino({ base: { program: 'agent' } });
-let stopping = false;
+if (values.version) {
+  process.stdout.write(`${AGENT_VERSION}\n`);
+  process.exit(0);
+}
+if (!values.bootstrap || !values.data) {
+  process.stderr.write('usage: agent --bootstrap FILE --data DIR [--config FILE]\n');
+  process.exit(2);
+}
+
+let logger = pino({ base: { program: 'agent', version: AGENT_VERSION } });
+let agent: Agent;
 try {
-  const agent = new Agent({ bootstrap: loadBootstrap(values.bootstrap), dataDir: values.data, logger });
-  agent.onStateChange((state) => logger.info({ state }, 'state'));
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) return;
-    stopping = true;
-    logger.info({ signal }, 'stopping');
-    agent.stop().then(
-      () => process.exit(0),
-      (e: unknown) => {
-        logger.error({ code: (e as { code?: string }).code }, `stop failed: ${(e as Error).message}`);
-        process.exit(1);
-      },
-    );
-  };
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
+  // An explicit --config must exist; the default path is optional.
+  const config = loadAgentConfig(values.config ?? DEFAULT_CONFIG, { optional: values.config === undefined });
+  logger = pino({ base: { program: 'agent', version: AGENT_VERSION }, level: config.logLevel });
+  agent = new Agent({ bootstrap: loadBootstrap(values.bootstrap), dataDir: values.data, config, logger });
+} catch (e) {
+  const err = e as { code?: string; message?: string };
+  logger.error({ code: err.code }, err.message ?? String(e));
+  process.exit(1);
+}
+
+// Transitions at debug: connection loss and return are logged once each by the agent itself.
+agent.onStateChange((state) => logger.debug({ state }, 'state'));
+let stopping = false;
+const stop = (signal: NodeJS.Signals) => {
+  if (stopping) return;
+  stopping = true;
+  logger.info({ signal }, 'stopping');
+  agent.stop().then(
+    () => process.exit(0),
+    (e: unknown) => {
+      logger.error({ code: (e as { code?: string }).code }, `stop failed: ${(e as Error).message}`);
+      process.exit(1);
+    },
+  );
+};
+process.once('SIGINT', stop);
+process.once('SIGTERM', stop);
+try {
   await agent.start();
 } catch (e) {
-  // A start interrupted by a signal ends through stop() above.
-  if (!stopping) {
-    const err = e as { code?: string; message?: string };
-    logger.error({ code: err.code }, err.message ?? String(e));
+  // Parked in error/revoked (already logged by the agent, once), or the store/TPM could not be opened.
+  const code = (e as { code?: string }).code;
+  if (!stopping && (agent.state === 'stopped' || agent.state === 'starting')) {
+    logger.error({ code }, `cannot start: ${(e as Error).message}`);
     process.exit(1);
   }
 }

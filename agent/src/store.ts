@@ -12,9 +12,14 @@ import { CodedError } from '../../common/coded-error.js';
  *   always made in the slot that is not active, so rotation never overwrites the identity in use.
  * - `active`: `'A' | 'B'`, the slot in use.
  * - `trustBundle`: fleet roots (PEM) from the last accepted enrollment.
- * - `pending`: the enrollment in progress: its key, CSR, and the exact envelopes sent (the enroll
- *   envelope holds the one-time token), resent unchanged after a restart. Deleted in the same batch
- *   that stores the certificate, so the token does not outlive the enrollment.
+ * - `pending`: the enrollment/re-attestation or rotation in progress: its key, CSR, and the exact
+ *   envelopes sent (the enroll envelope holds the one-time token), resent unchanged after a restart.
+ *   Deleted in the same batch that stores the certificate, so the token does not outlive the enrollment.
+ * - `enrolled`: `true` once any enrollment completed: identity loss from then on means re-attestation
+ *   (no token), never a second token enrollment.
+ * - `clockFloor`: the newest trusted timestamp seen (ms); the device clock is never trusted below it.
+ * - `lastRotation`: `{ at, result }` of the last rotation attempt that ended.
+ * - sublevels (`sublevel(name)`): the event outbox.
  */
 export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT';
 
@@ -41,6 +46,8 @@ export interface IdentitySlot {
   /** Issuing chain, the leaf's issuer first. */
   readonly chain: readonly string[];
   readonly serial: string;
+  /** Absent on identities stored before it was recorded: read from the certificate. */
+  readonly notBefore?: number;
   readonly notAfter: number;
   readonly issuedAt: number;
 }
@@ -53,11 +60,13 @@ export interface SentEnvelope {
 }
 
 /**
- * An enrollment in progress. Fields appear in this order as the enrollment advances; each step is
- * persisted before the message it produced is sent.
+ * An enrollment (mode 'token') or re-attestation (mode 'reattest', no token) in progress. Fields appear
+ * in this order as it advances; each step is persisted before the message it produced is sent.
  */
 export interface PendingEnrollment {
   readonly kind: 'enroll';
+  /** Absent on records written before re-attestation existed: 'token'. */
+  readonly mode?: 'token' | 'reattest';
   readonly slot: SlotName;
   /** The identity key, stored right after TPM2_Create so a restart reuses it. */
   readonly key: StoredBlobs;
@@ -65,11 +74,43 @@ export interface PendingEnrollment {
   readonly ekKind?: 'rsa' | 'ecc';
   /** DER CSR (base64), signed in the TPM once. */
   readonly csr?: string;
-  /** The enroll envelope (contains the token). */
+  /** The enroll envelope (in mode 'token' it contains the token). */
   readonly request?: SentEnvelope;
   readonly challenge?: { readonly challengeId: string; readonly expiresAt: number };
   /** The proof answering `challenge`. */
   readonly proof?: SentEnvelope;
+}
+
+/**
+ * A rotation in progress (see rotation.ts). Phases, each persisted before the step it allows:
+ * - `requesting`: the new key exists in `slot` (never the active slot); `csr` once signed, `request`
+ *   (the rotate/request envelope, resent byte for byte) once certified over the bridge's nonce.
+ * - `trial`: the new certificate is stored in `slot`, `active` is still `fromSlot`: the agent tries a
+ *   connection with the new identity and rolls back if the broker refuses it.
+ * - `confirming`: the new identity worked and is active; the bridge has not yet confirmed retiring the
+ *   old certificate; `fromSlot` still holds the old key blob until it has.
+ */
+export interface PendingRotation {
+  readonly kind: 'rotate';
+  readonly phase: 'requesting' | 'trial' | 'confirming';
+  readonly slot: SlotName;
+  readonly key: StoredBlobs;
+  readonly startedAt: number;
+  readonly fromSlot: SlotName;
+  readonly fromSerial: string;
+  readonly csr?: string;
+  readonly request?: SentEnvelope;
+  /** The serial issued for the new key (phases trial and confirming). */
+  readonly serial?: string;
+}
+
+export type Pending = PendingEnrollment | PendingRotation;
+
+/** Outcome of the last rotation, for status. */
+export interface LastRotation {
+  readonly at: number;
+  /** 'ok' or the failure code. */
+  readonly result: string;
 }
 
 export interface ActiveIdentity {
@@ -119,17 +160,30 @@ export class AgentStore {
     return this.#require().put('ak', ak);
   }
 
-  async getPending(): Promise<PendingEnrollment | undefined> {
-    const p = await this.#get<PendingEnrollment>('pending');
+  async getPending(): Promise<Pending | undefined> {
+    const p = await this.#get<Pending>('pending');
     if (p === undefined) return undefined;
-    if (p.kind !== 'enroll' || !SLOT_NAMES.includes(p.slot) || typeof p.key?.private !== 'string' || typeof p.key?.public !== 'string') {
-      throw new AgentStoreError('AGENT_STATE_CORRUPT', 'pending enrollment record is malformed');
-    }
+    const keyOk = typeof p.key?.private === 'string' && typeof p.key?.public === 'string';
+    const ok =
+      keyOk &&
+      SLOT_NAMES.includes(p.slot) &&
+      (p.kind === 'enroll' ||
+        (p.kind === 'rotate' &&
+          ['requesting', 'trial', 'confirming'].includes(p.phase) &&
+          SLOT_NAMES.includes(p.fromSlot) &&
+          p.fromSlot !== p.slot &&
+          typeof p.fromSerial === 'string'));
+    if (!ok) throw new AgentStoreError('AGENT_STATE_CORRUPT', 'pending record is malformed');
     return p;
   }
 
-  putPending(p: PendingEnrollment): Promise<void> {
+  putPending(p: Pending): Promise<void> {
     return this.#require().put('pending', p);
+  }
+
+  /** Forgets a pending enrollment or rotation whose key is gone (e.g. its slot is needed again). */
+  async deletePending(): Promise<void> {
+    await this.#require().del('pending');
   }
 
   getSlot(name: SlotName): Promise<IdentitySlot | undefined> {
@@ -156,14 +210,84 @@ export class AgentStore {
 
   /**
    * Stores the new identity, makes it active, replaces the trust bundle and ends the pending enrollment
-   * (and with it the token): one batch, so a crash leaves either the old state or the new one.
+   * (and with it the token): one batch, so a crash leaves either the old state or the new one. A
+   * re-attestation passes the slot of the identity it replaces (`retire`), deleted in the same batch.
    */
-  async completeEnrollment(name: SlotName, slot: IdentitySlot, trustBundle: readonly string[]): Promise<void> {
+  async completeEnrollment(name: SlotName, slot: IdentitySlot, trustBundle: readonly string[], retire?: SlotName): Promise<void> {
     await this.#require().batch([
       { type: 'put', key: `slot:${name}`, value: slot },
       { type: 'put', key: 'active', value: name },
       { type: 'put', key: 'trustBundle', value: trustBundle },
+      { type: 'put', key: 'enrolled', value: true },
+      ...(retire && retire !== name ? [{ type: 'del' as const, key: `slot:${retire}` }] : []),
       { type: 'del', key: 'pending' },
     ]);
+  }
+
+  /** True once an enrollment completed on this device (identity loss then means re-attestation). */
+  async hasEnrolled(): Promise<boolean> {
+    return (await this.#get<boolean>('enrolled')) === true || (await this.#get<SlotName>('active')) !== undefined;
+  }
+
+  /** Rotation accepted: the new identity goes into its slot, not yet active (phase trial). */
+  async rotationIssued(p: PendingRotation, identity: IdentitySlot): Promise<PendingRotation> {
+    const next: PendingRotation = { ...p, phase: 'trial', serial: identity.serial };
+    await this.#require().batch([
+      { type: 'put', key: `slot:${p.slot}`, value: identity },
+      { type: 'put', key: 'pending', value: next },
+    ]);
+    return next;
+  }
+
+  /** The new identity connected: it becomes active; the old slot stays until the bridge confirms. */
+  async rotationCommitted(p: PendingRotation): Promise<PendingRotation> {
+    const next: PendingRotation = { ...p, phase: 'confirming' };
+    await this.#require().batch([
+      { type: 'put', key: 'active', value: p.slot },
+      { type: 'put', key: 'pending', value: next },
+    ]);
+    return next;
+  }
+
+  /** The bridge retired the old certificate: the old key blob goes, the rotation ends. */
+  async rotationFinished(p: PendingRotation, at: number): Promise<void> {
+    await this.#require().batch([
+      { type: 'del', key: `slot:${p.fromSlot}` },
+      { type: 'del', key: 'pending' },
+      { type: 'put', key: 'lastRotation', value: { at, result: 'ok' } satisfies LastRotation },
+    ]);
+  }
+
+  /** Rolls back: the new slot's content goes, the old identity stays active. */
+  async rotationAbandoned(p: PendingRotation, result: string, at: number): Promise<void> {
+    const active = await this.#get<SlotName>('active');
+    if (active === p.slot) throw new AgentStoreError('AGENT_STATE_CORRUPT', 'cannot abandon a rotation whose identity is already active');
+    await this.#require().batch([
+      { type: 'del', key: `slot:${p.slot}` },
+      { type: 'del', key: 'pending' },
+      { type: 'put', key: 'lastRotation', value: { at, result } satisfies LastRotation },
+    ]);
+  }
+
+  /** Records a rotation attempt that failed before anything was stored (e.g. refused by the bridge). */
+  putLastRotation(r: LastRotation): Promise<void> {
+    return this.#require().put('lastRotation', r);
+  }
+
+  getLastRotation(): Promise<LastRotation | undefined> {
+    return this.#get('lastRotation');
+  }
+
+  getClockFloor(): Promise<number | undefined> {
+    return this.#get('clockFloor');
+  }
+
+  putClockFloor(ms: number): Promise<void> {
+    return this.#require().put('clockFloor', ms);
+  }
+
+  /** A JSON sublevel of this store (e.g. the outbox); closed with the store. */
+  sublevel(name: string): ReturnType<Level<string, unknown>['sublevel']> {
+    return this.#require().sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as ReturnType<Level<string, unknown>['sublevel']>;
   }
 }

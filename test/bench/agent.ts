@@ -1,0 +1,117 @@
+/**
+ * `npm run bench:agent`: the long-lived agent against a real fleet (swtpm, mosquitto with the generated
+ * config, bridge, CA), one device:
+ * 1. Rotation latency: rotateNow() until the agent is online with the new certificate and the bridge
+ *    confirmed it (begin → certify + CSR in the TPM → request → trial mTLS handshake → confirm), p50/p99,
+ *    and the TPM signatures each rotation cost (target ≤ 3).
+ * 2. Reconnect after a broker restart: from the moment the restarted mosquitto accepts connections
+ *    until the agent is online again (status published), p50; baseline in the same run: a plain
+ *    mqtt.js client with its default 1 s reconnect period.
+ * 3. Outbox drain: events queued while the broker is down, then delivered (QoS1, in order, each
+ *    removed after its PUBACK) once it is back, events/s; baseline: the same number of QoS1 publishes
+ *    of the same size from a plain mqtt.js client.
+ * Ends with one JSON line. Latencies on swtpm are context, not targets.
+ */
+import { readFileSync } from 'node:fs';
+import mqtt from 'mqtt';
+import { systemClock } from '../../common/clock.js';
+import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
+import { stopAll } from '../harness/index.js';
+import { eventually, startFleetFixture } from '../agent/fleet-fixture.js';
+import { percentile, round } from './stats.js';
+
+const ROTATIONS = Number(process.env['BENCH_ROTATIONS'] ?? 30);
+const RESTARTS = Number(process.env['BENCH_RESTARTS'] ?? 5);
+const EVENTS = Number(process.env['BENCH_EVENTS'] ?? 2000);
+
+async function main(): Promise<void> {
+  const fx = await startFleetFixture();
+  try {
+    const d = await fx.device('bench-agent');
+    const agent = fx.agent(d);
+    await agent.start();
+
+    // 1. Rotation.
+    const rotation: number[] = [];
+    const signatures: number[] = [];
+    for (let i = 1; i <= ROTATIONS; i++) {
+      const t0 = performance.now();
+      agent.rotateNow();
+      await eventually(() => agent.status().rotations === i && agent.state === 'online', 30_000, `rotation ${i}`);
+      rotation.push(performance.now() - t0);
+      signatures.push(agent.status().lastRotationSignatures ?? Number.NaN);
+    }
+
+    // 2. Reconnect after a broker restart, agent vs. a plain mqtt.js client on the same broker.
+    const role = await issueServiceCertificate({
+      rootCertPem: fx.fleet.ca.rootCertificatePem,
+      rootKeyPem: readFileSync(fx.fleet.ca.files.rootKey!, 'utf8'),
+      commonName: 'role:bridge',
+      usage: 'client',
+      clock: systemClock,
+    });
+    const plain = await mqtt.connectAsync(fx.fleet.broker.deviceUrl, { ca: fx.fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, clientId: 'bench-plain', protocolVersion: 5 });
+    const reconnect: number[] = [];
+    const baseline: number[] = [];
+    for (let i = 0; i < RESTARTS; i++) {
+      let plainBack: number | undefined;
+      let agentBack: number | undefined;
+      plain.once('connect', () => (plainBack = performance.now()));
+      await fx.fleet.stopBroker();
+      await eventually(() => agent.state === 'connecting' && !plain.connected, 10_000, 'both offline');
+      await fx.fleet.startBroker();
+      const up = performance.now();
+      await eventually(() => {
+        if (agentBack === undefined && agent.state === 'online' && agent.status().online) agentBack = performance.now();
+        return agentBack !== undefined && plainBack !== undefined;
+      }, 30_000, 'both back');
+      reconnect.push(agentBack! - up);
+      baseline.push(plainBack! - up);
+    }
+
+    // 3. Outbox drain.
+    await fx.fleet.stopBroker();
+    await eventually(() => agent.state === 'connecting', 10_000, 'offline');
+    for (let i = 1; i <= EVENTS; i++) await agent.emitEvent({ type: 'clock_skew', count: i });
+    await fx.fleet.startBroker();
+    await eventually(() => agent.state === 'online', 30_000, 'online for the drain');
+    const t0 = performance.now();
+    await eventually(() => agent.status().outbox.pending === 0, 60_000, 'outbox drained');
+    const drainMs = performance.now() - t0;
+    await eventually(() => plain.connected, 10_000, 'plain client back');
+    const payload = Buffer.alloc(180, 'x');
+    const b0 = performance.now();
+    await Promise.all(Array.from({ length: EVENTS }, () => plain.publishAsync('fleet/v1/bench/raw', payload, { qos: 1 })));
+    const rawMs = performance.now() - b0;
+    await plain.endAsync();
+    await agent.stop();
+
+    const result = {
+      bench: 'agent',
+      rotations: ROTATIONS,
+      rotationP50Ms: round(percentile(rotation, 50), 1),
+      rotationP99Ms: round(percentile(rotation, 99), 1),
+      tpmSignaturesPerRotation: Math.max(...signatures),
+      reconnectAfterBrokerRestartP50Ms: round(percentile(reconnect, 50), 1),
+      baselineReconnectP50Ms: round(percentile(baseline, 50), 1),
+      reconnectVsBaseline: round(percentile(reconnect, 50) / percentile(baseline, 50), 2),
+      outboxEvents: EVENTS,
+      outboxEventsPerSec: Math.round(EVENTS / (drainMs / 1000)),
+      baselineQos1PerSec: Math.round(EVENTS / (rawMs / 1000)),
+    };
+    const rows: [string, string][] = [
+      ['rotation p50 / p99', `${result.rotationP50Ms} / ${result.rotationP99Ms} ms (${ROTATIONS} rotations)`],
+      ['TPM signatures per rotation (max)', `${result.tpmSignaturesPerRotation} (target ≤ 3)`],
+      ['reconnect after broker restart p50', `${result.reconnectAfterBrokerRestartP50Ms} ms (plain mqtt.js: ${result.baselineReconnectP50Ms} ms, ratio ${result.reconnectVsBaseline})`],
+      ['outbox drain', `${result.outboxEventsPerSec} events/s (plain QoS1 publishes: ${result.baselineQos1PerSec}/s)`],
+    ];
+    const w = Math.max(...rows.map(([k]) => k.length));
+    for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+  } finally {
+    await fx.stop();
+    await stopAll();
+  }
+}
+
+await main();
