@@ -20,9 +20,10 @@ import type { ActiveIdentity, AgentStore, IdentitySlot, PendingRotation, SentEnv
  *   → rotate/request → rotate/accepted {certificate} | rotate/rejected.
  * The new key is created in the slot that is not active and stored in `pending` before anything is
  * sent, the CSR once signed, the request envelope before it is sent (resent byte for byte, same
- * requestId, after a restart). On acceptance the certificate is checked (our key, our id, chains to the
- * trust bundle we hold) and stored in the new slot with the rotation in phase `trial`; the agent then
- * tries a connection with it, commits (active = new) or rolls back, and finally confirms (`confirm`).
+ * requestId, after a restart; any rejection spends the nonce, so the next try begins again). On
+ * acceptance the certificate is checked (our key, our id, chains to the trust bundle we hold) and
+ * stored in the new slot with the rotation in phase `trial`; the agent then tries a connection with
+ * it, commits (active = new) or rolls back, and finally confirms (`confirm`).
  *
  * TPM signatures: CSR 1, certify 1 (the new mTLS handshake is the third). Outages never fail a
  * rotation: exchange() waits them out. Rejections come back as a `refused` outcome with the
@@ -91,11 +92,12 @@ export async function requestRotation(d: RotationDeps, current: ActiveIdentity, 
       if (a.kind === 'rejected') {
         const refused = refusal(a.error);
         d.log('rotation request rejected', { code: refused.code });
-        if (refused.reaction !== 'restart') return refused;
-        // The bridge lost or expired our nonce: begin again, same key and CSR.
+        // Any answer spends the bridge's nonce (a repeat of this requestId gets this same rejection):
+        // the next try begins again, with the same key and CSR.
         const { request: _dropped, ...rest } = p;
         p = rest;
         await d.store.putPending(p);
+        if (refused.reaction !== 'restart') return refused;
         continue;
       }
       const body = decode('rotateAccepted', a.payload).body;

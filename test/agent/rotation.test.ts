@@ -9,7 +9,7 @@ import type { Clock } from '../../common/clock.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { rotationTime } from '../../agent/src/policy.js';
 import { DEFAULT_OFFLINE_BUDGET } from '../../agent/src/policy.js';
-import { eventually, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
+import { eventually, recordingLogger, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
 
 const run = promisify(execFile);
 
@@ -126,5 +126,27 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
     // The refused certificate and the old one are both retired; only the new one is active.
     const active = fx.fleet.inventory.listCertificates(id).filter((c) => c.supersededAt === undefined && c.revokedAt === undefined);
     expect(active.map((c) => c.serial)).toEqual([now]);
+  });
+
+  it('honours the bridge retryAfterSec when a rotation is rate limited, then rotates with the same key', async () => {
+    // Its own fleet with a tight per-device budget (the first step of each exchange counts): the enroll
+    // takes the only token, so the rotation's begin right after it is refused with retryAfterSec.
+    const tight = await startFleetFixture({ rateLimit: { perDevice: { ratePerSec: 1, burst: 1 }, global: { ratePerSec: 100, burst: 100 } } });
+    try {
+      const d = await tight.device('rot-limited');
+      const log = recordingLogger();
+      const a = tight.agent(d, { logger: log });
+      await a.start();
+      a.rotateNow();
+      await eventually(() => a.status().rotations === 1 && a.state === 'online', 30_000, 'rotation after the limit');
+      const refused = log.lines.filter((l) => l.msg === 'rotation refused by the fleet; keeping the current identity');
+      expect(refused.length).toBeGreaterThan(0);
+      expect(refused.every((l) => l.fields['code'] === 'RATE_LIMITED' && Number(l.fields['retryInMs']) >= 1000)).toBe(true);
+      // A retryable refusal keeps the new key: one TPM key was created for this rotation.
+      expect(log.lines.filter((l) => l.msg === 'rotation key created')).toHaveLength(1);
+      expect(a.status().lastRotation).toMatchObject({ result: 'ok' });
+    } finally {
+      await tight.stop();
+    }
   });
 });

@@ -286,7 +286,8 @@ export class EnrollmentService {
     const body: EnrollProof = msg.body;
     const cached = this.#o.inventory.getResponse(deviceId, msg.requestId);
     if (cached) return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
-    this.#rateLimit(deviceId);
+    // Not rate limited: only enroll is. A proof needs a live challenge from a (limited) enroll and burns
+    // it; limiting both steps out of one bucket can starve an honest enrollment.
 
     const c = this.#challenges.get(body.challengeId);
     if (!c || c.deviceId !== deviceId) return reject('CHALLENGE_UNKNOWN', 'no such challenge for this device');

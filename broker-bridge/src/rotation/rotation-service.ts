@@ -236,7 +236,9 @@ export class RotationService {
       if (r.answered.requestId === msg.requestId) return r.answered.reply;
       return reject('CHALLENGE_UNKNOWN', 'rotation nonce already answered');
     }
-    this.#rateLimit(deviceId);
+    // Not rate limited: only begin is. A request needs a live nonce from a (limited) begin and burns it,
+    // and limiting both steps out of one bucket can starve the exchange (begin takes the last token,
+    // request is refused, the retry begins again...).
     if (r.expiresAt <= now) {
       this.#forget(r.rotationId);
       return reject('CHALLENGE_EXPIRED', 'rotation expired');
@@ -312,7 +314,7 @@ export class RotationService {
     const msg = decode('rotateConfirm', payload);
     const cached = this.#o.inventory.getResponse(deviceId, msg.requestId);
     if (cached) return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
-    this.#rateLimit(deviceId);
+    // Not rate limited (see #request): idempotent, and it writes only when it retires a certificate.
     const device = this.#o.inventory.getDevice(deviceId);
     if (!device) return reject('DEVICE_UNKNOWN', 'device is not registered');
     if (device.revokedAt !== undefined) reject('DEVICE_REVOKED', 'device is revoked');
