@@ -76,6 +76,13 @@ async function main(): Promise<void> {
     const t1 = Date.now();
     await Promise.all(agents.map((a) => a.start()));
     info(`${DEVICES} devices enrolled and online in ${Date.now() - t1} ms`);
+    const enrolledSerials = agents.map((a) => a.status().certSerial!);
+
+    step('Rotation: each agent makes a fresh key in its TPM, the AK certifies it over the bridge\'s nonce, then it reconnects with it');
+    const t2 = Date.now();
+    for (const a of agents) a.rotateNow();
+    await waitUntil(() => agents.every((a) => a.status().rotations === 1 && a.state === 'online'), 30_000);
+    info(`${DEVICES} devices rotated in ${Date.now() - t2} ms; each old certificate retired by the bridge after the device confirmed`);
 
     step('Result');
     const rows = await Promise.all(
@@ -92,13 +99,14 @@ async function main(): Promise<void> {
         // The certificate certifies exactly the key the TPM holds.
         const certified = new X509Certificate(cert.pem).publicKey.export({ type: 'spki', format: 'der' });
         const inTpm = attrs.fixedTPM && attrs.fixedParent && attrs.sensitiveDataOrigin && certified.equals(parsePublicSpki(active!.slot.key.public));
-        return { id: s.deviceId, serial: s.certSerial!, expires: new Date(s.certNotAfter!).toISOString(), inTpm, sigs: s.tpmSignatures + s.tlsHandshakes };
+        const retired = fleet.inventory.getCertificate(enrolledSerials[i]!)?.supersededAt !== undefined;
+        return { id: s.deviceId, serial: s.certSerial!, expires: new Date(s.certNotAfter!).toISOString(), inTpm, sigs: s.lastRotationSignatures ?? 0, retired };
       }),
     );
-    console.log('\n  device          | serial                           | expires                  | key in TPM | TPM signatures');
-    console.log('  ----------------+----------------------------------+--------------------------+------------+---------------');
+    console.log('\n  device          | serial (after rotation)          | expires                  | key in TPM | old cert retired | TPM signatures for the rotation');
+    console.log('  ----------------+----------------------------------+--------------------------+------------+------------------+--------------------------------');
     for (const r of rows) {
-      console.log(`  ${r.id.padEnd(15)} | ${r.serial} | ${r.expires} | ${(r.inTpm ? 'yes' : 'NO').padEnd(10)} | ${r.sigs}`);
+      console.log(`  ${r.id.padEnd(15)} | ${r.serial} | ${r.expires} | ${(r.inTpm ? 'yes' : 'NO').padEnd(10)} | ${(r.retired ? 'yes' : 'NO').padEnd(16)} | ${r.sigs}`);
     }
     const tokensUsed = fleet.inventory.listDevices().filter((d) => d.enrolledAt !== undefined).length;
     console.log(`\n  inventory: ${fleet.inventory.listDevices().length} devices, ${fleet.inventory.listCertificates().length} certificates, ${tokensUsed} tokens consumed`);
@@ -115,3 +123,11 @@ main().catch((e: unknown) => {
   console.error(`\ndemo failed: ${err.code ? `[${err.code}] ` : ''}${err.message ?? String(e)}`);
   process.exit(1);
 });
+
+async function waitUntil(check: () => boolean, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
