@@ -96,21 +96,45 @@ describe('the agent outlives outages (real swtpm, mosquitto, bridge)', () => {
     expect(log.lines.filter((l) => l.level === 'error')).toEqual([]);
   });
 
-  it('enrolls with no operator action when the bridge was down for 60 s at its first start', async () => {
-    const d = await fx.device('out-nobridge');
-    await fx.fleet.stopBridge();
-    const a = fx.agent(d, { responseTimeoutMs: 5_000 });
-    const started = a.start();
-    let settled = false;
-    void started.finally(() => {
-      settled = true;
-    }).catch(() => undefined);
+  it('the bridge down for 60 s: a device at its first start and one with its proof in flight both enroll when it returns', async () => {
+    // Device B is between challenge and proof when the bridge goes away: its proof is published while
+    // the bridge is down (the broker queues it for the bridge's persistent session).
+    const dB = await fx.device('out-midproof');
+    let fired = false;
+    const b = fx.agent(dB, {
+      responseTimeoutMs: 5_000,
+      transportFactory: (opts) => {
+        const t: Transport = new MqttTransport(opts);
+        const publish = t.publish.bind(t);
+        t.publish = async (topic, payload, o) => {
+          if (!fired && topic.endsWith('/enroll/proof')) {
+            fired = true;
+            await fx.fleet.stopBridge();
+          }
+          await publish(topic, payload, o);
+        };
+        return t;
+      },
+    });
+    const bStarted = b.start();
+    await eventually(() => fired, 20_000, 'B sends its proof');
+    // Device A starts for the first time while the bridge is away.
+    const dA = await fx.device('out-nobridge');
+    const a = fx.agent(dA, { responseTimeoutMs: 5_000 });
+    const aStarted = a.start();
+    const settled = { a: false, b: false };
+    void aStarted.then(() => (settled.a = true)).catch(() => undefined);
+    void bStarted.then(() => (settled.b = true)).catch(() => undefined);
     await new Promise((r) => setTimeout(r, 60_000));
-    expect(settled).toBe(false);
-    expect(a.state).toBe('enrolling');
+    expect(settled).toEqual({ a: false, b: false });
+    expect([a.state, b.state]).toEqual(['enrolling', 'enrolling']);
     await fx.fleet.startBridge();
-    await started;
-    expect(a.state).toBe('online');
-    expect(fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.certSerial).toBe(a.status().certSerial);
-  }, 120_000);
+    await Promise.all([aStarted, bStarted]);
+    for (const [agent, d] of [[a, dA], [b, dB]] as const) {
+      expect(agent.state).toBe('online');
+      const id = d.bootstrap.deviceId;
+      expect(fx.fleet.inventory.listCertificates(id).map((c) => c.serial)).toEqual([agent.status().certSerial]);
+      expect(await fx.fleet.inventory.listAudit({ deviceId: id, type: 'token.consumed' })).toHaveLength(1);
+    }
+  }, 150_000);
 });

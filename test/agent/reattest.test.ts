@@ -69,4 +69,20 @@ describe('re-attestation after expiry (real swtpm, mosquitto, bridge)', () => {
     await again.stop();
     expect(again.state).toBe('stopped');
   });
+
+  it('a system clock behind the newest trusted time is reported (status, clock_skew event) and validity is judged by that time', async () => {
+    const d = await fx.device('re-skew');
+    const id = d.bootstrap.deviceId;
+    const behind: Clock = { now: () => Date.now() - 2 * 86_400_000 };
+    const a = fx.agent(d, { config, clock: behind });
+    await a.start();
+    // The floor is the certificate's notBefore (real now minus the bridge's 300 s backdate).
+    const skew = a.status().clockSkewMs;
+    expect(skew).toBeLessThan(-2 * 86_400_000 + 400_000);
+    expect(skew).toBeGreaterThan(-2 * 86_400_000 + 200_000);
+    expect(a.state).toBe('online');
+    await eventually(async () => (await fx.fleet.inventory.listDeviceEvents(id)).some((e) => e.type === 'clock_skew' && Number(e.details['skewMs']) < 0), 10_000, 'clock_skew event');
+    await eventually(() => (fx.fleet.inventory.getDevice(id)?.status?.clockSkewMs ?? 0) < 0, 10_000, 'skew in the ingested status');
+    await a.stop();
+  });
 });

@@ -1,15 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { Level } from 'level';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
 import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { eventually, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
-
-const run = promisify(execFile);
 
 /**
  * The shipped agent bundle as a process, SIGKILLed at each step of a rotation (the moment that message
@@ -22,7 +19,6 @@ describe('agent process killed at each rotation step', () => {
   let watcher: mqtt.MqttClient;
 
   beforeAll(async () => {
-    await run(process.execPath, ['build.mjs']);
     fx = await startFleetFixture();
     const role = await issueServiceCertificate({
       rootCertPem: fx.fleet.ca.rootCertificatePem,

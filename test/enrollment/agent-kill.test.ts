@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
 import { mintEnrollmentToken } from '../../common/enrollment-token.js';
@@ -12,8 +11,6 @@ import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
-
-const run = promisify(execFile);
 
 /**
  * The agent as a real process, SIGKILLed the moment its enroll or proof reaches the broker: no cleanup
@@ -28,7 +25,6 @@ describe('agent process killed mid-enrollment', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agent-kill-'));
-    await run(process.execPath, ['build.mjs']); // the agent under test is the shipped bundle
     tpms = await Promise.all([startTpm(), startTpm()]);
     fleet = await EmbeddedFleet.start({
       dir: join(dir, 'fleet'),

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { requestedBackend } from './backend.js';
 import { TEST_IMAGE, ensureDockerEngine, ensureTestImage, releaseDockerEngine } from './docker-engine.js';
@@ -11,6 +12,9 @@ import { TEST_IMAGE, ensureDockerEngine, ensureTestImage, releaseDockerEngine } 
  * the workers); TEST_BACKEND=container fails the run instead.
  */
 export default async function setup(): Promise<(() => Promise<void>) | void> {
+  // Suites that run the shipped bundles (dist/agent.mjs) get them fresh, built once here rather than by
+  // each file (parallel workers rebuilding dist/ under each other's running processes).
+  execFileSync(process.execPath, ['build.mjs'], { stdio: 'inherit' });
   const want = requestedBackend();
   if (want === 'process') return;
   const log = (s: string) => process.stderr.write(`${s}\n`);

@@ -1,0 +1,76 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { execFile } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+/** The shipped agent bundle as a user runs it: version, usage errors and bad configuration. */
+describe('agent CLI (dist/agent.mjs)', () => {
+  let dir: string;
+  const bootstrap = () => ({
+    v: 1,
+    deviceId: 'cli-dev',
+    tcti: 'swtpm:host=127.0.0.1,port=1',
+    enrollUrl: 'mqtts://127.0.0.1:1',
+    deviceUrl: 'mqtts://127.0.0.1:2',
+    trustBundle: ['-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----'],
+    token: 'abcdefghijklmnopqrstuvwxyz012345',
+    tokenExpiresAt: Date.now() + 3_600_000,
+  });
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agent-cli-'));
+  });
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  async function agent(args: string[]): Promise<{ code: number; out: string; err: string }> {
+    try {
+      const { stdout, stderr } = await run(process.execPath, ['dist/agent.mjs', ...args], { timeout: 20_000 });
+      return { code: 0, out: stdout, err: stderr };
+    } catch (e) {
+      const x = e as { code: number; stdout: string; stderr: string };
+      return { code: x.code, out: x.stdout, err: x.stderr };
+    }
+  }
+
+  it('--version prints the version stamped at build time (package version + commit)', async () => {
+    const r = await agent(['--version']);
+    expect(r.code).toBe(0);
+    expect(r.out.trim()).toMatch(/^0\.1\.0\+([0-9a-f]{12}|unknown)$/);
+  });
+
+  it('usage errors exit 2 with one line, no stack trace', async () => {
+    const r = await agent(['--bogus']);
+    expect(r.code).toBe(2);
+    expect(r.err).toContain('usage: agent --bootstrap FILE --data DIR');
+    expect(r.err).not.toMatch(/\n\s+at /);
+    expect((await agent([])).code).toBe(2);
+  });
+
+  it('an inconsistent offline budget is refused at start with the constraint and its numbers', async () => {
+    const boot = join(dir, 'boot.json');
+    writeFileSync(boot, JSON.stringify(bootstrap()), { mode: 0o600 });
+    const cfg = join(dir, 'agent.json');
+    writeFileSync(cfg, JSON.stringify({ v: 1, offlineBudget: { renewAtFraction: 0.95, jitterFraction: 0.1 } }));
+    const r = await agent(['--bootstrap', boot, '--data', join(dir, 'data'), '--config', cfg]);
+    expect(r.code).toBe(1);
+    const line = JSON.parse(r.out.trim().split('\n').at(-1)!) as { code: string; msg: string };
+    expect(line.code).toBe('AGENT_CONFIG_INVALID');
+    expect(line.msg).toMatch(/renewAtFraction/);
+    expect(line.msg).toMatch(/0\.95/);
+  });
+
+  it('an explicit config that does not exist, and a bootstrap readable by others, are refused with their codes', async () => {
+    const boot = join(dir, 'boot-open.json');
+    writeFileSync(boot, JSON.stringify(bootstrap()), { mode: 0o644 });
+    const missing = await agent(['--bootstrap', boot, '--data', join(dir, 'data'), '--config', join(dir, 'nope.json')]);
+    expect(missing.code).toBe(1);
+    expect(JSON.parse(missing.out.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_UNREADABLE' });
+    const open = await agent(['--bootstrap', boot, '--data', join(dir, 'data')]);
+    expect(open.code).toBe(1);
+    expect(JSON.parse(open.out.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_PERMISSIONS' });
+  });
+});
