@@ -49,13 +49,20 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
     const serials = [a.status().certSerial!];
 
     for (let i = 1; i <= 5; i++) {
+      // Each one is due by time: the device clock reaches the jittered renewal point of the current
+      // certificate (and falls back to real time once the rotation starts).
+      const current = serials.at(-1)!;
+      const cert = new X509Certificate(fx.fleet.inventory.getCertificate(current)!.pem);
+      const due = rotationTime({ serial: current, notBefore: Date.parse(cert.validFrom), notAfter: Date.parse(cert.validTo) }, DEFAULT_OFFLINE_BUDGET, id);
+      expect(due - Date.parse(cert.validFrom)).toBeGreaterThan(0.56 * (Date.parse(cert.validTo) - Date.parse(cert.validFrom)));
       if (i === 1) {
-        // The first one is due by time: the jittered renewal point of the enrollment certificate.
-        const cert = new X509Certificate(fx.fleet.inventory.getCertificate(serials[0]!)!.pem);
-        jumpTo = rotationTime({ serial: serials[0]!, notBefore: Date.parse(cert.validFrom), notAfter: Date.parse(cert.validTo) }, DEFAULT_OFFLINE_BUDGET, id) + 1;
-      } else {
-        a.rotateNow();
+        // A minute before the renewal point nothing happens (the agent checks every 200 ms tick).
+        jumpTo = due - 60_000;
+        await new Promise((r) => setTimeout(r, 700));
+        expect(a.status().rotations).toBe(0);
+        expect(a.state).toBe('online');
       }
+      jumpTo = due + 1;
       await eventually(() => a.status().rotations === i && a.state === 'online', 20_000, `rotation ${i}`);
       const s = a.status();
       expect(s.certSerial).not.toBe(serials.at(-1));
