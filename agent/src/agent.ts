@@ -145,6 +145,9 @@ export class Agent {
   #draining: Promise<void> | undefined;
   readonly #stepBackoff: Backoff;
   readonly #rotationBackoff: Backoff;
+  readonly #refusalBackoff: Backoff;
+  /** After a rollback: the serial still in use and the refused one, for the bridge to retire. */
+  #retire: { readonly serial: string; readonly previousSerial: string } | undefined;
 
   constructor(options: AgentOptions) {
     this.#o = options;
@@ -154,6 +157,7 @@ export class Agent {
     this.#topics = new Topics(options.bootstrap.baseTopic ?? DEFAULT_BASE_TOPIC);
     this.#stepBackoff = this.#newBackoff();
     this.#rotationBackoff = this.#newBackoff();
+    this.#refusalBackoff = this.#newBackoff();
   }
 
   get state(): AgentState {
@@ -213,8 +217,15 @@ export class Agent {
     this.#loop = this.#open().then(
       () => this.#supervise(abort.signal),
       async (e: unknown) => {
-        this.#fail(e);
+        // Could not open the store or the TPM: nothing runs, the caller decides (the CLI exits 1 so a
+        // service manager restarts it, e.g. a TPM not ready yet at boot).
+        this.#error = { code: isCodedError(e) ? e.code : 'AGENT_INTERNAL', message: (e as Error).message };
+        this.#log('error', 'cannot start', { code: this.#error.code, err: this.#error.message });
         await this.#release();
+        this.#firstOnline = undefined;
+        this.#abort = undefined;
+        this.#set('stopped');
+        reject(e);
       },
     );
     return promise;
@@ -245,7 +256,8 @@ export class Agent {
     this.#set('stopping');
     this.#poke();
     const device = this.#device;
-    if (device?.transport) await this.#publishStatus(false).catch(() => undefined);
+    // Bounded: on a half-open connection the PUBACK would wait for keepalive; the will covers it then.
+    if (device?.transport) await Promise.race([this.#publishStatus(false).catch(() => undefined), new Promise((r) => setTimeout(r, 2_000).unref())]);
     await device?.close();
     await this.#enrollLink?.close();
     await this.#loop?.catch(() => undefined);
@@ -338,9 +350,15 @@ export class Agent {
         if (signal.aborted) return;
         if (this.#isFinal(e)) {
           this.#fail(e);
-          await this.#publishStatus(true).catch(() => undefined);
-          await this.#idle(Infinity, signal, 'tick');
-          return;
+          if (this.#state === 'revoked') {
+            // Stop using the identity: say so while the session still exists, then end it.
+            await this.#publishStatus(false).catch(() => undefined);
+            await this.#device?.close();
+            this.#device = undefined;
+          } else {
+            await this.#publishStatus(true).catch(() => undefined);
+          }
+          return this.#park(signal);
         }
         // A TPM hiccup, a store error, a certificate the fleet should not have sent: log and retry later.
         const waitMs = this.#stepBackoff.next();
@@ -348,6 +366,11 @@ export class Agent {
         await this.#idle(waitMs, signal);
       }
     }
+  }
+
+  /** Parked in error/revoked: stays up (and keeps the process alive) until stop(). */
+  async #park(signal: AbortSignal): Promise<void> {
+    for (;;) await this.#idle(2 ** 31 - 1, signal, 'tick');
   }
 
   async #step(signal: AbortSignal): Promise<void> {
@@ -361,7 +384,7 @@ export class Agent {
     if (pending?.kind === 'rotate' && pending.phase === 'trial') return this.#trial(pending, signal);
     if (pending?.kind === 'rotate' && pending.phase === 'confirming') {
       this.#identity = await res.store.active();
-      await this.#connect(signal);
+      if (!(await this.#connect(signal))) return;
       return this.#confirm(pending, signal);
     }
     // 2. No identity, or an attestation left half-done.
@@ -377,15 +400,19 @@ export class Agent {
       this.#log('warn', 'identity expired or about to; re-attesting', { serial: active.slot.serial, phase });
       return this.#attest('reattest', active.name, signal);
     }
-    // 4. Connected with it.
+    // 4. Connected with it; after a rollback, tell the bridge to retire the refused certificate.
     if (!(await this.#connect(signal))) return;
+    if (this.#retire) await this.#confirmSerial(this.#retire, signal);
     // 5. Rotation when due (or asked), not before a failed one's backoff ran out.
     // Asked for, due by time, or left half-done; after a failure not before its backoff ran out
     // (rotateNow() clears that).
     const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
     if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
     // 6. Nothing to do until the next decision.
-    await this.#idle(nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs), signal, 'tick');
+    let wakeMs = nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs);
+    const retryIn = this.#rotationNotBefore - this.#clock.now();
+    if ((phase === 'renew' || this.#rotateRequested) && retryIn > 0) wakeMs = Math.min(wakeMs, retryIn);
+    await this.#idle(wakeMs, signal, 'tick');
   }
 
   /** Connects the device link with the current identity; false when it should be retried later. */
@@ -410,10 +437,11 @@ export class Agent {
         await this.#attest('reattest', this.#identity?.name, signal);
         return false;
       }
-      await this.#idle(this.#stepBackoff.next(), signal);
+      await this.#idle(this.#refusalBackoff.next(), signal);
       return false;
     }
     this.#refusals = 0;
+    this.#refusalBackoff.reset();
     this.#online();
     return true;
   }
@@ -434,7 +462,9 @@ export class Agent {
     const res = this.#res!;
     const cfg = this.#o.bootstrap;
     this.#set(mode === 'token' ? 'enrolling' : 'reattesting');
-    // The device connection, if any, goes: the identity it uses is being replaced.
+    // The device connection, if any, goes: the identity it uses is being replaced. Its retained status
+    // says so first (a graceful close sends no last will).
+    await this.#publishStatus(false).catch(() => undefined);
     await this.#device?.close();
     this.#device = undefined;
     if (mode === 'token' && this.#clock.now() >= cfg.tokenExpiresAt) {
@@ -466,6 +496,12 @@ export class Agent {
         link,
         mode,
         ...(retire ? { retire } : {}),
+        trustBundle: trust,
+        // Queued before the identity is stored, under an id derived from the serial: a crash between
+        // the two neither loses the event nor, when the restart stores the same certificate, doubles it.
+        onIssued: async (identity, slot) => {
+          await this.#emit({ id: `${mode === 'token' ? 'enrolled' : 'reattested'}-${identity.serial}`, type: mode === 'token' ? 'enrolled' : 'reattested', serial: identity.serial, slot });
+        },
         topics: this.#topics,
         config: cfg,
         clock: this.#clock,
@@ -488,7 +524,7 @@ export class Agent {
     this.#trust = result.trustBundle;
     this.#rotationNotBefore = 0;
     await this.#advanceFloor(windowOf(result.identity).notBefore);
-    await this.#emit({ type: mode === 'token' ? 'enrolled' : 'reattested', serial: result.identity.serial, slot: result.slot });
+    this.#retire = undefined;
   }
 
   // ---- rotation ----------------------------------------------------------------------------------
@@ -570,17 +606,20 @@ export class Agent {
   async #rollback(p: PendingRotation, old: ActiveIdentity, code: string): Promise<void> {
     const res = this.#res!;
     this.#log('warn', 'the broker refused the new certificate; rolling back to the old identity', { code, serial: p.serial, keep: old.slot.serial });
+    await this.#rotationFailed(old.slot.serial, p.serial, code);
     await res.store.rotationAbandoned(p, code, this.#clock.now());
     this.#identity = old;
     this.#deviceLink().setIdentity(this.#linkIdentity(old));
     this.#rotationNotBefore = this.#clock.now() + this.#rotationBackoff.next();
-    await this.#rotationFailed(old.slot.serial, p.serial, code);
+    // Once back on the old identity, the bridge retires the refused certificate (confirm of the old one).
+    if (p.serial) this.#retire = { serial: old.slot.serial, previousSerial: p.serial };
   }
 
   async #rotationFailed(serial: string, attempted: string | undefined, code: string): Promise<void> {
     this.#lastRotation = { at: this.#clock.now(), result: code };
+    // A rolled-back certificate gives the event a stable id (it is queued before the rollback is stored).
+    await this.#emit({ ...(attempted ? { id: `rotfail-${attempted}` } : {}), type: 'rotation_failed', code, serial, ...(attempted ? { previousSerial: attempted } : {}) });
     await this.#res!.store.putLastRotation(this.#lastRotation);
-    await this.#emit({ type: 'rotation_failed', code, serial, ...(attempted ? { previousSerial: attempted } : {}) });
   }
 
   /** The bridge retires the old certificate; then the old key blob goes (the key was never kept loaded). */
@@ -588,17 +627,21 @@ export class Agent {
     const res = this.#res!;
     const backoff = this.#newBackoff();
     for (;;) {
-      const out = await confirmRotation(this.#rotationDeps(signal, []), p);
+      if (p.phase !== 'confirming' || !p.serial) throw new AgentStoreError('AGENT_STATE_CORRUPT', `cannot confirm a rotation in phase ${p.phase}`);
+      const out = await confirmRotation(this.#rotationDeps(signal, []), { serial: p.serial, previousSerial: p.fromSerial });
       if (out.kind === 'confirmed') break;
       if (out.reaction === 'retry') {
         await this.#idle(out.retryAfterSec !== undefined ? out.retryAfterSec * 1000 : backoff.next(), signal);
         continue;
       }
+      if (out.code === 'DEVICE_REVOKED') throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', 'the fleet says this device is revoked', { rejection: out.code });
       // The new identity works and is active; the bridge keeps the old certificate until it expires.
       this.#log('warn', 'the fleet did not confirm the rotation; the old certificate stays until it expires', { code: out.code });
       break;
     }
     const at = this.#clock.now();
+    // Queued before the rotation is marked finished, with an id derived from the serial (see #attest).
+    await this.#emit({ id: `rotated-${p.serial!}`, type: 'rotated', serial: p.serial!, previousSerial: p.fromSerial, slot: p.slot });
     await res.store.rotationFinished(p, at);
     this.#lastRotation = { at, result: 'ok' };
     this.#rotations++;
@@ -607,9 +650,17 @@ export class Agent {
     this.#rotationBackoff.reset();
     this.#rotationNotBefore = 0;
     this.#log('info', 'rotated', { serial: p.serial, previous: p.fromSerial, slot: p.slot });
-    await this.#emit({ type: 'rotated', serial: p.serial!, previousSerial: p.fromSerial, slot: p.slot });
     this.#online();
     await this.#publishStatus(true).catch(() => undefined);
+  }
+
+  /** Asks the bridge to retire every certificate but `serial` (after a rollback: the refused one). */
+  async #confirmSerial(r: { readonly serial: string; readonly previousSerial: string }, signal: AbortSignal): Promise<void> {
+    const out = await confirmRotation(this.#rotationDeps(signal, []), r);
+    if (out.kind === 'refused' && out.reaction === 'retry') return; // kept: tried again on the next pass
+    if (out.kind === 'refused') this.#log('warn', 'the fleet did not retire the refused certificate', { code: out.code, serial: r.previousSerial });
+    if (out.kind === 'refused' && out.code === 'DEVICE_REVOKED') throw new EnrollmentError('AGENT_ENROLLMENT_REJECTED', 'the fleet says this device is revoked', { rejection: out.code });
+    this.#retire = undefined;
   }
 
   // ---- the device connection ---------------------------------------------------------------------
@@ -658,8 +709,11 @@ export class Agent {
         return {
           tls: { cert: [id.slot.certificate, ...id.slot.chain].join('\n'), ...tls },
           release: async () => {
-            res.tpm.releaseTlsKey(tls);
-            await res.tpm.flush(key);
+            try {
+              res.tpm.releaseTlsKey(tls);
+            } finally {
+              await res.tpm.flush(key);
+            }
           },
         };
       },
@@ -756,7 +810,7 @@ export class Agent {
     if (j.behindMs > 0 && !this.#skewReported) {
       this.#skewReported = true;
       this.#log('warn', 'the system clock is behind the newest trusted time; judging validity by that time instead', { behindMs: j.behindMs });
-      void this.#emit({ type: 'clock_skew', skewMs: -j.behindMs });
+      this.#emit({ type: 'clock_skew', skewMs: -j.behindMs }).catch((e: unknown) => this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }));
     }
     if (j.behindMs === 0) this.#skewReported = false;
     return j.now;

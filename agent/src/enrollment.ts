@@ -1,4 +1,4 @@
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../common/clock.js';
 import { CodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
@@ -63,6 +63,10 @@ export interface EnrollmentDeps {
   readonly mode?: 'token' | 'reattest';
   /** For re-attestation: the slot of the identity being replaced (deleted when the new one is stored). */
   readonly retire?: SlotName;
+  /** Roots the issued certificate must chain to; default the bootstrap trust bundle. */
+  readonly trustBundle?: readonly string[];
+  /** Called with the verified identity before it is stored (the agent queues its event there). */
+  readonly onIssued?: (identity: IdentitySlot, slot: SlotName) => Promise<void>;
   readonly topics: Topics;
   readonly config: BootstrapConfig;
   readonly clock: Clock;
@@ -315,12 +319,13 @@ class EnrollmentRun {
   async #finish(p: PendingEnrollment, body: EnrollAccepted, resumed: boolean): Promise<EnrollmentResult> {
     const { config, clock } = this.#d;
     const key = this.#key!;
-    checkIssuedCertificate({
+    const validity = checkIssuedCertificate({
       certificate: body.certificate,
       chain: body.chain,
-      trustBundle: config.trustBundle,
+      trustBundle: this.#d.trustBundle ?? config.trustBundle,
       keySpki: key.spki,
       deviceId: config.deviceId,
+      serial: body.serial,
       now: clock.now(),
     });
     const identity: IdentitySlot = {
@@ -328,10 +333,12 @@ class EnrollmentRun {
       certificate: body.certificate,
       chain: body.chain,
       serial: body.serial,
-      notBefore: Date.parse(new X509Certificate(body.certificate).validFrom),
-      notAfter: body.notAfter,
+      // From the certificate itself, not from the message around it.
+      notBefore: validity.notBefore,
+      notAfter: validity.notAfter,
       issuedAt: clock.now(),
     };
+    await this.#d.onIssued?.(identity, p.slot);
     await this.#d.store.completeEnrollment(p.slot, identity, body.trustBundle, this.#d.retire);
     this.#log(this.#mode === 'reattest' ? 're-attested' : 'enrolled', { slot: p.slot, serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });
     this.#key = undefined; // handed to the caller

@@ -15,8 +15,10 @@ export function checkIssuedCertificate(opts: {
   readonly trustBundle: readonly string[];
   readonly keySpki: Buffer;
   readonly deviceId: string;
+  /** The serial the message around the certificate claims (lowercase hex). */
+  readonly serial?: string;
   readonly now: number;
-}): void {
+}): { readonly notBefore: number; readonly notAfter: number } {
   const fail = (why: string): never => {
     throw new CodedError<IssuedCertificateErrorCode>('AGENT_CERTIFICATE_INVALID', `issued certificate rejected: ${why}`);
   };
@@ -32,15 +34,20 @@ export function checkIssuedCertificate(opts: {
   }
   if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(opts.keySpki)) fail('it is not for our TPM key');
   if (!leaf.subject.split('\n').includes(`CN=${opts.deviceId}`)) fail('it does not name this device');
-  if (Date.parse(leaf.validTo) <= opts.now) fail('it has already expired');
+  const notBefore = Date.parse(leaf.validFrom);
+  const notAfter = Date.parse(leaf.validTo);
+  if (notAfter <= opts.now) fail('it has already expired');
+  if (opts.serial !== undefined && leaf.serialNumber.toLowerCase().replace(/^0+/, '') !== opts.serial.replace(/^0+/, '')) {
+    fail('its serial differs from the one announced with it');
+  }
 
   let cur = leaf;
   for (let depth = 0; depth <= pool.length; depth++) {
     const root = roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey));
-    if (root) return;
+    if (root) return { notBefore, notAfter };
     const next = pool.find((c) => c.ca && c !== cur && cur.checkIssued(c) && cur.verify(c.publicKey));
     if (!next) break;
     cur = next;
   }
-  fail('it does not chain to the trust bundle');
+  return fail('it does not chain to the trust bundle');
 }

@@ -68,11 +68,9 @@ process.once('SIGINT', stop);
 process.once('SIGTERM', stop);
 try {
   await agent.start();
-} catch (e) {
-  // Parked in error/revoked (already logged by the agent, once), or the store/TPM could not be opened.
-  const code = (e as { code?: string }).code;
-  if (!stopping && (agent.state === 'stopped' || agent.state === 'starting')) {
-    logger.error({ code }, `cannot start: ${(e as Error).message}`);
-    process.exit(1);
-  }
+} catch {
+  // Already logged by the agent, once. Store or TPM could not be opened (state stopped): exit 1, so a
+  // service manager restarts it (a TPM not ready yet at boot). Parked in error/revoked: stay up (the
+  // agent keeps the process alive) until a signal.
+  if (!stopping && agent.state === 'stopped') process.exit(1);
 }

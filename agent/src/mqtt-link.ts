@@ -1,7 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import { CodedError, isCodedError } from '../../common/coded-error.js';
 import type { MqttTlsOptions, MqttTransportOptions } from '../../common/transport/mqtt-transport.js';
-import type { LastWill, Transport } from '../../common/transport/transport.js';
+import { TransportError, type LastWill, type Transport } from '../../common/transport/transport.js';
 import { abortError, throwIfAborted, type Backoff, type Sleep } from './backoff.js';
 import type { Link } from './exchange.js';
 
@@ -106,6 +106,8 @@ export class MqttLink implements Link {
         if (e instanceof LinkRefusedError) throw e;
         if (this.#closed || signal?.aborted) throw abortError();
         const code = isCodedError(e) ? e.code : 'UNKNOWN';
+        // Only the network is waited out here; anything else is the caller's to judge.
+        if (!code.startsWith('TRANSPORT_')) throw e;
         this.#noteDown(code);
         const waitMs = this.#o.backoff.next();
         await this.#o.sleep(waitMs, signal);
@@ -120,19 +122,33 @@ export class MqttLink implements Link {
   async connectOnce(): Promise<Transport> {
     if (this.#closed) throw abortError();
     await this.#dropTransport(false);
-    const prepared = this.#identity ? await this.#identity.prepare() : undefined;
-    const transport = this.#o.transportFactory({
-      url: this.#o.url,
-      clientId: this.#o.clientId,
-      reconnectPeriodMs: 0,
-      tls: { ...(prepared?.tls ?? {}), ca: [...this.#o.ca] },
-      ...(this.#o.will ? { will: this.#o.will() } : {}),
-      onError: (err) => this.#o.log('warn', 'transport error', { link: this.#o.name, code: err.code, err: err.message }),
-    });
+    let prepared: Awaited<ReturnType<LinkIdentity['prepare']>> | undefined;
     try {
-      await transport.connect();
+      prepared = this.#identity ? await this.#identity.prepare() : undefined;
     } catch (e) {
-      await transport.close({ force: true }).catch(() => undefined);
+      // The identity cannot be used at all (its key does not load): as good as refused.
+      const code = isCodedError(e) ? e.code : 'UNKNOWN';
+      throw new LinkRefusedError(code, `${this.#identity?.label ?? 'the identity'} is unusable: ${(e as Error).message}`, e);
+    }
+    let transport: Transport | undefined;
+    try {
+      transport = this.#o.transportFactory({
+        url: this.#o.url,
+        clientId: this.#o.clientId,
+        reconnectPeriodMs: 0,
+        tls: { ...(prepared?.tls ?? {}), ca: [...this.#o.ca] },
+        ...(this.#o.will ? { will: this.#o.will() } : {}),
+        onError: (err) => this.#o.log('warn', 'transport error', { link: this.#o.name, code: err.code, err: err.message }),
+      });
+      const t = transport;
+      await t.connect();
+      // Watch it before anything else awaits, so a drop right after CONNACK is never missed.
+      this.#transport = t;
+      t.onConnectionChange((up) => {
+        if (!up && this.#transport === t) this.#lost(t);
+      });
+    } catch (e) {
+      await transport?.close({ force: true }).catch(() => undefined);
       const code = isCodedError(e) ? e.code : 'UNKNOWN';
       if (REFUSED.has(code)) {
         this.#noteDown(code);
@@ -143,13 +159,14 @@ export class MqttLink implements Link {
       await prepared?.release().catch((e: unknown) => this.#o.log('warn', 'could not release the TLS key', { err: (e as Error).message }));
     }
     if (this.#closed) {
+      this.#transport = undefined;
       await transport.close().catch(() => undefined);
       throw abortError();
     }
-    this.#transport = transport;
-    transport.onConnectionChange((up) => {
-      if (!up && this.#transport === transport) this.#lost(transport);
-    });
+    if (!transport.connected) {
+      // Lost while the key was being released: #lost already ran; report it as the network failure it is.
+      throw new TransportError('TRANSPORT_CONNECTION_LOST', `connection to ${this.#o.url} lost right after CONNACK`);
+    }
     this.#noteUp();
     if (this.#o.onUp) {
       await this.#o.onUp(transport).catch((e: unknown) =>

@@ -38,8 +38,12 @@ export class OutboxError extends CodedError<OutboxErrorCode> {}
 /** An event as stored and sent: the protocol body plus its id (the envelope requestId). */
 export type QueuedEvent = DeviceEvent & { readonly id: string };
 
-/** What the agent enqueues: `seq` is assigned by the outbox; `at` defaults to the clock. */
-export type NewEvent = Omit<DeviceEvent, 'seq' | 'at'> & { readonly at?: number };
+/**
+ * What the agent enqueues: `seq` is assigned by the outbox; `at` defaults to the clock; `id` defaults to
+ * a random one. A caller-chosen id (e.g. derived from the serial an event is about) makes an event that
+ * may be enqueued twice across a crash count once: the bridge deduplicates by id.
+ */
+export type NewEvent = Omit<DeviceEvent, 'seq' | 'at'> & { readonly at?: number; readonly id?: string };
 
 export type OutboxBatchOp = { type: 'put'; key: string; value: unknown } | { type: 'del'; key: string };
 
@@ -165,17 +169,19 @@ export class Outbox {
       await this.#write(() => [this.#metaOp()]);
       return undefined;
     }
+    const { id, ...fields } = e;
+    if (id !== undefined && !EVENT_ID.test(id)) throw new OutboxError('OUTBOX_EVENT_INVALID', 'event id must be 8-64 of [A-Za-z0-9_-]');
     const seq = this.#nextSeq;
     let body: DeviceEvent;
     try {
       body = deviceEventBody.parse(
-        { ...e, at: e.at ?? this.#clock.now(), seq, ...(e.message === undefined ? {} : { message: e.message.slice(0, MESSAGE_MAX) }) },
+        { ...fields, at: fields.at ?? this.#clock.now(), seq, ...(fields.message === undefined ? {} : { message: fields.message.slice(0, MESSAGE_MAX) }) },
         '',
       );
     } catch (err) {
       throw new OutboxError('OUTBOX_EVENT_INVALID', `event refused: ${(err as Error).message}`, { cause: err });
     }
-    const event: QueuedEvent = { id: this.#newId(), ...body };
+    const event: QueuedEvent = { id: id ?? this.#newId(), ...body };
     this.#nextSeq = seq + 1;
     this.#pending++;
     try {

@@ -1,4 +1,4 @@
-import { randomBytes, X509Certificate } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../common/clock.js';
 import { CodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
@@ -101,12 +101,13 @@ export async function requestRotation(d: RotationDeps, current: ActiveIdentity, 
         continue;
       }
       const body = decode('rotateAccepted', a.payload).body;
-      checkIssuedCertificate({
+      const validity = checkIssuedCertificate({
         certificate: body.certificate,
         chain: body.chain,
         trustBundle: d.trustBundle,
         keySpki: key.spki,
         deviceId: d.deviceId,
+        serial: body.serial,
         now: d.clock.now(),
       });
       const identity: IdentitySlot = {
@@ -114,8 +115,8 @@ export async function requestRotation(d: RotationDeps, current: ActiveIdentity, 
         certificate: body.certificate,
         chain: body.chain,
         serial: body.serial,
-      notBefore: Date.parse(new X509Certificate(body.certificate).validFrom),
-        notAfter: body.notAfter,
+        notBefore: validity.notBefore,
+        notAfter: validity.notAfter,
         issuedAt: d.clock.now(),
       };
       const next = await d.store.rotationIssued(p, identity);
@@ -171,14 +172,16 @@ async function certifyAndStore(d: RotationDeps, p: PendingRotation, key: TpmKey,
 
 export type ConfirmOutcome = { readonly kind: 'confirmed'; readonly superseded: readonly string[] } | Extract<RotationOutcome, { kind: 'refused' }>;
 
-/** Tells the bridge the new identity works so it retires the old certificate; idempotent on the bridge. */
-export async function confirmRotation(d: RotationDeps, p: PendingRotation): Promise<ConfirmOutcome> {
-  if (p.phase !== 'confirming' || !p.serial) throw new CodedError<RotationErrorCode>('AGENT_ROTATION_PROTOCOL', `cannot confirm a rotation in phase ${p.phase}`);
+/**
+ * Tells the bridge the device works with `serial` so it retires its other certificates (the old one
+ * after a rotation, the refused one after a rollback); idempotent on the bridge.
+ */
+export async function confirmRotation(d: RotationDeps, c: { readonly serial: string; readonly previousSerial: string }): Promise<ConfirmOutcome> {
   const requestId = newRequestId();
   const a = await exchange({
     ...exchangeCommon(d),
     request: 'rotateConfirm',
-    envelope: envelope(requestId, encode('rotateConfirm', requestId, d.clock.now(), { serial: p.serial, previousSerial: p.fromSerial })),
+    envelope: envelope(requestId, encode('rotateConfirm', requestId, d.clock.now(), { serial: c.serial, previousSerial: c.previousSerial })),
     answers: ['rotateConfirmed', 'rotateRejected'],
   });
   if (a.kind === 'rejected') return refusal(a.error);

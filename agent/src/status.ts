@@ -61,8 +61,7 @@ export function statusBody(i: StatusInput): DeviceStatus {
   return {
     deviceId: i.deviceId,
     online: i.online,
-    // Connected while the state machine still says connecting/starting: that is online.
-    state: !i.online ? 'offline' : i.state === 'connecting' || i.state === 'starting' ? 'online' : publishedState(i.state),
+    state: stateFor(i.state, i.online),
     ...(id ? { certSerial: id.slot.serial, certNotAfter: id.slot.notAfter, slot: id.name } : {}),
     ...(i.lastRotation ? { lastRotationAt: i.lastRotation.at, lastRotationResult: i.lastRotation.result } : {}),
     clockSkewMs: i.clockSkewMs,
@@ -71,6 +70,16 @@ export function statusBody(i: StatusInput): DeviceStatus {
     ...(i.tpm ? { tpmManufacturer: i.tpm.manufacturer.slice(0, 16), tpmFirmware: i.tpm.firmwareVersion.slice(0, 32) } : {}),
     ...(i.outbox ? { outboxPending: i.outbox.pending, outboxDropped: i.outbox.dropped } : {}),
   };
+}
+
+/**
+ * Connected while the state machine still says connecting/starting: online. Not connected: offline,
+ * unless the state says why (enrolling, reattesting on the other listener; revoked, error parked).
+ */
+function stateFor(s: AgentState, online: boolean): DeviceState {
+  if (online) return s === 'connecting' || s === 'starting' ? 'online' : publishedState(s);
+  const p = publishedState(s);
+  return p === 'enrolling' || p === 'reattesting' || p === 'revoked' || p === 'error' ? p : 'offline';
 }
 
 const windows = new WeakMap<IdentitySlot, CertificateWindow>();

@@ -249,8 +249,17 @@ export class AgentStore {
     return next;
   }
 
+  /** Refuses to finish or abandon a rotation other than the one stored (a stale record in hand). */
+  async #requireCurrent(p: PendingRotation, phase: PendingRotation['phase']): Promise<void> {
+    const cur = await this.getPending();
+    if (cur?.kind !== 'rotate' || cur.phase !== phase || cur.slot !== p.slot || cur.serial !== p.serial || cur.fromSlot !== p.fromSlot) {
+      throw new AgentStoreError('AGENT_STATE_CORRUPT', `the stored rotation is not the one being ended (expected phase ${phase}, slot ${p.slot})`);
+    }
+  }
+
   /** The bridge retired the old certificate: the old key blob goes, the rotation ends. */
   async rotationFinished(p: PendingRotation, at: number): Promise<void> {
+    await this.#requireCurrent(p, 'confirming');
     await this.#require().batch([
       { type: 'del', key: `slot:${p.fromSlot}` },
       { type: 'del', key: 'pending' },
@@ -260,6 +269,7 @@ export class AgentStore {
 
   /** Rolls back: the new slot's content goes, the old identity stays active. */
   async rotationAbandoned(p: PendingRotation, result: string, at: number): Promise<void> {
+    await this.#requireCurrent(p, 'trial');
     const active = await this.#get<SlotName>('active');
     if (active === p.slot) throw new AgentStoreError('AGENT_STATE_CORRUPT', 'cannot abandon a rotation whose identity is already active');
     await this.#require().batch([

@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -72,5 +72,18 @@ describe('agent CLI (dist/agent.mjs)', () => {
     const open = await agent(['--bootstrap', boot, '--data', join(dir, 'data')]);
     expect(open.code).toBe(1);
     expect(JSON.parse(open.out.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_PERMISSIONS' });
+  });
+
+  it('exits 1 (for a service manager to restart it) when the TPM cannot be opened', async () => {
+    const boot = join(dir, 'boot-notpm.json');
+    // A real trust bundle certificate (made here with openssl), so the agent gets as far as opening the
+    // TPM, where nothing listens on port 1.
+    await run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', join(dir, 'ca-key.pem'), '-out', join(dir, 'ca.pem'), '-subj', '/CN=any', '-days', '1']);
+    const pem = readFileSync(join(dir, 'ca.pem'), 'utf8');
+    writeFileSync(boot, JSON.stringify({ ...bootstrap(), trustBundle: [pem] }), { mode: 0o600 });
+    const r = await agent(['--bootstrap', boot, '--data', join(dir, 'data-notpm')]);
+    expect(r.code).toBe(1);
+    const lines = r.out.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; code?: string });
+    expect(lines.filter((l) => l.msg === 'cannot start')).toHaveLength(1);
   });
 });

@@ -123,6 +123,11 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
     expect(s.certSerial).toBe(old);
     expect(s.lastRotation!.result).toMatch(/^TRANSPORT_/);
     expect(s.rotations).toBe(0);
+    // Back on the old identity, the agent had the bridge retire the certificate the broker refused.
+    await eventually(() => {
+      const active = fx.fleet.inventory.listCertificates(id).filter((c) => c.supersededAt === undefined && c.revokedAt === undefined);
+      return active.length === 1 && active[0]!.serial === old;
+    }, 10_000, 'the refused certificate retired');
     await eventually(async () => (await fx.fleet.inventory.listDeviceEvents(id)).some((e) => e.type === 'rotation_failed'), 10_000, 'rotation_failed event');
     const failed = (await fx.fleet.inventory.listDeviceEvents(id)).find((e) => e.type === 'rotation_failed')!;
     expect(failed.details).toMatchObject({ serial: old });
