@@ -112,9 +112,11 @@ export class EmbeddedFleet {
     if (this.#bridge) return;
     const o = this.#o;
     const logger = o.logger ? { logger: o.logger } : {};
-    // One policy and one rate budget for enrollment and rotation, as in `bridge run`.
+    // One policy for enrollment and rotation, as in `bridge run`; separate rate budgets, so that enroll
+    // requests anyone can send under a device's id (the enrollment listener) never cost that device
+    // its rotations (which only the device itself can send, over mTLS).
     const policy = o.policy ?? new DefaultEnrollmentPolicy({ trustDomain: o.trustDomain, lifetimeSec: o.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 });
-    const limiter = new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock });
+    const limiter = () => new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock });
     const common = {
       inventory: this.inventory,
       issuer: this.#issuer,
@@ -123,11 +125,10 @@ export class EmbeddedFleet {
       topics: this.topics,
       chainPems: [this.#issuer.issuingCertificatePem],
       trustBundlePems: this.trustBundle,
-      limiter,
       ...logger,
     };
-    const enrollment = new EnrollmentService({ ...common, ekTrust: o.ekTrust, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
-    const rotation = new RotationService({ ...common, ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
+    const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: o.ekTrust, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
+    const rotation = new RotationService({ ...common, limiter: limiter(), ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
     const ingest = new IngestService({ inventory: this.inventory, clock: o.clock, topics: this.topics, ...logger });
     const transport = new MqttTransport({
       url: this.broker.deviceUrl,

@@ -165,12 +165,12 @@ async function main(): Promise<void> {
         topics,
         chainPems: [issuer.issuingCertificatePem],
         trustBundlePems: [root],
-        // One budget per device for enrollment and rotation requests.
-        limiter: new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock }),
         logger,
       };
-      const enrollment = new EnrollmentService({ ...common, ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) } });
-      const rotation = new RotationService(common);
+      // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
+      const limiter = () => new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock });
+      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) } });
+      const rotation = new RotationService({ ...common, limiter: limiter() });
       const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
       const transport = new MqttTransport({
         url: cfg.brokerUrl,

@@ -141,8 +141,8 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
   });
 
   it('honours the bridge retryAfterSec when a rotation is rate limited, then rotates with the same key', async () => {
-    // Its own fleet with a tight per-device budget (the first step of each exchange counts): the enroll
-    // takes the only token, so the rotation's begin right after it is refused with retryAfterSec.
+    // Its own fleet with a tight per-device rotation budget (1 begin, then 1/s): the second rotation
+    // right after the first is refused with retryAfterSec.
     const tight = await startFleetFixture({ rateLimit: { perDevice: { ratePerSec: 1, burst: 1 }, global: { ratePerSec: 100, burst: 100 } } });
     try {
       const d = await tight.device('rot-limited');
@@ -150,12 +150,14 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
       const a = tight.agent(d, { logger: log });
       await a.start();
       a.rotateNow();
-      await eventually(() => a.status().rotations === 1 && a.state === 'online', 30_000, 'rotation after the limit');
+      await eventually(() => a.status().rotations === 1 && a.state === 'online', 30_000, 'first rotation');
+      a.rotateNow();
+      await eventually(() => a.status().rotations === 2 && a.state === 'online', 30_000, 'rotation after the limit');
       const refused = log.lines.filter((l) => l.msg === 'rotation refused by the fleet; keeping the current identity');
       expect(refused.length).toBeGreaterThan(0);
       expect(refused.every((l) => l.fields['code'] === 'RATE_LIMITED' && Number(l.fields['retryInMs']) >= 1000)).toBe(true);
-      // A retryable refusal keeps the new key: one TPM key was created for this rotation.
-      expect(log.lines.filter((l) => l.msg === 'rotation key created')).toHaveLength(1);
+      // A retryable refusal keeps the new key: one TPM key per rotation.
+      expect(log.lines.filter((l) => l.msg === 'rotation key created')).toHaveLength(2);
       expect(a.status().lastRotation).toMatchObject({ result: 'ok' });
     } finally {
       await tight.stop();
