@@ -200,6 +200,7 @@ const REJECTION_REACTIONS: Record<RejectionCode, Reaction> = {
   TOKEN_USED: 'stop',
   TOKEN_MISMATCH: 'stop',
   EK_UNTRUSTED: 'stop',
+  EK_CERT_EXPIRED: 'stop',
   EK_MISMATCH: 'stop',
   AK_INVALID: 'stop',
   ACTIVATION_FAILED: 'stop',

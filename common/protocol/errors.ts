@@ -13,6 +13,7 @@ export const REJECTION_CODES = {
   TOKEN_USED: { retryable: false, message: 'enrollment token already used' },
   TOKEN_MISMATCH: { retryable: false, message: 'enrollment token is bound to another device or EK' },
   EK_UNTRUSTED: { retryable: false, message: 'EK certificate does not chain to a trusted TPM manufacturer' },
+  EK_CERT_EXPIRED: { retryable: false, message: 'EK certificate chain is valid but outside its validity period (EK validity policy strict)' },
   EK_MISMATCH: { retryable: false, message: 'EK certificate does not match the EK public key' },
   AK_INVALID: { retryable: false, message: 'attestation key attributes are not acceptable' },
   CHALLENGE_UNKNOWN: { retryable: false, message: 'no such challenge for this device' },

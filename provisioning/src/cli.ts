@@ -73,7 +73,7 @@ async function runProvision(c: Extract<StationCommand, { kind: 'provision' }>, i
     const s = await provisionBatch({
       manifestPath: c.manifest,
       outDir: c.out,
-      manufacturers: { roots: c.roots, intermediates: c.intermediates },
+      manufacturers: { roots: c.roots, intermediates: c.intermediates, ekValidity: c.ekValidity },
       fleet: c.fleet,
       sink,
       tokenTtlSec: c.tokenTtlSec,

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { EkCertificateError, verifyEkCertificate, type EkTrustStore } from '../../native/lib/ek-certificate.js';
+import { EkCertificateError, verifyEkCertificate, type EkCertificateErrorCode, type EkTrustStore, type EkVerifyOptions } from '../../native/lib/ek-certificate.js';
 import type { EkKind, Tpm } from '../../native/lib/tpm.js';
 import { StationError } from './errors.js';
 
@@ -29,18 +29,22 @@ export function ekPublicHash(spki: Buffer): string {
  *
  * A kind whose certificate does not verify falls through to the next one, because vendors may anchor
  * their RSA and ECC EK certificates in different roots and a fleet may trust only one of them.
+ * When none verifies: STATION_EK_UNTRUSTED, the message naming each kind's refusal with its code
+ * (`ecc: [EK_CERT_EXPIRED] ...`), `details.cause` the first refusal's code (EK_UNTRUSTED,
+ * EK_CERT_EXPIRED or EK_CERT_INVALID) and `details.refusals` every kind's. The validity policy is
+ * `options.ekValidity`, else `trust.ekValidity`, else 'ignore-expiry' (native/lib/ek-certificate.ts).
  */
-export async function verifyTpmEk(tpm: Tpm, trust: EkTrustStore, now: number): Promise<VerifiedEk> {
-  const refusals: string[] = [];
+export async function verifyTpmEk(tpm: Tpm, trust: EkTrustStore, now: number, options?: EkVerifyOptions): Promise<VerifiedEk> {
+  const refusals: { kind: EkKind; code: EkCertificateErrorCode; message: string }[] = [];
   for (const kind of KINDS) {
     const certificate = await tpm.readEkCertificate(kind);
     if (!certificate) continue;
     let verified;
     try {
-      verified = verifyEkCertificate(certificate, trust, now);
+      verified = verifyEkCertificate(certificate, trust, now, options);
     } catch (e) {
       if (!(e instanceof EkCertificateError)) throw e;
-      refusals.push(`${kind}: ${e.message}`);
+      refusals.push({ kind, code: e.code, message: e.message });
       continue;
     }
     const ek = await tpm.createEk(kind);
@@ -55,6 +59,9 @@ export async function verifyTpmEk(tpm: Tpm, trust: EkTrustStore, now: number): P
     }
     return { kind, certificate, spki: verified.ekSpki, publicHash: ekPublicHash(verified.ekSpki), root: verified.root };
   }
-  if (refusals.length === 0) throw new StationError('STATION_EK_MISSING', 'the TPM holds no EK certificate (neither ECC nor RSA)');
-  throw new StationError('STATION_EK_UNTRUSTED', `EK certificate refused: ${refusals.join('; ')}`);
+  const [first] = refusals;
+  if (!first) throw new StationError('STATION_EK_MISSING', 'the TPM holds no EK certificate (neither ECC nor RSA)');
+  throw new StationError('STATION_EK_UNTRUSTED', `EK certificate refused: ${refusals.map((r) => `${r.kind}: [${r.code}] ${r.message}`).join('; ')}`, {
+    details: { cause: first.code, refusals: refusals.map(({ kind, code }) => ({ kind, code })) },
+  });
 }

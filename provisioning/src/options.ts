@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { parseCertificates } from '../../native/lib/ek-certificate.js';
+import { DEFAULT_EK_VALIDITY, EK_VALIDITY_POLICIES, parseCertificates, type EkValidityPolicy } from '../../native/lib/ek-certificate.js';
 import { parseDuration } from './duration.js';
 import { StationError } from './errors.js';
 import type { FleetEndpoints } from './station.js';
@@ -13,6 +13,7 @@ export const USAGE = `usage:
   station provision --manifest FILE --out DIR --roots PEM [--roots PEM …] [--intermediates PEM …]
                     --enroll-url mqtts://HOST:PORT --device-url mqtts://HOST:PORT --trust-bundle PEM
                     [--base-topic fleet/v1] [--token-ttl 7d] [--parallel 1]
+                    [--ek-validity ignore-expiry|strict]
                     (--export FILE | --inventory DIR)
   station import --file FILE --inventory DIR`;
 
@@ -24,6 +25,8 @@ export type StationCommand =
       readonly out: string;
       readonly roots: readonly string[];
       readonly intermediates: readonly string[];
+      /** What EK/vendor certificate validity periods count for (native/lib/ek-certificate.ts). */
+      readonly ekValidity: EkValidityPolicy;
       readonly fleet: FleetEndpoints;
       readonly tokenTtlSec: number;
       readonly parallel: number;
@@ -79,6 +82,7 @@ function parseProvision(args: string[]): StationCommand {
     'base-topic': { type: 'string', default: 'fleet/v1' },
     'token-ttl': { type: 'string', default: '7d' },
     parallel: { type: 'string', default: '1' },
+    'ek-validity': { type: 'string', default: DEFAULT_EK_VALIDITY },
     export: { type: 'string' },
     inventory: { type: 'string' },
   });
@@ -92,6 +96,8 @@ function parseProvision(args: string[]): StationCommand {
   const tokenTtlSec = parseDuration(v['token-ttl']!, '--token-ttl');
   const parallel = Number(v.parallel);
   if (!Number.isInteger(parallel) || parallel < 1 || parallel > 64) usage('--parallel: expected an integer from 1 to 64');
+  const ekValidity = v['ek-validity'] as EkValidityPolicy;
+  if (!EK_VALIDITY_POLICIES.includes(ekValidity)) usage(`--ek-validity: expected ${EK_VALIDITY_POLICIES.join(' or ')}, got ${JSON.stringify(ekValidity)}`);
   if ((v.export === undefined) === (v.inventory === undefined)) usage('give exactly one of --export FILE or --inventory DIR');
   const trustBundle = certificatesIn(required(v['trust-bundle'], 'trust-bundle'), 'trust-bundle');
   if (trustBundle.length > MAX_TRUST_BUNDLE) usage(`--trust-bundle: at most ${MAX_TRUST_BUNDLE} certificates`);
@@ -101,6 +107,7 @@ function parseProvision(args: string[]): StationCommand {
     out,
     roots: v.roots!.flatMap((p) => certificatesIn(p, 'roots')),
     intermediates: (v.intermediates ?? []).flatMap((p) => certificatesIn(p, 'intermediates')),
+    ekValidity,
     fleet: { enrollUrl, deviceUrl, trustBundle, baseTopic },
     tokenTtlSec,
     parallel,

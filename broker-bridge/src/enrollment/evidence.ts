@@ -1,7 +1,7 @@
 import { createHash, timingSafeEqual, type X509Certificate } from 'node:crypto';
 import { CodedError } from '../../../common/coded-error.js';
 import type { RejectionCode } from '../../../common/protocol/errors.js';
-import { EkCertificateError, verifyEkCertificate, type EkTrustStore } from '../../../native/lib/ek-certificate.js';
+import { EkCertificateError, verifyEkCertificate, type EkTrustStore, type EkVerifyOptions } from '../../../native/lib/ek-certificate.js';
 import { parseAttest } from '../../../native/lib/wire/attest.js';
 import { ALG, ECC_CURVE, TPM_GENERATED_VALUE, hashInfo } from '../../../native/lib/wire/constants.js';
 import { attributesOf, objectName, parsePublic2b, publicToSpki, type TpmPublic } from '../../../native/lib/wire/public.js';
@@ -39,14 +39,26 @@ export function parseWirePublic(buf: Buffer, code: RejectionCode, what: string):
   }
 }
 
-/** EK certificate chains to a trusted manufacturer and certifies exactly this EK public key. */
-export function checkEk(ekCertificate: Buffer, ekPublic: TpmPublic, trust: EkTrustStore, now: number): { root: string; certificate: X509Certificate } {
+/**
+ * EK certificate chains to a trusted manufacturer (RFC 5280 path validation and the TCG EK profile,
+ * native/lib/ek-certificate.ts) and certifies exactly this EK public key. `options.ekValidity`
+ * (default: the trust store's, else 'ignore-expiry') decides whether validity periods count;
+ * `acceptedOutsideValidity` lists what was accepted outside its period, for the caller's log.
+ */
+export function checkEk(
+  ekCertificate: Buffer,
+  ekPublic: TpmPublic,
+  trust: EkTrustStore,
+  now: number,
+  options?: EkVerifyOptions,
+): { root: string; certificate: X509Certificate; acceptedOutsideValidity: readonly string[] } {
   let verified;
   try {
-    verified = verifyEkCertificate(ekCertificate, trust, now);
+    verified = verifyEkCertificate(ekCertificate, trust, now, options);
   } catch (e) {
-    const detail = e instanceof EkCertificateError ? e.message : 'unparseable EK certificate';
-    return reject('EK_UNTRUSTED', detail, e);
+    if (!(e instanceof EkCertificateError)) return reject('EK_UNTRUSTED', 'unparseable EK certificate', e);
+    // EK_CERT_EXPIRED: the chain is valid but outside its validity period under the 'strict' policy.
+    return reject(e.code === 'EK_CERT_EXPIRED' ? 'EK_CERT_EXPIRED' : 'EK_UNTRUSTED', `${e.code}: ${e.message}`, e);
   }
   let spki: Buffer;
   try {
@@ -60,7 +72,12 @@ export function checkEk(ekCertificate: Buffer, ekPublic: TpmPublic, trust: EkTru
   if (!a.restricted || !a.decrypt || !a.fixedTPM || ekPublic.symmetric.algorithm !== ALG.AES) {
     reject('EK_MISMATCH', 'EK public area is not a restricted decryption key');
   }
-  return { root: verified.root, certificate: verified.certificate };
+  return { root: verified.root, certificate: verified.certificate, acceptedOutsideValidity: verified.acceptedOutsideValidity };
+}
+
+/** The `ekKind` the device declares is the kind of the EK it sent: an RSA EK sent as 'ecc' (or the reverse) is refused. */
+export function checkEkKind(ekKind: 'rsa' | 'ecc', ekPublic: TpmPublic): void {
+  if (ekPublic.type !== ekKind) reject('EK_MISMATCH', `ekKind is '${ekKind}' but the EK sent is an ${ekPublic.type.toUpperCase()} key`);
 }
 
 /** The AK must be a TPM-bound restricted ECDSA P-256 signing key (so it signs only TPM-generated data). */
