@@ -4,7 +4,7 @@ import { systemClock, type Clock } from '../../common/clock.js';
 import { isCodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
 import { encode } from '../../common/protocol/messages.js';
-import { DEFAULT_BASE_TOPIC, Topics } from '../../common/protocol/topics.js';
+import { CLIENT_ID_PREFIX, DEFAULT_BASE_TOPIC, Topics } from '../../common/protocol/topics.js';
 import { MqttTransport, type MqttTransportOptions } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
@@ -12,7 +12,7 @@ import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from './agent-config.js';
 import { abortError, Backoff, sleep as realSleep, type Sleep } from './backoff.js';
 import { checkTrustBundle, type BootstrapConfig } from './config.js';
-import { enroll, EnrollmentError, fromStored, toStored, type EnrollmentResult } from './enrollment.js';
+import { enroll, enrollClientIdFor, EnrollmentError, fromStored, toStored, type EnrollmentResult } from './enrollment.js';
 import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
 import { eventBody, Outbox, type NewEvent } from './outbox.js';
 import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
@@ -472,11 +472,13 @@ export class Agent {
       this.#log('warn', 'the enrollment token looks expired by this device clock', { tokenExpiresAt: cfg.tokenExpiresAt });
     }
     const trust = mode === 'reattest' ? ((await res.store.getTrustBundle()) ?? cfg.trustBundle) : cfg.trustBundle;
+    // A random per-attempt client id (kept in `pending` across restarts): on this listener nobody,
+    // this device included, can claim a device id; the token and the EK vouch for it in the payload.
+    const clientId = await enrollClientIdFor(res.store, mode);
     const link = new MqttLink({
       name: 'enroll',
       url: cfg.enrollUrl,
-      // Server-authenticated TLS only: the broker knows the device by client id on this listener.
-      clientId: cfg.deviceId,
+      clientId,
       ca: trust,
       transportFactory: (opts) => this.#transport(opts, 'enroll'),
       backoff: this.#newBackoff(),
@@ -494,6 +496,7 @@ export class Agent {
         ak,
         store: res.store,
         link,
+        clientId,
         mode,
         ...(retire ? { retire } : {}),
         trustBundle: trust,
@@ -670,7 +673,8 @@ export class Agent {
     const link = new MqttLink({
       name: 'device',
       url: this.#o.bootstrap.deviceUrl,
-      clientId: this.deviceId,
+      // The broker requires the `enr-` prefix and names the session by the certificate CN (the device id).
+      clientId: `${CLIENT_ID_PREFIX}${this.deviceId}`,
       // The bundle from the accepted enrollment supersedes the bootstrap one.
       ca: this.#trust ?? this.#o.bootstrap.trustBundle,
       transportFactory: (opts) => this.#transport(opts, 'device'),

@@ -127,7 +127,10 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     expect(tls.privateKeyIdentifier).toBeTruthy();
     expect(tls.key).toBeUndefined();
     expect(new X509Certificate(String(tls.cert)).serialNumber.toLowerCase()).toBe(s.certSerial);
-    expect(made[1]!.opts).toMatchObject({ url: d.bootstrap.deviceUrl, clientId: id, will: { retain: true, qos: 1 } });
+    // The broker renames the `enr-` client id to the certificate CN; enrollment used a random `enr-…` id.
+    expect(made[1]!.opts).toMatchObject({ url: d.bootstrap.deviceUrl, clientId: `enr-${id}`, will: { retain: true, qos: 1 } });
+    expect(made[0]!.opts.clientId).toMatch(/^enr-[A-Za-z0-9_-]{22}$/);
+    expect(bridge.sent('enroll', id)[0]!.clientId).toBe(made[0]!.opts.clientId);
     expect(decode('status', made[1]!.opts.will!.payload).body).toMatchObject({ online: false, state: 'offline' });
     expect(statusOf(id)).toMatchObject({ deviceId: id, online: true, state: 'online', certSerial: s.certSerial });
 
@@ -155,7 +158,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
   it('killed right after sending its proof, a restarted agent resends the same proof under the same requestId', async () => {
     const d = device();
     const id = d.bootstrap.deviceId;
-    await expect(agent(d, { dieAfter: 'enroll/proof' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
+    await expect(agent(d, { dieAfter: 'proof' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
 
     const store = new AgentStore(join(d.dataDir, 'state'));
     await store.open();
@@ -168,6 +171,8 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     await revived.start();
     expect(revived.status()).toMatchObject({ state: 'online', enrollment: { resumed: true, tpmSignatures: 0 } });
     const proofs = bridge.sent('enrollProof', id);
+    // Resent from the same enrollment client id it stored: the bridge answers a repeat to the same requester.
+    expect(new Set(proofs.map((p) => p.clientId)).size).toBe(1);
     expect(proofs.map((p) => p.requestId)).toEqual([pending.proof!.requestId, pending.proof!.requestId]);
     expect(proofs[1]!.payload.equals(proofs[0]!.payload)).toBe(true);
     expect(bridge.sent('enroll', id)).toHaveLength(1);
@@ -178,7 +183,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
   it('killed right after sending enroll, a restarted agent resends the same envelope and finishes with the same key', async () => {
     const d = device();
     const id = d.bootstrap.deviceId;
-    await expect(agent(d, { dieAfter: 'enroll' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
+    await expect(agent(d, { dieAfter: 'request' }).start()).rejects.toMatchObject({ code: 'AGENT_STOPPED' });
     const revived = agent(d);
     await revived.start();
     const enrolls = bridge.sent('enroll', id);

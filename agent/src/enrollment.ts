@@ -6,7 +6,7 @@ import { decode, encode, type EnrollAccepted, type EnrollChallenge, type EnrollR
 import type { DeviceTopic, Topics } from '../../common/protocol/topics.js';
 import type { EkKind, KeyBlobs, Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { Backoff, throwIfAborted, type Sleep } from './backoff.js';
-import { exchange, type Answer as ExchangeAnswer, type Link } from './exchange.js';
+import { enrollAddressing, exchange, type Answer as ExchangeAnswer, type Link } from './exchange.js';
 import type { BootstrapConfig } from './config.js';
 import { buildTpmCsr } from './csr.js';
 import { checkIssuedCertificate } from './issued-certificate.js';
@@ -57,8 +57,14 @@ export interface EnrollmentDeps {
   /** The loaded attestation key (owned by the caller). */
   readonly ak: TpmKey;
   readonly store: AgentStore;
-  /** The enrollment listener (server-authenticated TLS). */
+  /** The enrollment listener (server-authenticated TLS), connected under `clientId`. */
   readonly link: Link;
+  /**
+   * The attempt's random `enr-…` client id (`newEnrollClientId()`); it addresses the enrollment topics.
+   * A resumed attempt keeps the one stored in `pending` (the bridge answers a repeat to the same id),
+   * so callers take `pending.clientId` when there is one (`enrollClientIdFor`).
+   */
+  readonly clientId: string;
   /** 'token' (first enrollment, bootstrap token) or 'reattest' (no token). Default 'token'. */
   readonly mode?: 'token' | 'reattest';
   /** For re-attestation: the slot of the identity being replaced (deleted when the new one is stored). */
@@ -98,6 +104,15 @@ export const toStored = (b: KeyBlobs): StoredBlobs => ({ private: b.private.toSt
 export const fromStored = (b: StoredBlobs): KeyBlobs => ({ private: Buffer.from(b.private, 'base64'), public: Buffer.from(b.public, 'base64') });
 
 const newRequestId = () => randomBytes(12).toString('base64url');
+
+/** A fresh enrollment client id: `enr-` and 128 random bits. */
+export const newEnrollClientId = (): string => `enr-${randomBytes(16).toString('base64url')}`;
+
+/** The client id an enrollment run must use: the stored attempt's, else a fresh one. */
+export async function enrollClientIdFor(store: AgentStore, mode: 'token' | 'reattest'): Promise<string> {
+  const p = await store.getPending();
+  return p?.kind === 'enroll' && (p.mode ?? 'token') === mode && p.clientId ? p.clientId : newEnrollClientId();
+}
 const envelope = (requestId: string, payload: Buffer): SentEnvelope => ({ requestId, payload: payload.toString('base64') });
 
 export function enroll(deps: EnrollmentDeps): Promise<EnrollmentResult> {
@@ -143,6 +158,10 @@ class EnrollmentRun {
     }
   }
 
+  get #clientId(): string {
+    return this.#d.clientId;
+  }
+
   async #run(): Promise<EnrollmentResult> {
     const found = await this.#d.store.getPending();
     const stored = found?.kind === 'enroll' && (found.mode ?? 'token') === this.#mode ? found : undefined;
@@ -178,7 +197,7 @@ class EnrollmentRun {
     const slot = await this.#d.store.freeSlot();
     const created = await this.#tpm.createIdentityKey(this.#d.srk);
     this.#key = created.key;
-    const p: PendingEnrollment = { kind: 'enroll', mode: this.#mode, slot, key: toStored(created.blobs), startedAt: this.#d.clock.now() };
+    const p: PendingEnrollment = { kind: 'enroll', mode: this.#mode, clientId: this.#d.clientId, slot, key: toStored(created.blobs), startedAt: this.#d.clock.now() };
     await this.#d.store.putPending(p);
     this.#log('identity key created', { slot });
     return p;
@@ -218,6 +237,7 @@ class EnrollmentRun {
     const next: PendingEnrollment = {
       kind: p.kind,
       mode: this.#mode,
+      clientId: this.#d.clientId,
       slot: p.slot,
       key: p.key,
       startedAt: p.startedAt,
@@ -297,8 +317,7 @@ class EnrollmentRun {
   async #send(topic: DeviceTopic, env: SentEnvelope, answers: readonly DeviceTopic[]): Promise<Answer> {
     const a: ExchangeAnswer = await exchange({
       link: this.#d.link,
-      topics: this.#d.topics,
-      deviceId: this.#d.config.deviceId,
+      address: enrollAddressing(this.#d.topics, this.#clientId),
       request: topic,
       envelope: env,
       answers,

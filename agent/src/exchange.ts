@@ -1,7 +1,7 @@
 import type { Clock } from '../../common/clock.js';
 import { isCodedError } from '../../common/coded-error.js';
 import { decode, type Rejection } from '../../common/protocol/messages.js';
-import { REJECTION_TOPICS, type DeviceTopic, type RejectionTopic, type Topics } from '../../common/protocol/topics.js';
+import { ENROLL_TOPICS, REJECTION_TOPICS, type DeviceTopic, type EnrollTopic, type RejectionTopic, type Topics } from '../../common/protocol/topics.js';
 import { request } from '../../common/transport/request.js';
 import type { IncomingMessage, Transport } from '../../common/transport/transport.js';
 import type { Backoff, Sleep } from './backoff.js';
@@ -24,10 +24,33 @@ export type Answer =
   | { readonly kind: 'answer'; readonly topic: DeviceTopic; readonly payload: Buffer }
   | { readonly kind: 'rejected'; readonly error: Rejection['error'] };
 
+/** Where an exchange's messages go: a device's own topics, or an enrollment attempt's. */
+export interface Addressing {
+  topic(kind: DeviceTopic): string;
+  kindOf(topic: string): DeviceTopic | undefined;
+}
+
+/** The device's own topics (mutual-TLS listener; the broker knows it by its certificate CN). */
+export function deviceAddressing(topics: Topics, deviceId: string): Addressing {
+  return { topic: (k) => topics.device(deviceId, k), kindOf: (t) => topics.parseDevice(t)?.topic };
+}
+
+/** An enrollment attempt's topics, under its random `enr-…` client id (enrollment listener). */
+export function enrollAddressing(topics: Topics, clientId: string): Addressing {
+  return {
+    topic: (k) => {
+      if (!isEnrollTopic(k)) throw new Error(`${k} is not an enrollment message`);
+      return topics.enrollment(clientId, k);
+    },
+    kindOf: (t) => topics.parseEnrollment(t)?.topic,
+  };
+}
+
+const isEnrollTopic = (k: DeviceTopic): k is EnrollTopic => Object.hasOwn(ENROLL_TOPICS, k);
+
 export interface ExchangeOptions {
   readonly link: Link;
-  readonly topics: Topics;
-  readonly deviceId: string;
+  readonly address: Addressing;
   readonly request: DeviceTopic;
   readonly envelope: SentEnvelope;
   /** Answer topics (a rejection topic among them). */
@@ -48,7 +71,7 @@ export interface ExchangeOptions {
 const TRANSIENT = new Set(['TRANSPORT_TIMEOUT', 'TRANSPORT_NOT_CONNECTED', 'TRANSPORT_CONNECTION_LOST', 'TRANSPORT_UNREACHABLE']);
 
 export async function exchange(o: ExchangeOptions): Promise<Answer> {
-  const responseTopics = o.answers.map((a) => o.topics.device(o.deviceId, a));
+  const responseTopics = o.answers.map((a) => o.address.topic(a));
   for (;;) {
     throwIfAborted(o.signal);
     const transport = await o.link.ensureConnected(o.signal);
@@ -56,7 +79,7 @@ export async function exchange(o: ExchangeOptions): Promise<Answer> {
     try {
       o.onSend?.();
       const msg = await request(transport, {
-        requestTopic: o.topics.device(o.deviceId, o.request),
+        requestTopic: o.address.topic(o.request),
         payload: Buffer.from(o.envelope.payload, 'base64'),
         responseTopics,
         match: (m) => peekRequestId(m.payload) === o.envelope.requestId,
@@ -78,8 +101,7 @@ export async function exchange(o: ExchangeOptions): Promise<Answer> {
 }
 
 function toAnswer(o: ExchangeOptions, msg: IncomingMessage): Answer {
-  const parsed = o.topics.parseDevice(msg.topic);
-  const topic = parsed?.topic;
+  const topic = o.address.kindOf(msg.topic);
   if (topic === undefined || !o.answers.includes(topic)) {
     // request() only delivers messages from the subscribed answer topics.
     throw new Error(`answer on unexpected topic ${msg.topic}`);

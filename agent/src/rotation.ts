@@ -8,7 +8,7 @@ import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { throwIfAborted, type Backoff, type Sleep } from './backoff.js';
 import { buildTpmCsr } from './csr.js';
 import { fromStored, toStored } from './enrollment.js';
-import { exchange, type Link } from './exchange.js';
+import { deviceAddressing, exchange, type Link } from './exchange.js';
 import { checkIssuedCertificate } from './issued-certificate.js';
 import { reactionTo, type Reaction } from './policy.js';
 import type { ActiveIdentity, AgentStore, IdentitySlot, PendingRotation, SentEnvelope, StoredAk } from './store.js';
@@ -200,8 +200,7 @@ function refusal(error: Rejection['error']): Extract<RotationOutcome, { kind: 'r
 function exchangeCommon(d: RotationDeps) {
   return {
     link: d.link,
-    topics: d.topics,
-    deviceId: d.deviceId,
+    address: deviceAddressing(d.topics, d.deviceId),
     timeoutMs: d.responseTimeoutMs,
     backoff: d.backoff,
     sleep: d.sleep,

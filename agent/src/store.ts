@@ -67,6 +67,8 @@ export interface PendingEnrollment {
   readonly kind: 'enroll';
   /** Absent on records written before re-attestation existed: 'token'. */
   readonly mode?: 'token' | 'reattest';
+  /** The attempt's `enr-…` client id, which addresses its enrollment topics (kept across restarts). */
+  readonly clientId?: string;
   readonly slot: SlotName;
   /** The identity key, stored right after TPM2_Create so a restart reuses it. */
   readonly key: StoredBlobs;

@@ -15,7 +15,7 @@ import { topicMatches } from '../../common/transport/topic-match.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID, type BridgeLogger, type RequestHandler } from './bridge.js';
 import { EmbeddedBroker } from './broker/embedded-broker.js';
 import { issueServiceCertificate } from './broker/service-cert.js';
-import { EmbeddedFleet } from './embedded-fleet.js';
+import { DEFAULT_AUDITOR, EmbeddedFleet } from './embedded-fleet.js';
 
 const topics = new Topics('fleet/v1');
 const BUNDLE = topics.fleet('trustBundle');
@@ -86,7 +86,7 @@ describe('Bridge (in-process broker)', () => {
 
   it('routes each message to the handler whose filter matches and publishes its reply', async () => {
     const broker = new MemoryBroker();
-    const enroll = recording([topics.allDevices('enroll')], () => topics.device('dev-a', 'enrollChallenge'));
+    const enroll = recording([topics.allDevices('events')], () => topics.device('dev-a', 'rotateConfirmed'));
     const rotate = recording([topics.allDevices('rotateBegin'), topics.allDevices('rotateRequest')], (t) =>
       t.endsWith('/rotate/begin') ? topics.device('dev-a', 'rotateChallenge') : undefined,
     );
@@ -97,13 +97,13 @@ describe('Bridge (in-process broker)', () => {
     const dev = await client(broker, 'dev-a');
     const answers: string[] = [];
     await dev.subscribe(`${topics.base}/devices/dev-a/#`, (m) => void answers.push(`${m.topic} ${m.payload.toString()}`));
-    await dev.publish(topics.device('dev-a', 'enroll'), Buffer.from('1'));
+    await dev.publish(topics.device('dev-a', 'events'), Buffer.from('1'));
     await dev.publish(topics.device('dev-a', 'rotateBegin'), Buffer.from('2'));
     await dev.publish(topics.device('dev-a', 'rotateRequest'), Buffer.from('3'));
     await until(() => answers.length >= 5, 'answers'); // 3 own requests echo back on the wildcard + 2 replies
-    expect(enroll.seen).toEqual([`${topics.device('dev-a', 'enroll')} 1`]);
+    expect(enroll.seen).toEqual([`${topics.device('dev-a', 'events')} 1`]);
     expect(rotate.seen).toEqual([`${topics.device('dev-a', 'rotateBegin')} 2`, `${topics.device('dev-a', 'rotateRequest')} 3`]);
-    expect(answers).toContain(`${topics.device('dev-a', 'enrollChallenge')} re:1`);
+    expect(answers).toContain(`${topics.device('dev-a', 'rotateConfirmed')} re:1`);
     expect(answers).toContain(`${topics.device('dev-a', 'rotateChallenge')} re:2`);
     expect(JSON.parse(broker.retained(BUNDLE)!.toString())).toEqual({ v: 1, roots: ['R'] });
   });
@@ -252,6 +252,7 @@ describe('Bridge persistent session (real mosquitto)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  let lastTransport: MqttTransport | undefined;
   const makeBridge = (handler: RequestHandler, log?: BridgeLogger) => {
     const transport = new MqttTransport({
       url: broker.deviceUrl,
@@ -261,12 +262,13 @@ describe('Bridge persistent session (real mosquitto)', () => {
       tls: { ca: pki.rootCertPem, cert: bridgeTls.certPem, key: bridgeTls.keyPem },
       onError: () => {},
     });
+    lastTransport = transport;
     return new Bridge({ transport, topics, handlers: [handler], trustBundlePems: [pki.rootCertPem], ...(log ? { logger: log } : {}), connectRetryMs: 50 });
   };
   const device = () =>
-    mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: devTls.certPem, key: devTls.keyPem, clientId: 'dev-a', protocolVersion: 5, reconnectPeriod: 0 });
+    mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: devTls.certPem, key: devTls.keyPem, clientId: 'enr-dev-a', protocolVersion: 5, reconnectPeriod: 0 });
   const retainedBundle = async (): Promise<string | undefined> => {
-    const c = await mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: devTls.certPem, key: devTls.keyPem, clientId: 'dev-a-reader', protocolVersion: 5, reconnectPeriod: 0 });
+    const c = await mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: devTls.certPem, key: devTls.keyPem, clientId: 'enr-dev-a-reader', protocolVersion: 5, reconnectPeriod: 0 });
     try {
       const got = new Promise<string>((resolve) => c.on('message', (_t, p) => resolve(p.toString())));
       await c.subscribeAsync(BUNDLE, { qos: 1 });
@@ -310,9 +312,9 @@ describe('Bridge persistent session (real mosquitto)', () => {
       expect(JSON.parse((await retainedBundle())!)).toEqual({ v: 1, roots: [pki.rootCertPem] });
 
       // The retained bundle is deleted, then the broker restarts: only the bridge can bring it back.
-      const admin = await mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: bridgeTls.certPem, key: bridgeTls.keyPem, clientId: 'role:bridge-admin', protocolVersion: 5 });
-      await admin.publishAsync(BUNDLE, '', { qos: 1, retain: true });
-      await admin.endAsync();
+      // (Deleted through the bridge's own session: a second client with the bridge's certificate would
+      // take that session over, since the broker names mutual-TLS sessions by CN.)
+      await lastTransport!.publish(BUNDLE, Buffer.alloc(0), { qos: 1, retain: true });
       expect(await retainedBundle()).toBeUndefined();
       await broker.restart();
       await until(() => log.lines.some((l) => l.msg === 'bridge reconnected to the broker'), 'the reconnect');
@@ -404,7 +406,7 @@ describe('EmbeddedFleet wiring (real mosquitto)', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const device = (clientId = 'dev-a') =>
+  const device = (clientId = 'enr-dev-a') =>
     mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.trustBundle, cert: devTls.certPem, key: devTls.keyPem, clientId, protocolVersion: 5, reconnectPeriod: 0 });
   const publishEvents = async (from: number, to: number) => {
     const dev = await device();
@@ -415,7 +417,9 @@ describe('EmbeddedFleet wiring (real mosquitto)', () => {
   };
   const seqs = async () => (await fleet.inventory.listDeviceEvents('dev-a')).map((e) => e.seq);
   const retained = async (topic: string): Promise<string | undefined> => {
-    const c = await device('dev-a-reader');
+    // A read-only auditor: a second dev-a connection would take the device's session over (named by CN).
+    const auditor = await fleet.clientCertificate(DEFAULT_AUDITOR);
+    const c = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.trustBundle, cert: auditor.certPem, key: auditor.keyPem, clientId: `enr-reader-${Date.now()}`, protocolVersion: 5, reconnectPeriod: 0 });
     try {
       const got = new Promise<string>((resolve) => c.on('message', (_t, p) => resolve(p.toString())));
       await c.subscribeAsync(topic, { qos: 1 });

@@ -57,8 +57,12 @@ export type BridgeLogger = EnrollmentLogger;
 export type BridgeErrorCode = 'BRIDGE_CONFIG_INVALID' | 'BRIDGE_STOPPED';
 export class BridgeError extends CodedError<BridgeErrorCode> {}
 
-/** The bridge's client id unless configured: not a valid device id (':'), so no device can collide with it. */
-export const DEFAULT_BRIDGE_CLIENT_ID = 'role:bridge';
+/**
+ * The client id the bridge asks for. The broker requires the `enr-` prefix of every client and, on the
+ * mutual-TLS listener, replaces the id with the certificate CN (`role:bridge`): the persistent session
+ * lives under that name, and no other client can take it over.
+ */
+export const DEFAULT_BRIDGE_CLIENT_ID = 'enr-bridge';
 
 /**
  * Transport settings for the bridge's persistent session: not clean, and kept 7 days by the broker

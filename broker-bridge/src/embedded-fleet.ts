@@ -49,9 +49,16 @@ export interface EmbeddedFleetOptions {
   /** How often the bridge's transport retries a lost broker connection. Default 250 ms. */
   readonly bridgeReconnectMs?: number;
   readonly logger?: EnrollmentLogger;
+  /**
+   * Read-only observers of every fleet topic (`role:auditor:<id>`); `auditorCertificate(id)` issues
+   * their client certificates. Default `role:auditor:watch`.
+   */
+  readonly auditorIdentities?: readonly string[];
 }
 
 const DEFAULT_RATE = { perDevice: { ratePerSec: 1, burst: 10 }, global: { ratePerSec: 500, burst: 1000 } } as const;
+
+export const DEFAULT_AUDITOR = 'role:auditor:watch';
 
 export class EmbeddedFleet {
   readonly topics: Topics;
@@ -96,6 +103,7 @@ export class EmbeddedFleet {
       serverCertPem: server.certPem,
       serverKeyPem: server.keyPem,
       clientCaPem: ca.chainPem,
+      auditorIdentities: o.auditorIdentities ?? [DEFAULT_AUDITOR],
     });
     const inventory = new LevelInventory(join(o.dir, 'inventory'));
     await inventory.open();
@@ -157,6 +165,15 @@ export class EmbeddedFleet {
   }
 
   /** Stops the bridge; its broker session (and the messages queued for it) stays. */
+  /**
+   * A client certificate (and key) for a role or device CN, from the fleet root, for observers and tests.
+   * The broker names each mutual-TLS session by its CN: two clients with one CN take over each other.
+   */
+  async clientCertificate(commonName: string): Promise<{ certPem: string; keyPem: string }> {
+    const rootKeyPem = readFileSync(this.ca.files.rootKey!, 'utf8');
+    return issueServiceCertificate({ rootCertPem: this.ca.rootCertificatePem, rootKeyPem, commonName, usage: 'client', clock: this.#o.clock });
+  }
+
   async stopBridge(): Promise<void> {
     const b = this.#bridge;
     this.#bridge = undefined;

@@ -49,7 +49,8 @@ const configSchema = object({
   certificateLifetimeSec: optional(int({ min: 3600, max: 366 * 86_400 })),
   sharedGroup: optional(str({ max: 64, pattern: /^[A-Za-z0-9_-]+$/ })),
   /** MQTT client id of the bridge's persistent session; stable across restarts. Default `role:bridge`. */
-  clientId: optional(str({ max: 64, pattern: /^[A-Za-z0-9:._-]+$/ })),
+  /** Must start with `enr-` (the broker renames it to the certificate CN). */
+  clientId: optional(str({ max: 64, pattern: /^enr-[A-Za-z0-9._-]+$/ })),
 });
 
 function backendSpec(dir: string, o: { issuingKey?: string; pkcs11?: { module: string; tokenLabel: string; pinEnv: string; keyLabel?: string } }): BackendSpec {

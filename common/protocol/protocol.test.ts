@@ -72,14 +72,25 @@ describe('protocol messages', () => {
 describe('topics', () => {
   const t = new Topics('fleet/v1');
   it('builds and parses device topics', () => {
-    expect(t.device('dev-1', 'enrollChallenge')).toBe('fleet/v1/devices/dev-1/enroll/challenge');
-    expect(t.parseDevice('fleet/v1/devices/dev-1/enroll/proof')).toEqual({ deviceId: 'dev-1', topic: 'enrollProof' });
+    expect(t.device('dev-1', 'rotateChallenge')).toBe('fleet/v1/devices/dev-1/rotate/challenge');
+    expect(t.parseDevice('fleet/v1/devices/dev-1/rotate/request')).toEqual({ deviceId: 'dev-1', topic: 'rotateRequest' });
     expect(t.parseDevice('fleet/v1/devices/dev-1/unknown')).toBeUndefined();
-    expect(t.parseDevice('other/devices/dev-1/enroll')).toBeUndefined();
-    expect(t.allDevices('enroll')).toBe('fleet/v1/devices/+/enroll');
+    expect(t.parseDevice('other/devices/dev-1/status')).toBeUndefined();
+    expect(t.allDevices('status')).toBe('fleet/v1/devices/+/status');
+  });
+  it('addresses enrollment by the attempt\'s enr- client id, never by a device id', () => {
+    const id = 'enr-AAAAAAAAAAAAAAAAAAAAAA';
+    expect(t.enrollment(id, 'enroll')).toBe(`fleet/v1/enroll/${id}/request`);
+    expect(t.parseEnrollment(`fleet/v1/enroll/${id}/proof`)).toEqual({ clientId: id, topic: 'enrollProof' });
+    expect(t.parseEnrollment('fleet/v1/enroll/gw-0001/request')).toBeUndefined();
+    expect(t.parseEnrollment(`fleet/v1/enroll/${id}/request/x`)).toBeUndefined();
+    expect(t.parseDevice('fleet/v1/devices/dev-1/request')).toBeUndefined();
+    expect(t.allEnrollments('enrollProof')).toBe('fleet/v1/enroll/+/proof');
+    expect(() => t.device('dev-1', 'enroll')).toThrow(expect.objectContaining({ code: 'TOPIC_INVALID_KIND' }));
+    expect(() => t.enrollment('gw-0001', 'enroll')).toThrow(expect.objectContaining({ code: 'TOPIC_INVALID_CLIENT_ID' }));
   });
   it('refuses wildcards in ids and base topics', () => {
-    expect(() => t.device('+', 'enroll')).toThrow(expect.objectContaining({ code: 'TOPIC_INVALID_DEVICE_ID' }));
+    expect(() => t.device('+', 'status')).toThrow(expect.objectContaining({ code: 'TOPIC_INVALID_DEVICE_ID' }));
     expect(() => new Topics('fleet/#')).toThrow(expect.objectContaining({ code: 'TOPIC_INVALID_BASE' }));
   });
 });

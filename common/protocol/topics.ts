@@ -1,9 +1,15 @@
 import { CodedError } from '../coded-error.js';
 
 /**
- * Topic layout (relative to a configurable base, default `fleet/v1`). A device's id is the identity
- * the broker authenticated (client id on the enrollment listener, certificate CN on the device
- * listener); the broker ACLs confine each client to `<base>/devices/<own id>/…`.
+ * Topic layout (relative to a configurable base, default `fleet/v1`).
+ * - Enrollment (server-authenticated TLS, no client certificate): `<base>/enroll/<client id>/…`, where
+ *   the client id is a random per-attempt `enr-…` id. Nobody can claim a device's identity on this
+ *   listener: the device id travels in the (token- and EK-checked) payload, and another client can
+ *   neither read nor answer a device's challenge without guessing its client id.
+ * - Everything else (mutual TLS): `<base>/devices/<device id>/…`, the device id being the certificate
+ *   CN the broker authenticated; the ACLs confine each device to its own topics.
+ * Every client id starts with `enr-` (the broker refuses others); on the mutual-TLS listener the broker
+ * replaces it with the certificate CN, so no client can take over another's session.
  */
 export const DEFAULT_BASE_TOPIC = 'fleet/v1';
 
@@ -14,13 +20,25 @@ export function isDeviceId(id: string): boolean {
   return DEVICE_ID_PATTERN.test(id);
 }
 
-/** Per-device topic suffixes and who publishes them. */
+/** The prefix every MQTT client id must have (the broker's `clientid_prefixes`). */
+export const CLIENT_ID_PREFIX = 'enr-';
+/** An enrollment attempt's client id: `enr-` and 22–60 random base64url characters. */
+export const ENROLL_CLIENT_ID_PATTERN = /^enr-[A-Za-z0-9_-]{22,60}$/;
+
+/** Enrollment message kinds and their suffix under `<base>/enroll/<client id>/`. */
+export const ENROLL_TOPICS = {
+  enroll: 'request', // device → bridge
+  enrollChallenge: 'challenge', // bridge → device
+  enrollProof: 'proof', // device → bridge
+  enrollAccepted: 'accepted', // bridge → device
+  enrollRejected: 'rejected', // bridge → device
+} as const;
+
+export type EnrollTopic = keyof typeof ENROLL_TOPICS;
+
+/** Per-device topic suffixes (mutual-TLS listener) and who publishes them. */
 export const DEVICE_TOPICS = {
-  enroll: 'enroll', // device → bridge
-  enrollChallenge: 'enroll/challenge', // bridge → device
-  enrollProof: 'enroll/proof', // device → bridge
-  enrollAccepted: 'enroll/accepted', // bridge → device
-  enrollRejected: 'enroll/rejected', // bridge → device
+  ...ENROLL_TOPICS,
   status: 'status', // device → fleet, retained; last will marks offline
   // Rotation: over the device's own mutual-TLS session (never the enrollment listener).
   rotateBegin: 'rotate/begin', // device → bridge: ask for a fresh nonce
@@ -37,7 +55,10 @@ export const DEVICE_TOPICS = {
 export const REJECTION_TOPICS = ['enrollRejected', 'rotateRejected'] as const;
 export type RejectionTopic = (typeof REJECTION_TOPICS)[number];
 
+/** Every message kind of the protocol (enrollment kinds live under `enroll/<client id>/`, see Topics). */
 export type DeviceTopic = keyof typeof DEVICE_TOPICS;
+
+const isEnrollKind = (k: string): k is EnrollTopic => Object.hasOwn(ENROLL_TOPICS, k);
 
 /** Fleet-wide retained topics, read-only for devices. */
 export const FLEET_TOPICS = {
@@ -54,8 +75,32 @@ export class Topics {
   }
 
   device(id: string, topic: DeviceTopic): string {
+    if (isEnrollKind(topic)) throw new CodedError('TOPIC_INVALID_KIND', `${topic} is addressed by enrollment client id (Topics.enrollment)`);
     if (!isDeviceId(id)) throw new CodedError('TOPIC_INVALID_DEVICE_ID', `invalid device id ${JSON.stringify(id)}`);
     return `${this.base}/devices/${id}/${DEVICE_TOPICS[topic]}`;
+  }
+
+  /** An enrollment topic of one attempt, addressed by its `enr-…` client id. */
+  enrollment(clientId: string, topic: EnrollTopic): string {
+    if (!ENROLL_CLIENT_ID_PATTERN.test(clientId)) throw new CodedError('TOPIC_INVALID_CLIENT_ID', `invalid enrollment client id ${JSON.stringify(clientId)}`);
+    return `${this.base}/enroll/${clientId}/${ENROLL_TOPICS[topic]}`;
+  }
+
+  /** Subscription filter matching an enrollment topic for every attempt (the bridge's side). */
+  allEnrollments(topic: EnrollTopic): string {
+    return `${this.base}/enroll/+/${ENROLL_TOPICS[topic]}`;
+  }
+
+  /** Splits an incoming enrollment topic into client id and kind; undefined for anything else. */
+  parseEnrollment(topic: string): { clientId: string; topic: EnrollTopic } | undefined {
+    const prefix = `${this.base}/enroll/`;
+    if (!topic.startsWith(prefix)) return undefined;
+    const [clientId, suffix, ...rest] = topic.slice(prefix.length).split('/');
+    if (rest.length > 0 || clientId === undefined || !ENROLL_CLIENT_ID_PATTERN.test(clientId)) return undefined;
+    for (const [kind, s] of Object.entries(ENROLL_TOPICS)) {
+      if (s === suffix) return { clientId, topic: kind as EnrollTopic };
+    }
+    return undefined;
   }
 
   fleet(topic: keyof typeof FLEET_TOPICS): string {
@@ -63,7 +108,7 @@ export class Topics {
   }
 
   /** Subscription filter matching `topic` for every device (the bridge's side). */
-  allDevices(topic: DeviceTopic): string {
+  allDevices(topic: Exclude<DeviceTopic, EnrollTopic>): string {
     return `${this.base}/devices/+/${DEVICE_TOPICS[topic]}`;
   }
 
@@ -78,7 +123,7 @@ export class Topics {
     const suffix = rest.slice(slash + 1);
     if (!isDeviceId(deviceId)) return undefined;
     for (const [kind, s] of Object.entries(DEVICE_TOPICS)) {
-      if (s === suffix) return { deviceId, topic: kind as DeviceTopic };
+      if (s === suffix && !isEnrollKind(kind)) return { deviceId, topic: kind as DeviceTopic };
     }
     return undefined;
   }

@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { execFile } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { systemClock } from '../../common/clock.js';
 import { decode } from '../../common/protocol/messages.js';
-import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
+import { DEFAULT_AUDITOR } from '../../broker-bridge/src/embedded-fleet.js';
 import { eventually, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
 
 const run = promisify(execFile);
@@ -68,20 +67,14 @@ describe('outbox and retained state across outages (real swtpm, mosquitto, bridg
     await fx.fleet.restartBroker();
     await eventually(() => a.state === 'online', 30_000, 'online again');
 
-    // An operator-side reader with its own certificate, through Debian's mosquitto_sub.
-    const role = await issueServiceCertificate({
-      rootCertPem: fx.fleet.ca.rootCertificatePem,
-      rootKeyPem: readFileSync(fx.fleet.ca.files.rootKey!, 'utf8'),
-      commonName: 'role:bridge',
-      usage: 'client',
-      clock: systemClock,
-    });
+    // A read-only auditor with its own certificate, through Debian's mosquitto_sub (client ids must start with enr-).
+    const role = await fx.fleet.clientCertificate(DEFAULT_AUDITOR);
     const files = { ca: join(fx.dir, 'sub-ca.pem'), cert: join(fx.dir, 'sub-cert.pem'), key: join(fx.dir, 'sub-key.pem') };
     writeFileSync(files.ca, fx.fleet.ca.rootCertificatePem);
     writeFileSync(files.cert, role.certPem);
     writeFileSync(files.key, role.keyPem, { mode: 0o600 });
     const sub = (topic: string) =>
-      run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fx.fleet.broker.devicePort), '--cafile', files.ca, '--cert', files.cert, '--key', files.key, '-i', `reader-${Date.now()}`, '-t', topic, '-C', '1', '-W', '5', '-V', 'mqttv5']);
+      run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fx.fleet.broker.devicePort), '--cafile', files.ca, '--cert', files.cert, '--key', files.key, '-i', `enr-reader-${Date.now()}`, '-t', topic, '-C', '1', '-W', '5', '-V', 'mqttv5']);
     await eventually(async () => {
       const { stdout } = await sub(fx.fleet.topics.device(id, 'status')).catch(() => ({ stdout: '' }));
       return stdout.trim() !== '' && decode('status', stdout.trim()).body.online === true;

@@ -1,11 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Level } from 'level';
 import mqtt from 'mqtt';
-import { systemClock } from '../../common/clock.js';
-import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
+import { DEFAULT_AUDITOR } from '../../broker-bridge/src/embedded-fleet.js';
 import { eventually, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
 
 /**
@@ -20,14 +19,9 @@ describe('agent process killed at each rotation step', () => {
 
   beforeAll(async () => {
     fx = await startFleetFixture();
-    const role = await issueServiceCertificate({
-      rootCertPem: fx.fleet.ca.rootCertificatePem,
-      rootKeyPem: readFileSync(fx.fleet.ca.files.rootKey!, 'utf8'),
-      commonName: 'role:bridge',
-      usage: 'client',
-      clock: systemClock,
-    });
-    watcher = await mqtt.connectAsync(fx.fleet.broker.deviceUrl, { ca: fx.fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, reconnectPeriod: 0, clientId: 'kill-watcher' });
+    // A read-only auditor (a role:bridge certificate would take over the bridge's session: sessions are named by CN).
+    const role = await fx.fleet.clientCertificate(DEFAULT_AUDITOR);
+    watcher = await mqtt.connectAsync(fx.fleet.broker.deviceUrl, { ca: fx.fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, reconnectPeriod: 0, clientId: 'enr-kill-watcher' });
   });
   afterAll(async () => {
     for (const c of children) c.kill('SIGKILL');

@@ -12,11 +12,8 @@
  *    of the same size from a plain mqtt.js client.
  * Ends with one JSON line. Latencies on swtpm are context, not targets.
  */
-import { readFileSync } from 'node:fs';
 import mqtt from 'mqtt';
-import { systemClock } from '../../common/clock.js';
 import { DEFAULT_AGENT_CONFIG } from '../../agent/src/agent-config.js';
-import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { stopAll } from '../harness/index.js';
 import { eventually, startFleetFixture } from '../agent/fleet-fixture.js';
 import { percentile, round } from './stats.js';
@@ -45,14 +42,10 @@ async function main(): Promise<void> {
     }
 
     // 2. Reconnect after a broker restart, agent vs. a plain mqtt.js client on the same broker.
-    const role = await issueServiceCertificate({
-      rootCertPem: fx.fleet.ca.rootCertificatePem,
-      rootKeyPem: readFileSync(fx.fleet.ca.files.rootKey!, 'utf8'),
-      commonName: 'role:bridge',
-      usage: 'client',
-      clock: systemClock,
-    });
-    const plain = await mqtt.connectAsync(fx.fleet.broker.deviceUrl, { ca: fx.fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, clientId: 'bench-plain', protocolVersion: 5 });
+    // The baseline client is a device of its own (CN bench-plain): the broker names mutual-TLS sessions
+    // by CN, and it publishes to its own events topic (the bridge ignores an unknown device's events).
+    const role = await fx.fleet.clientCertificate('bench-plain');
+    const plain = await mqtt.connectAsync(fx.fleet.broker.deviceUrl, { ca: fx.fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, clientId: 'enr-bench-plain', protocolVersion: 5 });
     const reconnect: number[] = [];
     const baseline: number[] = [];
     for (let i = 0; i < RESTARTS; i++) {
@@ -83,7 +76,7 @@ async function main(): Promise<void> {
     await eventually(() => plain.connected, 10_000, 'plain client back');
     const payload = Buffer.alloc(180, 'x');
     const b0 = performance.now();
-    await Promise.all(Array.from({ length: EVENTS }, () => plain.publishAsync('fleet/v1/bench/raw', payload, { qos: 1 })));
+    await Promise.all(Array.from({ length: EVENTS }, () => plain.publishAsync(fx.fleet.topics.device('bench-plain', 'events'), payload, { qos: 1 })));
     const rawMs = performance.now() - b0;
     await plain.endAsync();
     await agent.stop();

@@ -8,7 +8,7 @@ import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
 import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { decode } from '../../common/protocol/messages.js';
-import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
+import { DEFAULT_AUDITOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { Agent } from '../../agent/src/agent.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
@@ -115,7 +115,8 @@ describe('agents enroll end to end', () => {
     expect(fleet.inventory.listCertificates('agent-1')).toHaveLength(1);
   });
 
-  for (const [i, step] of [[3, 'enroll'], [4, 'enroll/proof']] as const) {
+  // Enrollment topics end in /request (enroll) and /proof, under the attempt's client id.
+  for (const [i, step] of [[3, 'request'], [4, 'proof']] as const) {
     it(`finishes after being killed right after publishing ${step}, with the token used once`, async () => {
       const id = `agent-killed-${i}`;
       const bootstrap = await bootstrapFor(id, tpms[i]!);
@@ -152,16 +153,9 @@ describe('agents enroll end to end', () => {
   }
 
   async function retainedStatuses(ids: string[]): Promise<Map<string, { online: boolean; state: string }>> {
-    const { issueServiceCertificate } = await import('../../broker-bridge/src/broker/service-cert.js');
-    const { readFileSync } = await import('node:fs');
-    const op = await issueServiceCertificate({
-      rootCertPem: fleet.ca.rootCertificatePem,
-      rootKeyPem: readFileSync(fleet.ca.files.rootKey!, 'utf8'),
-      commonName: 'role:bridge',
-      usage: 'client',
-      clock: systemClock,
-    });
-    const c = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.ca.rootCertificatePem, cert: op.certPem, key: op.keyPem, reconnectPeriod: 0, protocolVersion: 5 });
+    // A read-only auditor (a role:bridge certificate would take over the bridge's session: sessions are named by CN).
+    const op = await fleet.clientCertificate(DEFAULT_AUDITOR);
+    const c = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.ca.rootCertificatePem, cert: op.certPem, key: op.keyPem, reconnectPeriod: 0, protocolVersion: 5, clientId: `enr-status-${Date.now()}` });
     const seen = new Map<string, { online: boolean; state: string }>();
     const all = new Promise<void>((resolve) => {
       c.on('message', (_t, p) => {

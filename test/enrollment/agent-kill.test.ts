@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
 import { mintEnrollmentToken } from '../../common/enrollment-token.js';
-import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
+import { DEFAULT_AUDITOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
@@ -79,16 +79,12 @@ describe('agent process killed mid-enrollment', () => {
       const id = `killed-${i}`;
       const bootstrap = await bootstrapFile(id, tpms[i]!);
       const dataDir = join(dir, `data-${i}`);
-      // Watch the broker as the bridge role does: the instant the message is there, kill the agent.
-      const role = await issueServiceCertificate({
-        rootCertPem: fleet.ca.rootCertificatePem,
-        rootKeyPem: readFileSync(fleet.ca.files.rootKey!, 'utf8'),
-        commonName: 'role:bridge',
-        usage: 'client',
-        clock: systemClock,
-      });
-      const watcher = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, reconnectPeriod: 0 });
-      await watcher.subscribeAsync(fleet.topics.device(id, step === 'enroll' ? 'enroll' : 'enrollProof'), { qos: 1 });
+      // Watch the broker as a read-only auditor: the instant the message is there, kill the agent. (Not as
+      // role:bridge: the broker names mutual-TLS sessions by CN, so that would take over the bridge's.)
+      const role = await fleet.clientCertificate(DEFAULT_AUDITOR);
+      const watcher = await mqtt.connectAsync(fleet.broker.deviceUrl, { ca: fleet.ca.rootCertificatePem, cert: role.certPem, key: role.keyPem, reconnectPeriod: 0, clientId: `enr-watch-${i}` });
+      // Enrollment is addressed by the attempt's random client id: watch every attempt (only this one runs).
+      await watcher.subscribeAsync(fleet.topics.allEnrollments(step === 'enroll' ? 'enroll' : 'enrollProof'), { qos: 1 });
       const first = startAgent(bootstrap, dataDir);
       await new Promise<void>((resolve) => watcher.once('message', () => resolve()));
       first.child.kill('SIGKILL');

@@ -17,6 +17,7 @@ import {
   answerChallenge,
   buildCsr,
   connectEnrollment,
+  enrollClientIdOf,
   csrForFreshKey,
   enrollBody,
   enrollPayload,
@@ -213,7 +214,7 @@ describe('enrollment through the bridge', () => {
     await expectRefused('CSR_KEY_MISMATCH', async () => proof(t7, 'dev-b7', await answerChallenge(b, devB, ch7.msg.body)));
   });
 
-  it('refuses malformed and oversize payloads and a deviceId that is not the sender\'s', async () => {
+  it('refuses malformed and oversize payloads, and a device id its token does not belong to', async () => {
     const t = await client('dev-b8');
     const token = await register('dev-b8', devB);
     const ask = (payload: Buffer, requestId = newRequestId()) => exchange(t, fleet.topics, 'dev-b8', 'enroll', payload, requestId);
@@ -224,15 +225,17 @@ describe('enrollment through the bridge', () => {
     const extra = JSON.parse(enrollPayload('abcdefgh3', { ...enrollBody(devB, token), deviceId: 'dev-b8' }).toString());
     extra.body.admin = true;
     await expectRefused('BAD_REQUEST', () => ask(Buffer.from(JSON.stringify(extra)), 'abcdefgh3'));
-    await expectRefused('BAD_REQUEST', () => ask(enrollPayload('abcdefgh4', { ...enrollBody(devB, token), deviceId: 'dev-a' }), 'abcdefgh4'));
+    // The device id is only what the payload claims: the token (bound to dev-b8) decides.
+    await expectRefused('TOKEN_MISMATCH', () => ask(enrollPayload('abcdefgh4', { ...enrollBody(devB, token), deviceId: 'dev-a' }), 'abcdefgh4'));
   });
 
-  it('rate-limits a device that floods enroll requests, telling it when to retry', async () => {
+  it('rate-limits a client that floods enroll requests with one token, telling it when to retry', async () => {
     const t = await client('dev-flood');
     const codes: string[] = [];
     let retryAfter: number | undefined;
+    const junk = mintEnrollmentToken().token;
     for (let i = 0; i < 12; i++) {
-      const ans = await enroll(t, 'dev-flood', { ...enrollBody(devB, mintEnrollmentToken().token), deviceId: 'dev-flood' });
+      const ans = await enroll(t, 'dev-flood', { ...enrollBody(devB, junk), deviceId: 'dev-flood' });
       codes.push(rejectedWith(ans));
       if (ans.kind === 'rejected' && ans.msg.error.code === 'RATE_LIMITED') retryAfter = ans.msg.error.retryAfterSec;
     }
@@ -241,9 +244,26 @@ describe('enrollment through the bridge', () => {
     expect(retryAfter).toBeGreaterThanOrEqual(1);
   });
 
-  it('lets the broker deny a client publishing to another device\'s topics', async () => {
+  it('junk enrolls under a device\'s id, with tokens it does not have, cost that device nothing', async () => {
+    const token = await register('dev-junked', devB);
+    const attacker = await client('attacker');
+    for (let i = 0; i < 15; i++) {
+      const ans = await enroll(attacker, 'dev-junked', { ...enrollBody(devB, mintEnrollmentToken().token), deviceId: 'dev-junked' });
+      expect(rejectedWith(ans)).toBe('TOKEN_UNKNOWN');
+    }
+    // The honest device enrolls at once: its bucket is its token's, which the attacker never had.
+    const honest = await client('dev-junked');
+    const ch = await enroll(honest, 'dev-junked', { ...enrollBody(devB, token), deviceId: 'dev-junked' });
+    expect(ch.kind).toBe('challenge');
+  });
+
+  it('lets the broker deny a client publishing on another enrollment client\'s topics', async () => {
     const t = await client('dev-b9');
-    await expect(t.publish(fleet.topics.device('dev-a', 'enroll'), Buffer.from('{}'), { qos: 1 })).rejects.toMatchObject({
+    const other = await client('dev-b9-other');
+    await expect(t.publish(fleet.topics.enrollment(enrollClientIdOf(other), 'enroll'), Buffer.from('{}'), { qos: 1 })).rejects.toMatchObject({
+      code: 'TRANSPORT_PUBLISH_REFUSED',
+    });
+    await expect(t.publish(fleet.topics.enrollment(enrollClientIdOf(other), 'enrollProof'), Buffer.from('{}'), { qos: 1 })).rejects.toMatchObject({
       code: 'TRANSPORT_PUBLISH_REFUSED',
     });
   });

@@ -65,11 +65,25 @@ export function enrollBody(m: DeviceMaterial, token: string): EnrollBody {
   };
 }
 
-/** Connects to the enrollment listener as `clientId` (the broker confines it to its own topics). */
-export async function connectEnrollment(url: string, caPem: string, clientId: string): Promise<Transport> {
+const clientIds = new WeakMap<Transport, string>();
+
+/**
+ * Connects to the enrollment listener under a fresh random `enr-…` client id (the broker confines it
+ * to that id's enroll topics); `label` only names the connection in test failures.
+ */
+export async function connectEnrollment(url: string, caPem: string, label: string, clientId = `enr-${randomBytes(16).toString('base64url')}`): Promise<Transport> {
+  void label;
   const t = new MqttTransport({ url, clientId, tls: { ca: caPem }, reconnectPeriodMs: 0 });
   await t.connect();
+  clientIds.set(t, clientId);
   return t;
+}
+
+/** The enrollment client id a transport from connectEnrollment uses. */
+export function enrollClientIdOf(t: Transport): string {
+  const id = clientIds.get(t);
+  if (!id) throw new Error('not an enrollment transport from connectEnrollment');
+  return id;
 }
 
 export type Answer =
@@ -77,16 +91,20 @@ export type Answer =
   | { kind: 'accepted'; msg: MessageOf<'enrollAccepted'> }
   | { kind: 'rejected'; msg: MessageOf<'enrollRejected'> };
 
-/** Publishes a raw payload on a device topic and waits for the bridge's answer for `requestId`. */
+/**
+ * Publishes a raw payload on the transport's enrollment topic and waits for the bridge's answer for
+ * `requestId`. `deviceId` is only for messages: the topic is the client id's.
+ */
 export async function exchange(
   t: Transport,
   topics: Topics,
-  deviceId: string,
+  _deviceId: string,
   topic: 'enroll' | 'enrollProof',
   payload: Buffer,
   requestId: string,
   timeoutMs = 10_000,
 ): Promise<Answer> {
+  const clientId = enrollClientIdOf(t);
   const answer = new Promise<Answer>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no answer to ${topic} ${requestId} within ${timeoutMs} ms`)), timeoutMs);
     const done = (a: Answer) => {
@@ -94,21 +112,21 @@ export async function exchange(
       resolve(a);
     };
     const subs = [
-      t.subscribe(topics.device(deviceId, 'enrollChallenge'), (m) => {
+      t.subscribe(topics.enrollment(clientId, 'enrollChallenge'), (m) => {
         const msg = decode('enrollChallenge', m.payload);
         if (msg.requestId === requestId) done({ kind: 'challenge', msg });
       }),
-      t.subscribe(topics.device(deviceId, 'enrollAccepted'), (m) => {
+      t.subscribe(topics.enrollment(clientId, 'enrollAccepted'), (m) => {
         const msg = decode('enrollAccepted', m.payload);
         if (msg.requestId === requestId) done({ kind: 'accepted', msg });
       }),
-      t.subscribe(topics.device(deviceId, 'enrollRejected'), (m) => {
+      t.subscribe(topics.enrollment(clientId, 'enrollRejected'), (m) => {
         const msg = decode('enrollRejected', m.payload);
         if (msg.requestId === requestId) done({ kind: 'rejected', msg });
       }),
     ];
     void Promise.all(subs).then(async (s) => {
-      await t.publish(topics.device(deviceId, topic), payload, { qos: 1 });
+      await t.publish(topics.enrollment(clientId, topic), payload, { qos: 1 });
       void answer.finally(() => s.forEach((x) => void x.unsubscribe().catch(() => undefined)));
     }, reject);
   });

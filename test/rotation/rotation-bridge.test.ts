@@ -92,10 +92,13 @@ describe('rotation and re-attestation through the bridge services', () => {
   });
 
   type Answer = { topic: DeviceTopic; payload: Buffer };
+  /** Each device enrolls under its own (stable, for these tests) `enr-…` client id; rotation is by device id. */
+  const enrollClient = (deviceId: string) => `enr-${createHash('sha256').update(deviceId).digest('base64url').slice(0, 22)}`;
   const send = async (service: EnrollmentService | RotationService, deviceId: string, topic: DeviceTopic, payload: Buffer): Promise<Answer> => {
-    const reply = await service.handle(topics.device(deviceId, topic), payload);
+    const enrolling = topic === 'enroll' || topic === 'enrollProof';
+    const reply = await service.handle(enrolling ? topics.enrollment(enrollClient(deviceId), topic) : topics.device(deviceId, topic), payload);
     if (!reply) throw new Error(`no reply on ${topic}`);
-    return { topic: topics.parseDevice(reply.topic)!.topic, payload: reply.payload };
+    return { topic: (topics.parseEnrollment(reply.topic) ?? topics.parseDevice(reply.topic))!.topic, payload: reply.payload };
   };
   const codeOf = (ans: Answer) => {
     if (ans.topic !== 'rotateRejected' && ans.topic !== 'enrollRejected') return `not rejected: ${ans.topic}`;

@@ -29,6 +29,8 @@ export type ScriptedKind = 'enroll' | 'enrollProof';
 export interface Received {
   readonly kind: ScriptedKind;
   readonly deviceId: string;
+  /** The enrollment client id it came from. */
+  readonly clientId: string;
   readonly requestId: string;
   readonly payload: Buffer;
 }
@@ -37,6 +39,7 @@ type Scripted = { readonly code: RejectionCode; readonly retryAfterSec?: number 
 
 interface Challenge {
   readonly deviceId: string;
+  readonly clientId: string;
   readonly secret: Buffer;
   readonly nonce: Buffer;
   readonly ak: TpmPublic;
@@ -56,6 +59,8 @@ export class ScriptedBridge {
   readonly #clock: Clock;
   readonly #script: Record<ScriptedKind, Scripted[]> = { enroll: [], enrollProof: [] };
   readonly #challenges = new Map<string, Challenge>();
+  /** challengeId → device id, kept after the challenge is answered (to attribute a resent proof). */
+  readonly #challengeDevice = new Map<string, string>();
   /** requestId → the first answer (challenges for enroll, certificates for proofs). */
   readonly #answers = new Map<string, { topic: string; payload: Buffer }>();
 
@@ -92,8 +97,8 @@ export class ScriptedBridge {
       clock: opts.clock,
     });
     await transport.connect();
-    await transport.subscribe(topics.allDevices('enroll'), (m) => bridge.#handle('enroll', m));
-    await transport.subscribe(topics.allDevices('enrollProof'), (m) => bridge.#handle('enrollProof', m));
+    await transport.subscribe(topics.allEnrollments('enroll'), (m) => bridge.#handle('enroll', m));
+    await transport.subscribe(topics.allEnrollments('enrollProof'), (m) => bridge.#handle('enrollProof', m));
     return bridge;
   }
 
@@ -117,12 +122,15 @@ export class ScriptedBridge {
   }
 
   async #handle(kind: ScriptedKind, m: IncomingMessage): Promise<void> {
-    const parsed = this.#topics.parseDevice(m.topic);
+    // Addressed by the attempt's client id, like the real bridge; the device id is in the payload.
+    const parsed = this.#topics.parseEnrollment(m.topic);
     if (!parsed) return;
-    const { deviceId } = parsed;
-    const requestId = (JSON.parse(m.payload.toString()) as { requestId: string }).requestId;
-    this.received.push({ kind, deviceId, requestId, payload: m.payload });
-    const rejected = this.#topics.device(deviceId, 'enrollRejected');
+    const { clientId } = parsed;
+    const json = JSON.parse(m.payload.toString()) as { requestId: string; body?: { deviceId?: string } };
+    const requestId = json.requestId;
+    const deviceId = kind === 'enroll' ? String(json.body?.deviceId) : (this.#challengeDevice.get(String((json.body as { challengeId?: string } | undefined)?.challengeId)) ?? '?');
+    this.received.push({ kind, deviceId, clientId, requestId, payload: m.payload });
+    const rejected = this.#topics.enrollment(clientId, 'enrollRejected');
     const reply = (topic: string, payload: Buffer) => this.#transport.publish(topic, payload);
 
     const scripted = this.#script[kind].shift();
@@ -131,11 +139,11 @@ export class ScriptedBridge {
       const opts = scripted.retryAfterSec === undefined ? undefined : { retryAfterSec: scripted.retryAfterSec };
       return reply(rejected, encodeRejection(requestId, this.#clock.now(), scripted.code, opts));
     }
-    const cached = this.#answers.get(`${kind}/${requestId}`);
+    const cached = this.#answers.get(`${clientId}/${kind}/${requestId}`);
     if (cached) return reply(cached.topic, cached.payload);
     try {
-      const answer = kind === 'enroll' ? this.#enroll(deviceId, m.payload) : await this.#proof(deviceId, m.payload);
-      this.#answers.set(`${kind}/${requestId}`, answer);
+      const answer = kind === 'enroll' ? this.#enroll(clientId, m.payload) : await this.#proof(clientId, m.payload);
+      this.#answers.set(`${clientId}/${kind}/${requestId}`, answer);
       await reply(answer.topic, answer.payload);
     } catch (e) {
       const code = (e as { rejection?: RejectionCode }).rejection ?? 'BAD_REQUEST';
@@ -143,10 +151,10 @@ export class ScriptedBridge {
     }
   }
 
-  #enroll(deviceId: string, payload: Buffer): { topic: string; payload: Buffer } {
+  #enroll(clientId: string, payload: Buffer): { topic: string; payload: Buffer } {
     const msg = decode('enroll', payload);
     const body: EnrollRequest = msg.body;
-    if (body.deviceId !== deviceId) refuse('BAD_REQUEST', 'deviceId differs from the topic');
+    const { deviceId } = body;
     const ek = parsePublic2b(body.ekPublic);
     const certKey = new X509Certificate(body.ekCertificate).publicKey.export({ type: 'spki', format: 'der' });
     if (!certKey.equals(publicToSpki(ek))) refuse('EK_MISMATCH', 'EK certificate does not match the EK public area');
@@ -156,9 +164,10 @@ export class ScriptedBridge {
     const nonce = randomBytes(32);
     const { credentialBlob, encryptedSecret } = makeCredential({ ekPublic: ek, objectName: objectName(ak), credential: secret });
     const challengeId = randomBytes(18).toString('base64url');
-    this.#challenges.set(challengeId, { deviceId, secret, nonce, ak, key, csr: body.csr });
+    this.#challenges.set(challengeId, { deviceId, clientId, secret, nonce, ak, key, csr: body.csr });
+    this.#challengeDevice.set(challengeId, deviceId);
     return {
-      topic: this.#topics.device(deviceId, 'enrollChallenge'),
+      topic: this.#topics.enrollment(clientId, 'enrollChallenge'),
       payload: encode('enrollChallenge', msg.requestId, this.#clock.now(), {
         challengeId,
         credentialBlob,
@@ -169,11 +178,12 @@ export class ScriptedBridge {
     };
   }
 
-  async #proof(deviceId: string, payload: Buffer): Promise<{ topic: string; payload: Buffer }> {
+  async #proof(clientId: string, payload: Buffer): Promise<{ topic: string; payload: Buffer }> {
     const msg = decode('enrollProof', payload);
     const body = msg.body;
     const c = this.#challenges.get(body.challengeId);
-    if (!c || c.deviceId !== deviceId) return refuse('CHALLENGE_UNKNOWN', 'no such challenge');
+    if (!c || c.clientId !== clientId) return refuse('CHALLENGE_UNKNOWN', 'no such challenge');
+    const { deviceId } = c;
     this.#challenges.delete(body.challengeId);
     if (body.secret.length !== c.secret.length || !timingSafeEqual(body.secret, c.secret)) refuse('ACTIVATION_FAILED', 'wrong secret');
     const attest = parseAttest(body.certifyInfo);
@@ -194,7 +204,7 @@ export class ScriptedBridge {
     const certificate = toPem(issued.certificateDer, 'CERTIFICATE');
     this.issued.push({ deviceId, serial: issued.serialNumber, certificate });
     return {
-      topic: this.#topics.device(deviceId, 'enrollAccepted'),
+      topic: this.#topics.enrollment(clientId, 'enrollAccepted'),
       payload: encode('enrollAccepted', msg.requestId, this.#clock.now(), {
         deviceId,
         certificate,

@@ -39,6 +39,7 @@ describe('generated broker config (real mosquitto)', () => {
       extensions: [new x509.BasicConstraintsExtension(true, 1, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
     });
     rootPem = root.toString('pem');
+    writeFileSync(join(dir, 'root-takeover.crt'), rootPem);
     const pkcs8 = Buffer.from(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey));
     rootKeyPem = `-----BEGIN PRIVATE KEY-----\n${pkcs8.toString('base64')}\n-----END PRIVATE KEY-----\n`;
     const server = await issueServiceCertificate({ rootCertPem: rootPem, rootKeyPem, commonName: 'broker', usage: 'server', hosts: ['127.0.0.1'], clock: systemClock });
@@ -53,17 +54,20 @@ describe('generated broker config (real mosquitto)', () => {
       autosaveIntervalSec: 3600,
     });
   });
+  const ENROLLER = `enr-${'A'.repeat(22)}`;
+  const OTHER_ENROLLER = `enr-${'B'.repeat(22)}`;
   afterAll(async () => {
     await broker?.stop();
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const client = async (cn: string | undefined, port: number, clientId: string) => {
+  /** `clientId` gets the `enr-` prefix every client needs unless `raw` (to prove the broker refuses others). */
+  const client = async (cn: string | undefined, port: number, clientId: string, raw = false) => {
     const tls = cn ? await issueServiceCertificate({ rootCertPem: rootPem, rootKeyPem, commonName: cn, usage: 'client', clock: systemClock }) : undefined;
     return mqtt.connectAsync(`mqtts://127.0.0.1:${port}`, {
       ca: rootPem,
       ...(tls ? { cert: tls.certPem, key: tls.keyPem } : {}),
-      clientId,
+      clientId: raw ? clientId : `enr-${clientId}`,
       protocolVersion: 5,
       reconnectPeriod: 0,
       connectTimeout: 5000,
@@ -88,7 +92,7 @@ describe('generated broker config (real mosquitto)', () => {
       await bridge.subscribeAsync('fleet/v1/devices/+/status', { qos: 1 });
       expect(await reason(devA.publishAsync(topics.device('dev-a', 'status'), '{}', { qos: 1 }))).toBe(0);
       expect(await reason(devA.publishAsync(topics.device('dev-b', 'status'), '{}', { qos: 1 }))).toBe(0x87);
-      expect(await reason(devA.publishAsync(topics.device('dev-a', 'enroll'), '{}', { qos: 1 }))).toBe(0x87);
+      expect(await reason(devA.publishAsync(topics.enrollment(ENROLLER, 'enroll'), '{}', { qos: 1 }))).toBe(0x87);
       expect(await reason(devA.publishAsync('fleet/v1/trust-bundle', '{}', { qos: 1 }))).toBe(0x87);
       await new Promise((r) => setTimeout(r, 200));
       expect(seen).toEqual([topics.device('dev-a', 'status')]);
@@ -97,16 +101,50 @@ describe('generated broker config (real mosquitto)', () => {
     }
   });
 
-  it('confines anonymous enrollment clients to their own enroll topics', async () => {
-    const enrolling = await client(undefined, broker.enrollPort, 'dev-c');
+  it('confines anonymous enrollment clients to the enroll topics of their own client id', async () => {
+    const enrolling = await client(undefined, broker.enrollPort, ENROLLER, true);
     try {
-      expect(await reason(enrolling.publishAsync(topics.device('dev-c', 'enroll'), '{}', { qos: 1 }))).toBe(0);
-      expect(await reason(enrolling.publishAsync(topics.device('dev-c', 'enrollProof'), '{}', { qos: 1 }))).toBe(0);
-      expect(await reason(enrolling.publishAsync(topics.device('dev-d', 'enroll'), '{}', { qos: 1 }))).toBe(0x87);
+      expect(await reason(enrolling.publishAsync(topics.enrollment(ENROLLER, 'enroll'), '{}', { qos: 1 }))).toBe(0);
+      expect(await reason(enrolling.publishAsync(topics.enrollment(ENROLLER, 'enrollProof'), '{}', { qos: 1 }))).toBe(0);
+      expect(await reason(enrolling.publishAsync(topics.enrollment(OTHER_ENROLLER, 'enroll'), '{}', { qos: 1 }))).toBe(0x87);
       expect(await reason(enrolling.publishAsync(topics.device('dev-c', 'status'), '{}', { qos: 1 }))).toBe(0x87);
-      expect(await reason(enrolling.publishAsync(topics.device('dev-c', 'enrollAccepted'), '{}', { qos: 1 }))).toBe(0x87);
+      expect(await reason(enrolling.publishAsync(topics.enrollment(ENROLLER, 'enrollAccepted'), '{}', { qos: 1 }))).toBe(0x87);
     } finally {
       await enrolling.endAsync();
+    }
+  });
+
+  it('lets no client take over another\'s session on either listener (mqtt.js and mosquitto_pub as the intruders)', async () => {
+    const devA = await client('dev-a', broker.devicePort, 'whatever-a');
+    const bridge = await client('role:bridge', broker.devicePort, 'bridge-t');
+    let kicked = 0;
+    devA.on('close', () => kicked++);
+    bridge.on('close', () => kicked++);
+    try {
+      // Ids without the enr- prefix are refused outright, anonymous or not: the device's and the bridge's names.
+      for (const [cn, port, id] of [
+        [undefined, broker.enrollPort, 'dev-a'],
+        [undefined, broker.enrollPort, 'role:bridge'],
+        ['dev-b', broker.devicePort, 'dev-a'],
+      ] as const) {
+        await expect(client(cn, port, id, true), `${cn ?? 'anonymous'} as ${id}`).rejects.toThrow(/Not authorized|Client Identifier not valid|Identifier rejected/);
+      }
+      // With the prefix, an anonymous client is its own enr- session, and a certificate is renamed to its
+      // own CN: dev-b asking for enr-dev-a becomes dev-b. Nobody is kicked.
+      const anon = await client(undefined, broker.enrollPort, 'enr-dev-a', true);
+      const devB = await client('dev-b', broker.devicePort, 'enr-dev-a', true);
+      await run('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(broker.enrollPort), '--cafile', join(dir, 'root-takeover.crt'), '-i', 'dev-a', '-t', 'x', '-m', '1']).then(
+        () => {
+          throw new Error('mosquitto_pub as dev-a was accepted');
+        },
+        (e: Error) => expect(e.message).toMatch(/not authori[sz]ed|identifier/i),
+      );
+      await new Promise((r) => setTimeout(r, 300));
+      expect(kicked).toBe(0);
+      expect(devA.connected && bridge.connected).toBe(true);
+      await Promise.all([anon.endAsync(), devB.endAsync()]);
+    } finally {
+      await Promise.all([devA.endAsync(), bridge.endAsync()]);
     }
   });
 
@@ -162,8 +200,8 @@ describe('generated broker config (real mosquitto)', () => {
     const statusTopic = topics.device('dev-r', 'status');
     const bundleTopic = topics.fleet('trustBundle');
     const target = ['-h', '127.0.0.1', '-p', String(broker.devicePort), '-V', 'mqttv5', '-q', '1'];
-    await run('mosquitto_pub', [...target, ...devTls, '-i', 'dev-r', '-t', statusTopic, '-r', '-m', '{"status":"before restart"}']);
-    await run('mosquitto_pub', [...target, ...bridgeTls, '-i', 'pub-bridge', '-t', bundleTopic, '-r', '-m', '{"bundle":"before restart"}']);
+    await run('mosquitto_pub', [...target, ...devTls, '-i', 'enr-dev-r', '-t', statusTopic, '-r', '-m', '{"status":"before restart"}']);
+    await run('mosquitto_pub', [...target, ...bridgeTls, '-i', 'enr-pub-bridge', '-t', bundleTopic, '-r', '-m', '{"bundle":"before restart"}']);
 
     const pidBefore = broker.pid;
     await broker.restart();
@@ -172,8 +210,8 @@ describe('generated broker config (real mosquitto)', () => {
 
     // -C 1: exit after one message; -W: give up (non-zero exit) if nothing is retained.
     const sub = (tls: string[], id: string, topic: string) => run('mosquitto_sub', [...target, ...tls, '-i', id, '-t', topic, '-C', '1', '-W', '5', '-v']);
-    expect((await sub(operatorTls, 'sub-ops', statusTopic)).trim()).toBe(`${statusTopic} {"status":"before restart"}`);
-    expect((await sub(devTls, 'dev-r', bundleTopic)).trim()).toBe(`${bundleTopic} {"bundle":"before restart"}`);
+    expect((await sub(operatorTls, 'enr-sub-ops', statusTopic)).trim()).toBe(`${statusTopic} {"status":"before restart"}`);
+    expect((await sub(devTls, 'enr-dev-r', bundleTopic)).trim()).toBe(`${bundleTopic} {"bundle":"before restart"}`);
   });
 
   it('a SIGKILL loses what was not saved yet; a start again serves on the same ports', async () => {

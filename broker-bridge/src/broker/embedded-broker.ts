@@ -21,6 +21,7 @@ export interface EmbeddedBrokerOptions {
   readonly clientCaPem: string;
   readonly stationIdentities?: readonly string[];
   readonly operatorIdentities?: readonly string[];
+  readonly auditorIdentities?: readonly string[];
   readonly enrollPort?: number;
   readonly devicePort?: number;
   /** Where mosquitto keeps its persistence database; default `dir/persistence`. */
@@ -94,6 +95,7 @@ export class EmbeddedBroker {
       ...(opts.autosaveIntervalSec === undefined ? {} : { autosaveIntervalSec: opts.autosaveIntervalSec }),
       ...(opts.stationIdentities ? { stationIdentities: opts.stationIdentities } : {}),
       ...(opts.operatorIdentities ? { operatorIdentities: opts.operatorIdentities } : {}),
+      ...(opts.auditorIdentities ? { auditorIdentities: opts.auditorIdentities } : {}),
       logFile: join(opts.dir, 'mosquitto.log'),
       // As root, mosquitto would drop to user `mosquitto`, which cannot read the 0600 key we wrote
       // nor write the 0700 persistence directory.

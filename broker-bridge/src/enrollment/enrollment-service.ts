@@ -29,6 +29,7 @@ import {
   checkCsr,
   checkDeviceActive,
   checkEk,
+  checkEkKind,
   parseWirePublic,
   reject,
   sha256Hex,
@@ -83,6 +84,8 @@ export interface EnrollmentServiceOptions {
 
 interface PendingChallenge {
   readonly challengeId: string;
+  /** The attempt's `enr-…` client id: only it may answer, and the answers go to it. */
+  readonly clientId: string;
   readonly deviceId: string;
   readonly enrollRequestId: string;
   readonly mode: 'token' | 'reattest';
@@ -100,15 +103,20 @@ interface PendingChallenge {
 }
 
 const MAX_PENDING = 50_000;
-/** Request ids are the requester's own: every idempotency key includes the device. */
-const requestKey = (deviceId: string, requestId: string) => `${deviceId}\x00${requestId}`;
+/**
+ * Request ids are the requester's own: every idempotency key includes the requester, which on the
+ * enrollment listener is the attempt's `enr-…` client id (the only identity the broker vouches for
+ * there: nobody can claim another client's id, and the device id in the payload is only believed
+ * once token and EK have been checked).
+ */
+const requestKey = (requester: string, requestId: string) => `${requester}\x00${requestId}`;
 const noopLogger: EnrollmentLogger = { info() {}, warn() {}, error() {} };
 
 export class EnrollmentService {
   readonly #o: EnrollmentServiceOptions;
   readonly #log: EnrollmentLogger;
   readonly #challenges = new Map<string, PendingChallenge>();
-  /** `<deviceId>\x00<enroll requestId>` → challengeId. */
+  /** `<client id>\x00<enroll requestId>` → challengeId. */
   readonly #byEnrollRequest = new Map<string, string>();
   readonly #inFlight = new Map<string, Promise<Reply>>();
 
@@ -119,31 +127,31 @@ export class EnrollmentService {
 
   /** Subscription filters this service needs. */
   filters(): string[] {
-    return [this.#o.topics.allDevices('enroll'), this.#o.topics.allDevices('enrollProof')];
+    return [this.#o.topics.allEnrollments('enroll'), this.#o.topics.allEnrollments('enrollProof')];
   }
 
   /** Handles one incoming message; undefined when the topic is not ours (nothing to answer). */
   async handle(topic: string, payload: Buffer): Promise<Reply | undefined> {
-    const parsed = this.#o.topics.parseDevice(topic);
+    const parsed = this.#o.topics.parseEnrollment(topic);
     if (!parsed || (parsed.topic !== 'enroll' && parsed.topic !== 'enrollProof')) return undefined;
-    const { deviceId } = parsed;
+    const { clientId } = parsed;
     const requestId = peekRequestId(payload);
-    const key = `${requestKey(deviceId, requestId)}\x00${parsed.topic}`;
+    const key = `${requestKey(clientId, requestId)}\x00${parsed.topic}`;
     const running = this.#inFlight.get(key);
     if (running) return running;
-    const work = this.#run(parsed.topic, deviceId, requestId, payload).finally(() => this.#inFlight.delete(key));
+    const work = this.#run(parsed.topic, clientId, requestId, payload).finally(() => this.#inFlight.delete(key));
     this.#inFlight.set(key, work);
     return work;
   }
 
-  async #run(kind: 'enroll' | 'enrollProof', deviceId: string, requestId: string, payload: Buffer): Promise<Reply> {
+  async #run(kind: 'enroll' | 'enrollProof', clientId: string, requestId: string, payload: Buffer): Promise<Reply> {
     const now = this.#o.clock.now();
     try {
-      return kind === 'enroll' ? await this.#enroll(deviceId, payload, now) : await this.#proof(deviceId, payload, now);
+      return kind === 'enroll' ? await this.#enroll(clientId, payload, now) : await this.#proof(clientId, payload, now);
     } catch (e) {
-      const rejection = this.#asRejection(e, { deviceId, kind, requestId });
+      const rejection = this.#asRejection(e, { clientId, kind, requestId });
       return {
-        topic: this.#o.topics.device(deviceId, 'enrollRejected'),
+        topic: this.#o.topics.enrollment(clientId, 'enrollRejected'),
         payload: encodeRejection(requestId, now, rejection.code, {
           message: REJECTION_CODES[rejection.code].message,
           ...(rejection.retryAfterSec === undefined ? {} : { retryAfterSec: rejection.retryAfterSec }),
@@ -174,26 +182,30 @@ export class EnrollmentService {
     return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: 5 });
   }
 
-  #rateLimit(deviceId: string): void {
-    const verdict = this.#o.limiter?.take(deviceId);
+  #rateLimit(key: string): void {
+    const verdict = this.#o.limiter?.take(key);
     if (verdict && !verdict.allowed) {
       throw new EnrollmentRejection('RATE_LIMITED', `rate limited (${verdict.scope})`, { retryAfterSec: verdict.retryAfterSec });
     }
   }
 
-  async #enroll(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
+  async #enroll(clientId: string, payload: Buffer, now: number): Promise<Reply> {
     const msg = decode('enroll', payload);
     const body: EnrollRequest = msg.body;
+    // Believed only once the token (or, re-attesting, the registered EK and AK) confirms it.
+    const deviceId = body.deviceId;
     const mode = body.mode ?? 'token';
     if (mode === 'token' && body.token === undefined) reject('BAD_REQUEST', 'enrollment needs a token');
     if (mode === 'reattest' && body.token !== undefined) reject('BAD_REQUEST', 'a re-attestation carries no token');
-    if (body.deviceId !== deviceId) reject('BAD_REQUEST', 'deviceId differs from the topic the broker authenticated');
-    this.#rateLimit(deviceId);
 
-    const existing = this.#challenges.get(this.#byEnrollRequest.get(requestKey(deviceId, msg.requestId)) ?? '');
-    if (existing && existing.deviceId === deviceId && existing.expiresAt > now) {
-      return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: existing.payload };
+    const existing = this.#challenges.get(this.#byEnrollRequest.get(requestKey(clientId, msg.requestId)) ?? '');
+    if (existing && existing.clientId === clientId && existing.expiresAt > now) {
+      return { topic: this.#o.topics.enrollment(clientId, 'enrollChallenge'), payload: existing.payload };
     }
+    // Keyed by what only the device has (its token; re-attesting, its EK), never by the device id a
+    // client can claim: junk requests under a device's id cost that device nothing (they land in their
+    // own buckets and the global one).
+    this.#rateLimit(body.token !== undefined ? `token:${hashEnrollmentToken(body.token)}` : `ek:${sha256Hex(body.ekPublic)}`);
 
     let tokenHash: string | undefined;
     let token: TokenRecord | undefined;
@@ -212,6 +224,7 @@ export class EnrollmentService {
     }
 
     const ek = parseWirePublic(body.ekPublic, 'EK_MISMATCH', 'EK public');
+    checkEkKind(body.ekKind, ek);
     let ekSpki: Buffer;
     try {
       ekSpki = publicToSpki(ek);
@@ -247,6 +260,7 @@ export class EnrollmentService {
     });
     this.#remember({
       challengeId,
+      clientId,
       deviceId,
       enrollRequestId: msg.requestId,
       mode,
@@ -261,7 +275,7 @@ export class EnrollmentService {
       payload: reply,
     }, now);
     this.#log.info({ deviceId, requestId: msg.requestId, challengeId, mode }, 'enrollment challenge issued');
-    return { topic: this.#o.topics.device(deviceId, 'enrollChallenge'), payload: reply };
+    return { topic: this.#o.topics.enrollment(clientId, 'enrollChallenge'), payload: reply };
   }
 
   /** One live challenge per device; expired ones are swept so memory stays bounded. */
@@ -271,26 +285,28 @@ export class EnrollmentService {
     }
     if (this.#challenges.size >= MAX_PENDING) reject('UNAVAILABLE', 'too many enrollments in progress');
     this.#challenges.set(c.challengeId, c);
-    this.#byEnrollRequest.set(requestKey(c.deviceId, c.enrollRequestId), c.challengeId);
+    this.#byEnrollRequest.set(requestKey(c.clientId, c.enrollRequestId), c.challengeId);
   }
 
   #forget(challengeId: string): void {
     const c = this.#challenges.get(challengeId);
     if (!c) return;
     this.#challenges.delete(challengeId);
-    this.#byEnrollRequest.delete(requestKey(c.deviceId, c.enrollRequestId));
+    this.#byEnrollRequest.delete(requestKey(c.clientId, c.enrollRequestId));
   }
 
-  async #proof(deviceId: string, payload: Buffer, now: number): Promise<Reply> {
+  async #proof(clientId: string, payload: Buffer, now: number): Promise<Reply> {
     const msg = decode('enrollProof', payload);
     const body: EnrollProof = msg.body;
-    const cached = this.#o.inventory.getResponse(deviceId, msg.requestId);
+    const cached = this.#o.inventory.getResponse(clientId, msg.requestId);
     if (cached) return { topic: cached.topic, payload: Buffer.from(cached.payload, 'base64') };
     // Not rate limited: only enroll is. A proof needs a live challenge from a (limited) enroll and burns
     // it; limiting both steps out of one bucket can starve an honest enrollment.
 
+    // Another client's challenge is unknown to this one (and is not burned by it).
     const c = this.#challenges.get(body.challengeId);
-    if (!c || c.deviceId !== deviceId) return reject('CHALLENGE_UNKNOWN', 'no such challenge for this device');
+    if (!c || c.clientId !== clientId) return reject('CHALLENGE_UNKNOWN', 'no such challenge for this client');
+    const { deviceId } = c;
     if (c.expiresAt <= now) {
       this.#forget(c.challengeId);
       reject('CHALLENGE_EXPIRED', 'challenge expired');
@@ -312,7 +328,7 @@ export class EnrollmentService {
     const decision = this.#o.policy.decide({ kind: 'enroll', device, manufacturer: c.manufacturer, now });
     if (!decision.allow) return reject('POLICY_DENIED', decision.reason);
 
-    const out = await this.#issue(deviceId, keySpki, decision.constraints, requestId, now);
+    const out = await this.#issue(c, keySpki, decision.constraints, requestId, now);
     const akName = objectName(c.ak).toString('hex');
     await this.#o.inventory.completeEnrollment({
       tokenHash: c.tokenHash!,
@@ -339,7 +355,7 @@ export class EnrollmentService {
     const decision = this.#o.policy.decide({ kind: 'reattest', device, manufacturer: c.manufacturer, now });
     if (!decision.allow) return reject('POLICY_DENIED', decision.reason);
 
-    const out = await this.#issue(deviceId, keySpki, decision.constraints, requestId, now);
+    const out = await this.#issue(c, keySpki, decision.constraints, requestId, now);
     await this.#o.inventory.completeReattestation({
       requestId,
       deviceId,
@@ -360,7 +376,8 @@ export class EnrollmentService {
   }
 
   /** Issues the certificate and builds the accepted reply and its inventory records (not yet written). */
-  async #issue(deviceId: string, keySpki: Buffer, constraints: IssuanceConstraints, requestId: string, now: number) {
+  async #issue(c: PendingChallenge, keySpki: Buffer, constraints: IssuanceConstraints, requestId: string, now: number) {
+    const { deviceId } = c;
     const issued = await this.#o.issuer.issue({
       deviceId,
       publicKeySpki: keySpki,
@@ -369,7 +386,7 @@ export class EnrollmentService {
       trustDomain: constraints.trustDomain,
     });
     const pem = toPem(issued.certificateDer, 'CERTIFICATE');
-    const topic = this.#o.topics.device(deviceId, 'enrollAccepted');
+    const topic = this.#o.topics.enrollment(c.clientId, 'enrollAccepted');
     const payload = encode('enrollAccepted', requestId, now, {
       deviceId,
       certificate: pem,
@@ -387,7 +404,7 @@ export class EnrollmentService {
       pem,
       keySpkiHash: sha256Hex(keySpki),
     };
-    const response: CachedResponse = { requestId, deviceId, topic, payload: payload.toString('base64'), storedAt: now };
+    const response: CachedResponse = { requestId, deviceId, requester: c.clientId, topic, payload: payload.toString('base64'), storedAt: now };
     return { certificate, response, reply: { topic, payload } satisfies Reply };
   }
 }

@@ -39,7 +39,7 @@ export interface Inventory {
    * requestId): one device's ids can never change another's answers. The newest RESPONSES_PER_DEVICE
    * per device are kept (older ones are pruned when a new one is stored).
    */
-  getResponse(deviceId: string, requestId: string): CachedResponse | undefined;
+  getResponse(requester: string, requestId: string): CachedResponse | undefined;
   putResponse(response: CachedResponse): Promise<void>;
 
   /**
@@ -213,6 +213,11 @@ export interface CertificateRecord {
 export interface CachedResponse {
   readonly requestId: string;
   readonly deviceId: string;
+  /**
+   * Who asked, when not the device itself on the mutual-TLS listener: the enrollment attempt's
+   * `enr-…` client id. The cache is keyed by (requester ?? deviceId, requestId).
+   */
+  readonly requester?: string;
   readonly topic: string;
   /** base64 of the exact payload sent. */
   readonly payload: string;

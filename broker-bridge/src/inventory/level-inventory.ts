@@ -92,7 +92,7 @@ export class LevelInventory implements Inventory {
     for (const c of this.#certs.values()) this.#indexCert(c);
     await this.#load(this.#responsesDb, this.#responses);
     const byAge = [...this.#responses.entries()].sort((x, y) => x[1].storedAt - y[1].storedAt);
-    for (const [key, r] of byAge) this.#responseKeysOf(r.deviceId).push(key);
+    for (const [key, r] of byAge) this.#responseKeysOf(r.requester ?? r.deviceId).push(key);
     for await (const [key, arrival] of this.#eventIdsDb.iterator() as AsyncIterable<[string, number]>) {
       const sep = key.indexOf(SEP);
       const idx = this.#eventIndexOf(key.slice(0, sep));
@@ -479,8 +479,9 @@ export class LevelInventory implements Inventory {
 
   /** Stores a response and prunes the device's oldest beyond RESPONSES_PER_DEVICE; `apply` after the batch. */
   #responseOps(response: CachedResponse): { ops: Op[]; apply: () => void } {
-    const key = responseKey(response.deviceId, response.requestId);
-    const keys = (this.#responseKeys.get(response.deviceId) ?? []).filter((k) => k !== key);
+    const requester = response.requester ?? response.deviceId;
+    const key = responseKey(requester, response.requestId);
+    const keys = (this.#responseKeys.get(requester) ?? []).filter((k) => k !== key);
     const drop = keys.slice(0, Math.max(0, keys.length + 1 - RESPONSES_PER_DEVICE));
     const ops: Op[] = [this.#put(this.#responsesDb, key, response), ...drop.map((k) => this.#del(this.#responsesDb, k))];
     return {
@@ -488,7 +489,7 @@ export class LevelInventory implements Inventory {
       apply: () => {
         for (const k of drop) this.#responses.delete(k);
         this.#responses.set(key, response);
-        this.#responseKeys.set(response.deviceId, [...keys.slice(drop.length), key]);
+        this.#responseKeys.set(requester, [...keys.slice(drop.length), key]);
       },
     };
   }

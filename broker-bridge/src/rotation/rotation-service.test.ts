@@ -104,7 +104,7 @@ describe('RotationService', () => {
   it('subscribes to the three rotation requests and ignores every other topic', async () => {
     const s = service();
     expect(s.filters()).toEqual(['fleet/v1/devices/+/rotate/begin', 'fleet/v1/devices/+/rotate/request', 'fleet/v1/devices/+/rotate/confirm']);
-    expect(await s.handle(topics.device('d1', 'enroll'), Buffer.from('{}'))).toBeUndefined();
+    expect(await s.handle(topics.enrollment(`enr-${'A'.repeat(22)}`, 'enroll'), Buffer.from('{}'))).toBeUndefined();
     expect(await s.handle('elsewhere/devices/d1/rotate/begin', Buffer.from('{}'))).toBeUndefined();
   });
 

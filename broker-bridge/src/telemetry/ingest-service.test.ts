@@ -230,7 +230,7 @@ describe('IngestService', () => {
   });
 
   it('ignores topics that are not status or events', async () => {
-    expect(await ingest.handle(topics.device('dev-a', 'enroll'), Buffer.from('{}'))).toBeUndefined();
+    expect(await ingest.handle(topics.enrollment(`enr-${'A'.repeat(22)}`, 'enroll'), Buffer.from('{}'))).toBeUndefined();
     expect(await ingest.handle('elsewhere/dev-a/events', Buffer.from('{}'))).toBeUndefined();
     expect(log.lines.filter((l) => l.level === 'warn')).toEqual([]);
   });
