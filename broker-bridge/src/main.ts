@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util';
 import pino from 'pino';
 import { systemClock } from '../../common/clock.js';
 import { Topics } from '../../common/protocol/topics.js';
-import { array, int, object, optional, parseMessage, str } from '../../common/protocol/schema.js';
+import { array, int, object, oneOf, optional, parseMessage, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { generateMosquittoConfig } from './broker/mosquitto-config.js';
@@ -46,6 +46,10 @@ const configSchema = object({
   issuingKey: optional(str({ max: 512 })),
   pkcs11: optional(object({ module: str({ max: 512 }), tokenLabel: str({ max: 64 }), pinEnv: str({ max: 64 }), keyLabel: optional(str({ max: 64 })) })),
   manufacturerRoots: array(str({ max: 512 }), { min: 1, max: 64 }),
+  /** TPM vendors' intermediate CA files (PEM): path elements, never trust anchors. */
+  manufacturerIntermediates: optional(array(str({ max: 512 }), { max: 256 })),
+  /** 'ignore-expiry' (default) or 'strict' (see native/lib/ek-certificate.ts). */
+  ekValidity: optional(oneOf(['ignore-expiry', 'strict'] as const)),
   certificateLifetimeSec: optional(int({ min: 3600, max: 366 * 86_400 })),
   sharedGroup: optional(str({ max: 64, pattern: /^[A-Za-z0-9_-]+$/ })),
   /** MQTT client id of the bridge's persistent session; stable across restarts. Default `role:bridge`. */
@@ -170,7 +174,12 @@ async function main(): Promise<void> {
       };
       // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
       const limiter = () => new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock });
-      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: { roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')) } });
+      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: {
+          roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')),
+          intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readFileSync(p, 'utf8')),
+          ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
+        },
+      });
       const rotation = new RotationService({ ...common, limiter: limiter() });
       const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
       const transport = new MqttTransport({
