@@ -215,7 +215,11 @@ export class Agent {
     this.#error = undefined;
     this.#set('starting');
     this.#loop = this.#open().then(
-      () => this.#supervise(abort.signal),
+      // The loop ends by throwing AGENT_STOPPED out of a wait when stop() aborts it; nothing else escapes it.
+      () =>
+        this.#supervise(abort.signal).catch((e: unknown) => {
+          if (!abort.signal.aborted) this.#log('error', 'supervisor ended unexpectedly', { code: isCodedError(e) ? e.code : undefined, err: (e as Error).message });
+        }),
       async (e: unknown) => {
         // Could not open the store or the TPM: nothing runs, the caller decides (the CLI exits 1 so a
         // service manager restarts it, e.g. a TPM not ready yet at boot).
@@ -403,9 +407,8 @@ export class Agent {
     // 4. Connected with it; after a rollback, tell the bridge to retire the refused certificate.
     if (!(await this.#connect(signal))) return;
     if (this.#retire) await this.#confirmSerial(this.#retire, signal);
-    // 5. Rotation when due (or asked), not before a failed one's backoff ran out.
-    // Asked for, due by time, or left half-done; after a failure not before its backoff ran out
-    // (rotateNow() clears that).
+    // 5. Rotation when asked, due by time, or left half-done; after a failure not before its backoff
+    // ran out (rotateNow() clears that).
     const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
     if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
     // 6. Nothing to do until the next decision.

@@ -9,7 +9,7 @@ import { Backoff, throwIfAborted, type Sleep } from './backoff.js';
 import { enrollAddressing, exchange, type Answer as ExchangeAnswer, type Link } from './exchange.js';
 import type { BootstrapConfig } from './config.js';
 import { buildTpmCsr } from './csr.js';
-import { checkIssuedCertificate } from './issued-certificate.js';
+import { acceptIssued } from './issued-certificate.js';
 import { reactionTo } from './policy.js';
 import { countSignatures } from './signature-counter.js';
 import type { AgentStore, IdentitySlot, PendingEnrollment, SentEnvelope, SlotName, StoredBlobs } from './store.js';
@@ -338,25 +338,14 @@ class EnrollmentRun {
   async #finish(p: PendingEnrollment, body: EnrollAccepted, resumed: boolean): Promise<EnrollmentResult> {
     const { config, clock } = this.#d;
     const key = this.#key!;
-    const validity = checkIssuedCertificate({
-      certificate: body.certificate,
-      chain: body.chain,
-      trustBundle: this.#d.trustBundle ?? config.trustBundle,
+    const identity = acceptIssued({
+      body,
+      key: p.key,
       keySpki: key.spki,
+      trustBundle: this.#d.trustBundle ?? config.trustBundle,
       deviceId: config.deviceId,
-      serial: body.serial,
       now: clock.now(),
     });
-    const identity: IdentitySlot = {
-      key: p.key,
-      certificate: body.certificate,
-      chain: body.chain,
-      serial: body.serial,
-      // From the certificate itself, not from the message around it.
-      notBefore: validity.notBefore,
-      notAfter: validity.notAfter,
-      issuedAt: clock.now(),
-    };
     await this.#d.onIssued?.(identity, p.slot);
     await this.#d.store.completeEnrollment(p.slot, identity, body.trustBundle, this.#d.retire);
     this.#log(this.#mode === 'reattest' ? 're-attested' : 'enrolled', { slot: p.slot, serial: body.serial, notAfter: new Date(body.notAfter).toISOString() });

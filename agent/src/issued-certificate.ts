@@ -1,5 +1,6 @@
 import { X509Certificate } from 'node:crypto';
 import { CodedError } from '../../common/coded-error.js';
+import type { IdentitySlot, StoredBlobs } from './store.js';
 
 /**
  * Checks a certificate the fleet issued before the agent stores and uses it: it must certify exactly
@@ -50,4 +51,37 @@ export function checkIssuedCertificate(opts: {
     cur = next;
   }
   return fail('it does not chain to the trust bundle');
+}
+
+/**
+ * The identity to store for an accepted certificate (enrollment, re-attestation or rotation), after
+ * checkIssuedCertificate: validity from the certificate itself, not from the message around it.
+ */
+export function acceptIssued(opts: {
+  readonly body: { readonly certificate: string; readonly chain: readonly string[]; readonly serial: string };
+  readonly key: StoredBlobs;
+  readonly keySpki: Buffer;
+  readonly trustBundle: readonly string[];
+  readonly deviceId: string;
+  readonly now: number;
+}): IdentitySlot {
+  const { body } = opts;
+  const validity = checkIssuedCertificate({
+    certificate: body.certificate,
+    chain: body.chain,
+    trustBundle: opts.trustBundle,
+    keySpki: opts.keySpki,
+    deviceId: opts.deviceId,
+    serial: body.serial,
+    now: opts.now,
+  });
+  return {
+    key: opts.key,
+    certificate: body.certificate,
+    chain: body.chain,
+    serial: body.serial,
+    notBefore: validity.notBefore,
+    notAfter: validity.notAfter,
+    issuedAt: opts.now,
+  };
 }

@@ -9,7 +9,7 @@ import { throwIfAborted, type Backoff, type Sleep } from './backoff.js';
 import { buildTpmCsr } from './csr.js';
 import { fromStored, toStored } from './enrollment.js';
 import { deviceAddressing, exchange, type Link } from './exchange.js';
-import { checkIssuedCertificate } from './issued-certificate.js';
+import { acceptIssued } from './issued-certificate.js';
 import { reactionTo, type Reaction } from './policy.js';
 import type { ActiveIdentity, AgentStore, IdentitySlot, PendingRotation, SentEnvelope, StoredAk } from './store.js';
 
@@ -101,24 +101,7 @@ export async function requestRotation(d: RotationDeps, current: ActiveIdentity, 
         continue;
       }
       const body = decode('rotateAccepted', a.payload).body;
-      const validity = checkIssuedCertificate({
-        certificate: body.certificate,
-        chain: body.chain,
-        trustBundle: d.trustBundle,
-        keySpki: key.spki,
-        deviceId: d.deviceId,
-        serial: body.serial,
-        now: d.clock.now(),
-      });
-      const identity: IdentitySlot = {
-        key: p.key,
-        certificate: body.certificate,
-        chain: body.chain,
-        serial: body.serial,
-        notBefore: validity.notBefore,
-        notAfter: validity.notAfter,
-        issuedAt: d.clock.now(),
-      };
+      const identity = acceptIssued({ body, key: p.key, keySpki: key.spki, trustBundle: d.trustBundle, deviceId: d.deviceId, now: d.clock.now() });
       const next = await d.store.rotationIssued(p, identity);
       d.log('rotation certificate issued', { slot: p.slot, serial: body.serial });
       return { kind: 'issued', pending: next, identity };
