@@ -393,13 +393,8 @@ describe('EmbeddedFleet wiring (real mosquitto)', () => {
     dir = mkdtempSync(join(tmpdir(), 'fleet-wiring-'));
     fleet = await EmbeddedFleet.start({ dir, clock: systemClock, trustDomain: 'test.fleet', ekTrust: { roots: [] }, logger: log.logger, bridgeReconnectMs: 50 });
     await fleet.inventory.registerDevice({ deviceId: 'dev-a', ekPublicHash: 'ab'.repeat(32), ekCertificate: 'AAAA', ekKind: 'ecc', metadata: {}, registeredAt: Date.now() });
-    devTls = await issueServiceCertificate({
-      rootCertPem: fleet.ca.rootCertificatePem,
-      rootKeyPem: readFileSync(fleet.ca.files.rootKey!, 'utf8'),
-      commonName: 'dev-a',
-      usage: 'client',
-      clock: systemClock,
-    });
+    // From the issuing CA, as every fleet client certificate: with crlfile set the broker refuses others.
+    devTls = await fleet.clientCertificate('dev-a');
   });
   afterAll(async () => {
     await fleet?.stop();

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { CodedError } from '../../common/coded-error.js';
 import { join } from 'node:path';
 import type { Clock } from '../../common/clock.js';
 import { Topics } from '../../common/protocol/topics.js';
@@ -9,6 +9,10 @@ import { EmbeddedBroker } from './broker/embedded-broker.js';
 import { BRIDGE_IDENTITY } from './broker/mosquitto-config.js';
 import { issueServiceCertificate } from './broker/service-cert.js';
 import { createCa, type BackendSpec, type CaMaterial } from './ca/ca-setup.js';
+import { CrlSigner } from './ca/crl.js';
+import { FileBrokerEnforcement } from './revocation/broker-enforcement.js';
+import { OperatorRevokeHandler } from './revocation/operator-handler.js';
+import { RevocationService, type RevocationResult } from './revocation/revocation-service.js';
 import { CertificateIssuer } from './ca/issuer.js';
 import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
@@ -54,25 +58,41 @@ export interface EmbeddedFleetOptions {
    * their client certificates. Default `role:auditor:watch`.
    */
   readonly auditorIdentities?: readonly string[];
+  /** Operators (`role:operator:<id>`) allowed to send revoke commands; `clientCertificate(id)` issues theirs. Default `role:operator:ops`. */
+  readonly operatorIdentities?: readonly string[];
+  /** CRL nextUpdate − thisUpdate. Default 24 h. */
+  readonly crlNextUpdateSec?: number;
 }
 
 const DEFAULT_RATE = { perDevice: { ratePerSec: 1, burst: 10 }, global: { ratePerSec: 500, burst: 1000 } } as const;
 
 export const DEFAULT_AUDITOR = 'role:auditor:watch';
+export const DEFAULT_OPERATOR = 'role:operator:ops';
 
 export class EmbeddedFleet {
   readonly topics: Topics;
   readonly ca: CaMaterial;
   readonly broker: EmbeddedBroker;
   readonly inventory: LevelInventory;
+  /** CRLs, broker enforcement and the retained CRL topic; `revokeDevice()` is the short way in. */
+  readonly revocation: RevocationService;
   /** PEM roots devices trust (the fleet root; the broker's server certificate chains to it). */
   readonly trustBundle: string[];
   readonly #o: EmbeddedFleetOptions;
   readonly #bridgeTls: { certPem: string; keyPem: string };
   #bridge: Bridge | undefined;
+  #transport: MqttTransport | undefined;
   #issuer: CertificateIssuer;
 
-  private constructor(o: EmbeddedFleetOptions, ca: CaMaterial, broker: EmbeddedBroker, inventory: LevelInventory, bridgeTls: { certPem: string; keyPem: string }) {
+  private constructor(
+    o: EmbeddedFleetOptions,
+    ca: CaMaterial,
+    broker: EmbeddedBroker,
+    inventory: LevelInventory,
+    bridgeTls: { certPem: string; keyPem: string },
+    revocation: RevocationService,
+  ) {
+    this.revocation = revocation;
     this.#o = o;
     this.topics = new Topics(o.baseTopic ?? 'fleet/v1');
     this.ca = ca;
@@ -93,21 +113,40 @@ export class EmbeddedFleet {
       backend: o.caBackend ?? { kind: 'file', keyPath: join(o.dir, 'ca', 'issuing-key.pem') },
       keepRootKey: true,
     });
-    const rootKeyPem = readFileSync(ca.files.rootKey!, 'utf8');
+    // Every certificate on the mutual-TLS listener comes from the issuing CA: with `crlfile` set, the
+    // broker needs a CRL for the issuer of each client certificate, and the fleet publishes only the
+    // issuing CA's. The root signs nothing but the issuing CA.
     const service = (commonName: string, usage: 'server' | 'client', hosts?: string[]) =>
-      issueServiceCertificate({ rootCertPem: ca.rootCertificatePem, rootKeyPem, commonName, usage, clock: o.clock, ...(hosts ? { hosts } : {}) });
+      issueServiceCertificate({ issuingCertPem: ca.issuingCertificatePem, backend: ca.backend, commonName, usage, clock: o.clock, ...(hosts ? { hosts } : {}) });
     const [server, bridgeTls] = await Promise.all([service('fleet-broker', 'server', ['127.0.0.1', 'localhost']), service(BRIDGE_IDENTITY, 'client')]);
-    const broker = await EmbeddedBroker.start({
+    const inventory = new LevelInventory(join(o.dir, 'inventory'));
+    await inventory.open();
+    const topics = new Topics(o.baseTopic ?? 'fleet/v1');
+    let broker: EmbeddedBroker | undefined;
+    let fleet: EmbeddedFleet | undefined;
+    const revocation = new RevocationService({
+      inventory,
+      crlSigner: new CrlSigner({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock }),
+      clock: o.clock,
+      stateFile: join(o.dir, 'ca', 'crl-state.json'),
+      // Until the broker runs there is nothing to tell: it starts with the current CRL.
+      enforcement: { apply: (s) => (broker ? new FileBrokerEnforcement({ crlFile: broker.crlFile!, deviceAclFile: broker.deviceAclFile, pid: () => broker!.pid }).apply(s) : Promise.resolve()) },
+      publish: (payload) => (fleet ? fleet.#publishCrl(payload) : Promise.reject(new CodedError('BRIDGE_STOPPED', 'the bridge is not running'))),
+      ...(o.crlNextUpdateSec === undefined ? {} : { nextUpdateSec: o.crlNextUpdateSec }),
+      ...(o.logger ? { logger: o.logger } : {}),
+    });
+    await revocation.start({ publish: false }); // the bridge publishes it once connected
+    broker = await EmbeddedBroker.start({
       dir: join(o.dir, 'broker'),
-      baseTopic: o.baseTopic ?? 'fleet/v1',
+      baseTopic: topics.base,
       serverCertPem: server.certPem,
       serverKeyPem: server.keyPem,
       clientCaPem: ca.chainPem,
+      crlPem: revocation.currentPem!,
       auditorIdentities: o.auditorIdentities ?? [DEFAULT_AUDITOR],
+      operatorIdentities: o.operatorIdentities ?? [DEFAULT_OPERATOR],
     });
-    const inventory = new LevelInventory(join(o.dir, 'inventory'));
-    await inventory.open();
-    const fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls);
+    fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls, revocation);
     await fleet.startBridge();
     return fleet;
   }
@@ -146,10 +185,11 @@ export class EmbeddedFleet {
       tls: { ca: this.ca.rootCertificatePem, cert: this.#bridgeTls.certPem, key: this.#bridgeTls.keyPem },
       ...(o.logger ? { onError: (err) => o.logger!.error({ code: err.code, ...err.details }, err.message) } : {}),
     });
+    const operator = new OperatorRevokeHandler({ topics: this.topics, revocation: this.revocation });
     const bridge = new Bridge({
       transport,
       topics: this.topics,
-      handlers: [enrollment, rotation, ingest],
+      handlers: [enrollment, rotation, ingest, operator],
       trustBundlePems: this.trustBundle,
       connectRetryMs: o.bridgeReconnectMs ?? 250,
       ...logger,
@@ -162,21 +202,38 @@ export class EmbeddedFleet {
       await bridge.stop();
       throw e;
     }
+    this.#transport = transport;
+    // Publishes the CRL retained (not done while the bridge was away); never holds up the start.
+    void this.revocation.tick().catch(() => undefined);
+  }
+
+  /**
+   * Revokes a device (inventory, new CRL, broker files + SIGHUP, CRL published): from then on its
+   * certificates are refused and its open session has no rights.
+   */
+  revokeDevice(deviceId: string, reason: string): Promise<RevocationResult> {
+    return this.revocation.revokeDevice(deviceId, reason);
+  }
+
+  async #publishCrl(payload: Buffer): Promise<void> {
+    const t = this.#transport;
+    if (!t) throw new CodedError('BRIDGE_STOPPED', 'the bridge is not running');
+    await t.publish(this.topics.fleet('crl'), payload, { qos: 1, retain: true });
   }
 
   /** Stops the bridge; its broker session (and the messages queued for it) stays. */
   /**
-   * A client certificate (and key) for a role or device CN, from the fleet root, for observers and tests.
+   * A client certificate (and key) for a role or device CN, from the issuing CA, for observers and tests.
    * The broker names each mutual-TLS session by its CN: two clients with one CN take over each other.
    */
-  async clientCertificate(commonName: string): Promise<{ certPem: string; keyPem: string }> {
-    const rootKeyPem = readFileSync(this.ca.files.rootKey!, 'utf8');
-    return issueServiceCertificate({ rootCertPem: this.ca.rootCertificatePem, rootKeyPem, commonName, usage: 'client', clock: this.#o.clock });
+  async clientCertificate(commonName: string): Promise<{ certPem: string; keyPem: string; serialNumber: string }> {
+    return issueServiceCertificate({ issuingCertPem: this.ca.issuingCertificatePem, backend: this.ca.backend, commonName, usage: 'client', clock: this.#o.clock });
   }
 
   async stopBridge(): Promise<void> {
     const b = this.#bridge;
     this.#bridge = undefined;
+    this.#transport = undefined;
     await b?.stop();
   }
 
@@ -201,6 +258,7 @@ export class EmbeddedFleet {
   }
 
   async stop(): Promise<void> {
+    await this.revocation.stop();
     await this.stopBridge();
     await this.broker.stop();
     await this.inventory.close();

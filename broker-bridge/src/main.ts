@@ -6,6 +6,11 @@
  *   bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F
  *                        --client-ca F --persistence-dir DIR [--base-topic fleet/v1] [--station ID]... [--operator ID]...
  *   bridge run --config bridge.json
+ *   bridge revoke --config bridge.json (--device ID | --serial HEX) --reason R
+ *     Offline: needs the inventory, so only while `bridge run` is stopped (LevelDB allows one process;
+ *     with the bridge running it fails with REVOCATION_BRIDGE_RUNNING: use the operator MQTT command
+ *     `<base>/operators/<id>/commands/revoke` instead). Signs the new CRL, writes the broker's CRL and
+ *     ACL files and signals mosquitto (`broker` in bridge.json); the next `bridge run` publishes the CRL.
  * Logs JSON lines to stdout.
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -24,6 +29,10 @@ import { EnrollmentService } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy } from './enrollment/policy.js';
 import { RateLimiter } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
+import { CrlSigner } from './ca/crl.js';
+import { FileBrokerEnforcement } from './revocation/broker-enforcement.js';
+import { OperatorRevokeHandler } from './revocation/operator-handler.js';
+import { RevocationService } from './revocation/revocation-service.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 
@@ -55,7 +64,29 @@ const configSchema = object({
   /** MQTT client id of the bridge's persistent session; stable across restarts. Default `role:bridge`. */
   /** Must start with `enr-` (the broker renames it to the certificate CN). */
   clientId: optional(str({ max: 64, pattern: /^enr-[A-Za-z0-9._-]+$/ })),
+  /**
+   * The broker's files on this host, for revocation: `crlFile` and `deviceAclFile` as in the generated
+   * mosquitto.conf (`broker-config --crl-file`), `pidFile` where mosquitto's pid is (mosquitto.conf
+   * `pid_file`, or the service manager's): the bridge rewrites both files and sends SIGHUP. Without
+   * it the CRL is still signed and published, but the broker does not enforce it.
+   */
+  broker: optional(object({ crlFile: str({ max: 512 }), deviceAclFile: str({ max: 512 }), pidFile: optional(str({ max: 512 })) })),
+  /** CRL nextUpdate − thisUpdate (default 24 h); a new CRL is signed when a quarter of it is left. */
+  crlNextUpdateSec: optional(int({ min: 300, max: 30 * 86_400 })),
 });
+
+function revocationService(cfg: ReturnType<typeof configSchema.parse>, backend: Awaited<ReturnType<typeof openBackend>>, inventory: LevelInventory, publish?: (p: Buffer) => Promise<void>): RevocationService {
+  return new RevocationService({
+    inventory,
+    crlSigner: new CrlSigner({ backend, issuingCertificate: readFileSync(join(cfg.caDir, 'issuing.pem')), clock: systemClock }),
+    clock: systemClock,
+    stateFile: join(cfg.dataDir, 'crl-state.json'),
+    ...(cfg.broker ? { enforcement: new FileBrokerEnforcement({ crlFile: cfg.broker.crlFile, deviceAclFile: cfg.broker.deviceAclFile, ...(cfg.broker.pidFile ? { pidFile: cfg.broker.pidFile } : {}) }) } : {}),
+    ...(publish ? { publish } : {}),
+    ...(cfg.crlNextUpdateSec ? { nextUpdateSec: cfg.crlNextUpdateSec } : {}),
+    logger,
+  });
+}
 
 function backendSpec(dir: string, o: { issuingKey?: string; pkcs11?: { module: string; tokenLabel: string; pinEnv: string; keyLabel?: string } }): BackendSpec {
   if (o.pkcs11) {
@@ -93,6 +124,10 @@ async function main(): Promise<void> {
       operator: { type: 'string', multiple: true },
       config: { type: 'string' },
       'persistence-dir': { type: 'string' },
+      'crl-file': { type: 'string' },
+      device: { type: 'string' },
+      serial: { type: 'string' },
+      reason: { type: 'string' },
     },
   });
   const need = (k: keyof typeof v) => (v[k] as string | undefined) ?? fail(`--${k} is required`);
@@ -145,6 +180,7 @@ async function main(): Promise<void> {
         enrollAclFile: join(out, 'enroll.acl'),
         deviceAclFile: join(out, 'device.acl'),
         persistenceDir: resolve(need('persistence-dir')),
+        ...(v['crl-file'] ? { crlFile: resolve(v['crl-file']) } : {}),
         stationIdentities: v.station ?? [],
         operatorIdentities: v.operator ?? [],
       });
@@ -189,10 +225,15 @@ async function main(): Promise<void> {
         tls: { ca: root, cert: readFileSync(cfg.bridgeCert, 'utf8'), key: readFileSync(cfg.bridgeKey, 'utf8') },
         logger,
       });
+      const revocation = revocationService(cfg, backend, inventory, (p) =>
+        transport.connected ? transport.publish(topics.fleet('crl'), p, { qos: 1, retain: true }) : Promise.reject(new Error('not connected')),
+      );
+      // Before the broker connection: mosquitto cannot start without the CRL file this writes.
+      await revocation.start({ publish: false });
       const bridge = new Bridge({
         transport,
         topics,
-        handlers: [enrollment, rotation, ingest],
+        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation })],
         trustBundlePems: [root],
         logger,
         ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),
@@ -200,6 +241,7 @@ async function main(): Promise<void> {
       let stopping = false;
       const stop = async () => {
         stopping = true;
+        await revocation.stop();
         await bridge.stop();
         await inventory.close();
         await backend.close();
@@ -214,11 +256,50 @@ async function main(): Promise<void> {
         if (stopping) return;
         throw e;
       }
+      // Publishes the CRL now that the bridge is connected; then a new CRL before each nextUpdate and
+      // retries of anything that failed.
+      await revocation.tick();
+      revocation.startTimer(60_000);
       logger.info({ broker: cfg.brokerUrl }, 'bridge running');
       return;
     }
+    case 'revoke': {
+      const cfg = parseMessage(readFileSync(need('config')), configSchema, 64 * 1024);
+      const reason = need('reason');
+      if ((v.device === undefined) === (v.serial === undefined)) fail('give exactly one of --device and --serial');
+      const inventory = new LevelInventory(join(cfg.dataDir, 'inventory'));
+      try {
+        await inventory.open();
+      } catch (e) {
+        const locked = /lock/i.test(String((e as Error).message) + String(((e as { cause?: Error }).cause)?.message ?? ''));
+        if (locked) {
+          process.stderr.write(
+            'bridge: REVOCATION_BRIDGE_RUNNING: the inventory is locked by a running bridge; stop it, or send the operator command <base>/operators/<id>/commands/revoke\n',
+          );
+          process.exit(3);
+        }
+        throw e;
+      }
+      const backend = await openBackend(backendSpec(cfg.caDir, cfg), 'find');
+      const revocation = revocationService(cfg, backend, inventory);
+      try {
+        await revocation.start();
+        const r = v.device !== undefined ? await revocation.revokeDevice(v.device, reason) : await revocation.revokeSerial(v.serial!, reason);
+        logger.info({ serials: r.serials, crlNumber: r.crlNumber.toString(), enforced: r.enforced }, 'revoked');
+        if (cfg.broker && !r.enforced) process.exitCode = 4;
+      } catch (e) {
+        const c = e as { code?: string; message?: string };
+        process.stderr.write(`bridge: ${c.code ?? 'INTERNAL'}: ${c.message ?? String(e)}\n`);
+        process.exitCode = 2;
+      } finally {
+        await revocation.stop();
+        await inventory.close();
+        await backend.close();
+      }
+      return;
+    }
     default:
-      fail(`unknown command "${argv.join(' ')}"; commands: ca init, ca import, broker-config, run`);
+      fail(`unknown command "${argv.join(' ')}"; commands: ca init, ca import, broker-config, run, revoke`);
   }
 }
 

@@ -63,6 +63,7 @@ const isEnrollKind = (k: string): k is EnrollTopic => Object.hasOwn(ENROLL_TOPIC
 /** Fleet-wide retained topics, read-only for devices. */
 export const FLEET_TOPICS = {
   trustBundle: 'trust-bundle',
+  crl: 'crl', // bridge → devices, retained: the issuing CA's current CRL
 } as const;
 
 export class Topics {

@@ -28,6 +28,11 @@ export interface EmbeddedBrokerOptions {
   readonly persistenceDir?: string;
   /** Seconds between database saves; default 30 (mosquitto also saves on SIGTERM). */
   readonly autosaveIntervalSec?: number;
+  /**
+   * The issuing CA's first CRL (PEM): written to `dir/crl.pem` and set as the device listener's
+   * `crlfile`. Replace it (atomically) and call `reload()` to make mosquitto read it again.
+   */
+  readonly crlPem?: string;
 }
 
 const MOSQUITTO = existsSync('/usr/sbin/mosquitto') ? '/usr/sbin/mosquitto' : 'mosquitto';
@@ -37,13 +42,19 @@ export class EmbeddedBroker {
   readonly devicePort: number;
   readonly dir: string;
   readonly persistenceDir: string;
+  /** The device listener's ACL file; the revocation service rewrites its revoked-identities section. */
+  readonly deviceAclFile: string;
+  /** The device listener's `crlfile`, when started with `crlPem`. */
+  readonly crlFile: string | undefined;
   readonly #confPath: string;
   #proc: ManagedProcess | undefined;
   /** Serializes stop/start calls so an overlapping restart never runs two brokers on one port. */
   #lifecycle: Promise<unknown> = Promise.resolve();
 
-  private constructor(dir: string, enrollPort: number, devicePort: number, persistenceDir: string, confPath: string) {
+  private constructor(dir: string, enrollPort: number, devicePort: number, persistenceDir: string, confPath: string, crlFile: string | undefined) {
     this.dir = dir;
+    this.deviceAclFile = join(dir, 'device.acl');
+    this.crlFile = crlFile;
     this.enrollPort = enrollPort;
     this.devicePort = devicePort;
     this.persistenceDir = persistenceDir;
@@ -82,6 +93,7 @@ export class EmbeddedBroker {
       serverKeyFile: file('server-key.pem', opts.serverKeyPem, 0o600),
       clientCaFile: file('client-ca.pem', opts.clientCaPem),
     };
+    const crlFile = opts.crlPem === undefined ? undefined : file('crl.pem', opts.crlPem);
     const enrollAclFile = join(opts.dir, 'enroll.acl');
     const deviceAclFile = join(opts.dir, 'device.acl');
     const { conf, enrollAcl, deviceAcl } = generateMosquittoConfig({
@@ -92,6 +104,7 @@ export class EmbeddedBroker {
       enrollAclFile,
       deviceAclFile,
       persistenceDir,
+      ...(crlFile ? { crlFile } : {}),
       ...(opts.autosaveIntervalSec === undefined ? {} : { autosaveIntervalSec: opts.autosaveIntervalSec }),
       ...(opts.stationIdentities ? { stationIdentities: opts.stationIdentities } : {}),
       ...(opts.operatorIdentities ? { operatorIdentities: opts.operatorIdentities } : {}),
@@ -104,7 +117,7 @@ export class EmbeddedBroker {
     file('enroll.acl', enrollAcl);
     file('device.acl', deviceAcl);
     const confPath = file('mosquitto.conf', conf);
-    const broker = new EmbeddedBroker(opts.dir, enrollPort, devicePort, persistenceDir, confPath);
+    const broker = new EmbeddedBroker(opts.dir, enrollPort, devicePort, persistenceDir, confPath, crlFile);
     await broker.startAgain();
     return broker;
   }
@@ -140,6 +153,22 @@ export class EmbeddedBroker {
       // Waits for the exit (the process is already dying; the SIGTERM it may still get is moot).
       await proc.stop();
     });
+  }
+
+  /**
+   * SIGHUP: mosquitto rereads the ACL files and the CRL file (new handshakes; ACLs apply to open
+   * sessions from the next delivery on). Returns false when the broker is not running (it reads both
+   * files when it starts again).
+   */
+  reload(): boolean {
+    const pid = this.pid;
+    if (pid === undefined) return false;
+    try {
+      process.kill(pid, 'SIGHUP');
+      return true;
+    } catch {
+      return false; // ESRCH: it exited meanwhile
+    }
   }
 
   /** A clean restart: `stop()` then `startAgain()`. */

@@ -54,6 +54,15 @@ export interface MosquittoConfigInput {
   readonly autosaveIntervalSec?: number;
   /** Per-client queue of QoS1 messages (in flight + waiting). Default `DEFAULT_MAX_QUEUED_MESSAGES`. */
   readonly maxQueuedMessages?: number;
+  /**
+   * The issuing CA's CRL (PEM) for the mutual-TLS listener (`crlfile`). The file must exist before
+   * mosquitto starts (an empty CRL from the revocation service will do). With it set, every client
+   * certificate must come from a CA with a CRL in the file: the fleet issues every certificate on this
+   * listener from the issuing CA. mosquitto rereads it on SIGHUP (new handshakes only).
+   */
+  readonly crlFile?: string;
+  /** Identities (CNs) with no rights at all on the device listener; see `withRevokedIdentities`. */
+  readonly revokedIdentities?: readonly string[];
 }
 
 /**
@@ -85,7 +94,7 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
       throw new CodedError('BROKER_CONFIG_INVALID', `invalid listener ${l.host}:${l.port}`);
     }
   }
-  const files = [input.tls.serverCertFile, input.tls.serverKeyFile, input.tls.clientCaFile, input.enrollAclFile, input.deviceAclFile, input.logFile ?? '-'];
+  const files = [input.tls.serverCertFile, input.tls.serverKeyFile, input.tls.clientCaFile, input.enrollAclFile, input.deviceAclFile, input.logFile ?? '-', input.crlFile ?? '-'];
   if (!files.every((f) => PATH.test(f))) throw new CodedError('BROKER_CONFIG_INVALID', 'file paths must be single-line');
   if (!PERSISTENCE_DIR.test(input.persistenceDir)) {
     throw new CodedError('BROKER_CONFIG_INVALID', `persistence directory ${JSON.stringify(input.persistenceDir)} must be an absolute single-line path without spaces`);
@@ -133,6 +142,7 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     ...tls,
     `cafile ${input.tls.clientCaFile}`,
     'require_certificate true',
+    ...(input.crlFile ? [`crlfile ${input.crlFile}`] : []),
     'use_identity_as_username true',
     'use_username_as_clientid true',
     'allow_anonymous false',
@@ -159,7 +169,14 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     `topic readwrite ${topics.base}/#`,
     '',
     ...(input.stationIdentities ?? []).flatMap((s) => [`user ${s}`, `topic read ${topics.base}/${FLEET_TOPICS.trustBundle}`, '']),
-    ...(input.operatorIdentities ?? []).flatMap((o) => [`user ${o}`, `topic read ${topics.base}/devices/+/${DEVICE_TOPICS.status}`, '']),
+    ...(input.operatorIdentities ?? []).flatMap((o) => [
+      `user ${o}`,
+      `topic read ${topics.base}/devices/+/${DEVICE_TOPICS.status}`,
+      // Operator commands (revocation): each operator only its own command and reply topics.
+      `topic write ${topics.base}/operators/${o.split(':')[2] ?? '-'}/commands/+`,
+      `topic read ${topics.base}/operators/${o.split(':')[2] ?? '-'}/commands/+/reply`,
+      '',
+    ]),
     ...(input.auditorIdentities ?? []).flatMap((a) => [`user ${a}`, `topic read ${topics.base}/#`, '']),
     '# Patterns apply to every client: a device (username = its id) uses only its own topics.',
     `pattern readwrite ${dev(DEVICE_TOPICS.status)}`,
@@ -173,7 +190,33 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     `pattern read ${dev(DEVICE_TOPICS.rotateConfirmed)}`,
     `pattern read ${dev(DEVICE_TOPICS.rotateRejected)}`,
     `pattern read ${topics.base}/${FLEET_TOPICS.trustBundle}`,
+    `pattern read ${topics.fleet('crl')}`,
+    '',
+    REVOKED_BEGIN,
+    REVOKED_END,
     '',
   ].join('\n');
-  return { conf, enrollAcl, deviceAcl };
+  return { conf, enrollAcl, deviceAcl: withRevokedIdentities(deviceAcl, input.revokedIdentities ?? []) };
+}
+
+const REVOKED_BEGIN = '# BEGIN revoked identities (rewritten by the revocation service)';
+const REVOKED_END = '# END revoked identities';
+
+/**
+ * The device ACL with `ids` stripped of every right: a `user <id>` entry with `topic deny #`. mosquitto
+ * checks a client's own entries before the `pattern` lines and an explicit deny there ends the check
+ * (verified with mosquitto 2.0.11 and an independent client: test/revocation). The ACL is checked on
+ * every delivery and reread on SIGHUP, so this cuts an open session's rights within a reload, which a
+ * new CRL alone does not (it only refuses new handshakes). Replaces the section between the markers
+ * and leaves the rest of the file as generated.
+ */
+export function withRevokedIdentities(acl: string, ids: readonly string[]): string {
+  const begin = acl.indexOf(REVOKED_BEGIN);
+  const end = acl.indexOf(REVOKED_END);
+  if (begin < 0 || end < begin) throw new CodedError('BROKER_CONFIG_INVALID', 'device ACL has no revoked-identities section');
+  for (const id of ids) {
+    if (!/^[A-Za-z0-9:._-]{1,128}$/.test(id)) throw new CodedError('BROKER_CONFIG_INVALID', `cannot write identity ${JSON.stringify(id)} into the ACL`);
+  }
+  const entries = [...new Set(ids)].sort().flatMap((id) => [`user ${id}`, 'topic deny #']);
+  return acl.slice(0, begin) + [REVOKED_BEGIN, ...entries, ''].join('\n') + acl.slice(end);
 }

@@ -19,6 +19,8 @@ const REASON_CODES = {
   aACompromise: 10,
 } as const;
 export type RevocationReason = keyof typeof REASON_CODES;
+/** Every reason an operator may give (RFC 5280 5.3.1 names; removeFromCRL belongs to delta CRLs only). */
+export const REVOCATION_REASONS: readonly RevocationReason[] = (Object.keys(REASON_CODES) as RevocationReason[]).filter((r) => r !== 'removeFromCRL');
 
 export interface RevokedCertificate {
   /** Hex of the serial number (as IssueResponse.serialNumber). */
