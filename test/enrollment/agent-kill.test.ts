@@ -1,14 +1,13 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
 import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { DEFAULT_AUDITOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
-import { issueServiceCertificate } from '../../broker-bridge/src/broker/service-cert.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
 
