@@ -129,6 +129,8 @@ export class Agent {
   #skewReported = false;
   #wake: (() => void) | undefined;
   #woken = false;
+  /** The broker refused a publish on our own topics: re-attest at the next step. */
+  #unusable = false;
   #lifetimeWarned = false;
   #announced = false;
   #finishing = false;
@@ -146,6 +148,7 @@ export class Agent {
   readonly #stepBackoff: Backoff;
   readonly #rotationBackoff: Backoff;
   readonly #refusalBackoff: Backoff;
+  readonly #unusableBackoff: Backoff;
   /** After a rollback: the serial still in use and the refused one, for the bridge to retire. */
   #retire: { readonly serial: string; readonly previousSerial: string } | undefined;
 
@@ -158,6 +161,7 @@ export class Agent {
     this.#stepBackoff = this.#newBackoff();
     this.#rotationBackoff = this.#newBackoff();
     this.#refusalBackoff = this.#newBackoff();
+    this.#unusableBackoff = this.#newBackoff();
   }
 
   get state(): AgentState {
@@ -364,6 +368,13 @@ export class Agent {
           }
           return this.#park(signal);
         }
+        if (isCodedError(e) && e.code === 'TRANSPORT_PUBLISH_REFUSED') {
+          // The broker refused a publish on our own topics: this identity has lost its rights (revoked,
+          // or the fleet no longer knows it). Prove the device again; the bridge refuses a revoked one.
+          this.#log('warn', 'the broker refused a publish on our own topics; re-attesting', { serial: this.#identity?.slot.serial });
+          this.#unusable = true;
+          continue;
+        }
         // A TPM hiccup, a store error, a certificate the fleet should not have sent: log and retry later.
         const waitMs = this.#stepBackoff.next();
         this.#log('warn', 'supervisor step failed; retrying', { code: isCodedError(e) ? e.code : 'UNEXPECTED', err: (e as Error).message, waitMs });
@@ -396,6 +407,13 @@ export class Agent {
     if (pending?.kind === 'enroll') return this.#attest(pending.mode ?? 'token', active?.name, signal);
     if (!active) return this.#attest((await res.store.hasEnrolled()) ? 'reattest' : 'token', undefined, signal);
     this.#identity = active;
+    if (this.#unusable) {
+      this.#unusable = false;
+      // Paced (and never reset in this process), so a broker that refuses every identity cannot drive
+      // re-attestation in a loop.
+      await this.#idle(this.#unusableBackoff.next(), signal);
+      return this.#attest('reattest', active.name, signal);
+    }
     // 3. Judge the identity by the clock floor, never by a clock that runs behind it.
     const judged = this.#judge();
     const window = windowOf(active.slot);
@@ -786,7 +804,12 @@ export class Agent {
       const topic = this.#topics.device(this.deviceId, 'events');
       const r = await res.outbox.drain((ev) => t.publish(topic, encode('events', ev.id, this.#clock.now(), eventBody(ev)), { qos: 1 }));
       if (r.error !== undefined) {
-        this.#log('info', 'outbox drain interrupted; the rest goes on the next connection', { sent: r.sent, code: isCodedError(r.error) ? r.error.code : undefined });
+        const code = isCodedError(r.error) ? r.error.code : undefined;
+        this.#log('info', 'outbox drain interrupted; the rest goes on the next connection', { sent: r.sent, code });
+        if (code === 'TRANSPORT_PUBLISH_REFUSED') {
+          this.#unusable = true; // see #supervise
+          this.#poke();
+        }
         return;
       }
       if (r.sent === 0) return;
