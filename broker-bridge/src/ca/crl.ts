@@ -108,7 +108,7 @@ export class CrlSigner {
       this.#prefix,
       encodeTime(thisUpdate),
       encodeTime(nextUpdate),
-      ...(entries.length > 0 ? [seq(...entries)] : []),
+      ...(entries.length > 0 ? [tlv(TAG.SEQUENCE, Buffer.concat(entries))] : []),
       tlv(0xa0, seq(this.#aki, crlNumberExt)),
     );
     let signature: Buffer;
