@@ -1,8 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../../common/clock.js';
 import { hashEnrollmentToken } from '../../../common/enrollment-token.js';
-import { REJECTION_CODES } from '../../../common/protocol/errors.js';
-import { decode, encode, encodeRejection, type EnrollProof, type EnrollRequest } from '../../../common/protocol/messages.js';
+import { decode, encode, type EnrollProof, type EnrollRequest } from '../../../common/protocol/messages.js';
+import { enforceRateLimit, InFlight, rejectionReply, type Reply } from './request-handling.js';
 import { SchemaError } from '../../../common/protocol/schema.js';
 import type { Topics } from '../../../common/protocol/topics.js';
 import type { EkTrustStore } from '../../../native/lib/ek-certificate.js';
@@ -55,10 +55,7 @@ import {
  * requestId): a redelivered enroll gets the same challenge, a redelivered proof the same certificate;
  * another device's ids never change this device's answers.
  */
-export interface Reply {
-  readonly topic: string;
-  readonly payload: Buffer;
-}
+export type { Reply };
 
 export interface EnrollmentLogger {
   info(obj: object, msg: string): void;
@@ -118,7 +115,7 @@ export class EnrollmentService {
   readonly #challenges = new Map<string, PendingChallenge>();
   /** `<client id>\x00<enroll requestId>` → challengeId. */
   readonly #byEnrollRequest = new Map<string, string>();
-  readonly #inFlight = new Map<string, Promise<Reply>>();
+  readonly #inFlight = new InFlight();
 
   constructor(options: EnrollmentServiceOptions) {
     this.#o = options;
@@ -136,12 +133,8 @@ export class EnrollmentService {
     if (!parsed || (parsed.topic !== 'enroll' && parsed.topic !== 'enrollProof')) return undefined;
     const { clientId } = parsed;
     const requestId = peekRequestId(payload);
-    const key = `${requestKey(clientId, requestId)}\x00${parsed.topic}`;
-    const running = this.#inFlight.get(key);
-    if (running) return running;
-    const work = this.#run(parsed.topic, clientId, requestId, payload).finally(() => this.#inFlight.delete(key));
-    this.#inFlight.set(key, work);
-    return work;
+    const kind = parsed.topic;
+    return this.#inFlight.run(`${requestKey(clientId, requestId)}\x00${kind}`, () => this.#run(kind, clientId, requestId, payload));
   }
 
   async #run(kind: 'enroll' | 'enrollProof', clientId: string, requestId: string, payload: Buffer): Promise<Reply> {
@@ -149,14 +142,7 @@ export class EnrollmentService {
     try {
       return kind === 'enroll' ? await this.#enroll(clientId, payload, now) : await this.#proof(clientId, payload, now);
     } catch (e) {
-      const rejection = this.#asRejection(e, { clientId, kind, requestId });
-      return {
-        topic: this.#o.topics.enrollment(clientId, 'enrollRejected'),
-        payload: encodeRejection(requestId, now, rejection.code, {
-          message: REJECTION_CODES[rejection.code].message,
-          ...(rejection.retryAfterSec === undefined ? {} : { retryAfterSec: rejection.retryAfterSec }),
-        }),
-      };
+      return rejectionReply(this.#o.topics.enrollment(clientId, 'enrollRejected'), requestId, now, this.#asRejection(e, { clientId, kind, requestId }));
     }
   }
 
@@ -182,13 +168,6 @@ export class EnrollmentService {
     return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: 5 });
   }
 
-  #rateLimit(key: string): void {
-    const verdict = this.#o.limiter?.take(key);
-    if (verdict && !verdict.allowed) {
-      throw new EnrollmentRejection('RATE_LIMITED', `rate limited (${verdict.scope})`, { retryAfterSec: verdict.retryAfterSec });
-    }
-  }
-
   async #enroll(clientId: string, payload: Buffer, now: number): Promise<Reply> {
     const msg = decode('enroll', payload);
     const body: EnrollRequest = msg.body;
@@ -205,7 +184,7 @@ export class EnrollmentService {
     // Keyed by what only the device has (its token; re-attesting, its EK), never by the device id a
     // client can claim: junk requests under a device's id cost that device nothing (they land in their
     // own buckets and the global one).
-    this.#rateLimit(body.token !== undefined ? `token:${hashEnrollmentToken(body.token)}` : `ek:${sha256Hex(body.ekPublic)}`);
+    enforceRateLimit(this.#o.limiter, body.token !== undefined ? `token:${hashEnrollmentToken(body.token)}` : `ek:${sha256Hex(body.ekPublic)}`);
 
     let tokenHash: string | undefined;
     let token: TokenRecord | undefined;

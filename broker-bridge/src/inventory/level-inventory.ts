@@ -244,24 +244,30 @@ export class LevelInventory implements Inventory {
         certNotAfter: certificate.notAfter,
         lastRotationAt: input.at,
       };
-      const response = this.#responseOps(input.response);
-      const audit = this.#auditOps([
-        ...input.audit,
-        ...retired.map((c) => supersededAudit(c, input.at, 'abandoned')),
-      ]);
-      await this.#db.batch([
-        this.#put(this.#certsDb, certificate.serial, certificate),
-        ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
-        this.#put(this.#devicesDb, updated.deviceId, updated),
-        ...response.ops,
-        ...audit.ops,
-      ] as never);
-      this.#setCert(certificate);
-      for (const c of retired) this.#setCert(c);
-      this.#devices.set(updated.deviceId, updated);
-      response.apply();
-      this.#auditSeq = audit.lastSeq;
+      await this.#recordIssued(certificate, retired, updated, input.response, [...input.audit, ...retired.map((c) => supersededAudit(c, input.at, 'abandoned'))]);
     });
+  }
+
+  /**
+   * One batch for a certificate issued outside enrollment (rotation, re-attestation): the new
+   * certificate, the ones it retires, the device, the cached response and the audit events; the index
+   * follows only after the batch is written.
+   */
+  async #recordIssued(certificate: CertificateRecord, retired: readonly CertificateRecord[], updated: DeviceRecord, cached: CachedResponse, events: readonly AuditEventInput[]): Promise<void> {
+    const response = this.#responseOps(cached);
+    const audit = this.#auditOps(events);
+    await this.#db.batch([
+      this.#put(this.#certsDb, certificate.serial, certificate),
+      ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
+      this.#put(this.#devicesDb, updated.deviceId, updated),
+      ...response.ops,
+      ...audit.ops,
+    ] as never);
+    this.#setCert(certificate);
+    for (const c of retired) this.#setCert(c);
+    this.#devices.set(updated.deviceId, updated);
+    response.apply();
+    this.#auditSeq = audit.lastSeq;
   }
 
   confirmRotation(deviceId: string, serial: string, at: number): Promise<string[]> {
@@ -310,20 +316,7 @@ export class LevelInventory implements Inventory {
         certNotAfter: certificate.notAfter,
         reattestedAt: input.at,
       };
-      const response = this.#responseOps(input.response);
-      const audit = this.#auditOps([...input.audit, ...retired.map((c) => supersededAudit(c, input.at, 'reattested'))]);
-      await this.#db.batch([
-        this.#put(this.#certsDb, certificate.serial, certificate),
-        ...retired.map((c) => this.#put(this.#certsDb, c.serial, c)),
-        this.#put(this.#devicesDb, updated.deviceId, updated),
-        ...response.ops,
-        ...audit.ops,
-      ] as never);
-      this.#setCert(certificate);
-      for (const c of retired) this.#setCert(c);
-      this.#devices.set(updated.deviceId, updated);
-      response.apply();
-      this.#auditSeq = audit.lastSeq;
+      await this.#recordIssued(certificate, retired, updated, input.response, [...input.audit, ...retired.map((c) => supersededAudit(c, input.at, 'reattested'))]);
     });
   }
 

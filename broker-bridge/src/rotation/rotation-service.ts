@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import type { Clock } from '../../../common/clock.js';
 import { toPem } from '../../../common/der.js';
-import { REJECTION_CODES } from '../../../common/protocol/errors.js';
-import { decode, encode, encodeRejection, type RotateRequest } from '../../../common/protocol/messages.js';
+import { decode, encode, type RotateRequest } from '../../../common/protocol/messages.js';
 import { SchemaError } from '../../../common/protocol/schema.js';
 import type { Topics } from '../../../common/protocol/topics.js';
 import type { CertificateIssuer } from '../ca/issuer.js';
-import { peekRequestId, type EnrollmentLogger, type Reply } from '../enrollment/enrollment-service.js';
+import { peekRequestId, type EnrollmentLogger } from '../enrollment/enrollment-service.js';
+import { enforceRateLimit, InFlight, rejectionReply, type Reply } from '../enrollment/request-handling.js';
 import {
   EnrollmentRejection,
   checkAk,
@@ -99,7 +99,7 @@ export class RotationService {
    */
   readonly #rotations = new Map<string, LiveRotation>();
   readonly #byDevice = new Map<string, string>();
-  readonly #inFlight = new Map<string, Promise<Reply>>();
+  readonly #inFlight = new InFlight();
 
   constructor(options: RotationServiceOptions) {
     this.#o = options;
@@ -122,13 +122,8 @@ export class RotationService {
     if (!parsed || (parsed.topic !== 'rotateBegin' && parsed.topic !== 'rotateRequest' && parsed.topic !== 'rotateConfirm')) return undefined;
     const { deviceId } = parsed;
     const requestId = peekRequestId(payload);
-    // Concurrent duplicates (QoS1 redelivery while the first is still being handled) share one answer.
-    const key = `${deviceId}\x00${parsed.topic}\x00${requestId}`;
-    const running = this.#inFlight.get(key);
-    if (running) return running;
-    const work = this.#run(parsed.topic, deviceId, requestId, payload).finally(() => this.#inFlight.delete(key));
-    this.#inFlight.set(key, work);
-    return work;
+    const kind = parsed.topic;
+    return this.#inFlight.run(`${deviceId}\x00${kind}\x00${requestId}`, () => this.#run(kind, deviceId, requestId, payload));
   }
 
   async #run(kind: Kind, deviceId: string, requestId: string, payload: Buffer): Promise<Reply> {
@@ -143,13 +138,7 @@ export class RotationService {
   }
 
   #rejection(deviceId: string, requestId: string, now: number, r: EnrollmentRejection): Reply {
-    return {
-      topic: this.#o.topics.device(deviceId, 'rotateRejected'),
-      payload: encodeRejection(requestId, now, r.code, {
-        message: REJECTION_CODES[r.code].message,
-        ...(r.retryAfterSec === undefined ? {} : { retryAfterSec: r.retryAfterSec }),
-      }),
-    };
+    return rejectionReply(this.#o.topics.device(deviceId, 'rotateRejected'), requestId, now, r);
   }
 
   #asRejection(e: unknown, ctx: Record<string, string>): EnrollmentRejection {
@@ -170,13 +159,6 @@ export class RotationService {
     return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: INTERNAL_RETRY_SEC });
   }
 
-  #rateLimit(deviceId: string): void {
-    const verdict = this.#o.limiter?.take(deviceId);
-    if (verdict && !verdict.allowed) {
-      throw new EnrollmentRejection('RATE_LIMITED', `rate limited (${verdict.scope})`, { retryAfterSec: verdict.retryAfterSec });
-    }
-  }
-
   /** The device and the certificate it rotates from are still in good standing. */
   #active(deviceId: string, serial: string, now: number): { device: DeviceRecord & { akName: string }; current: CertificateRecord } {
     const device = this.#o.inventory.getDevice(deviceId);
@@ -191,7 +173,7 @@ export class RotationService {
     const topic = this.#o.topics.device(deviceId, 'rotateChallenge');
     const live = this.#rotations.get(this.#byDevice.get(deviceId) ?? '');
     if (live && live.beginRequestId === msg.requestId && live.expiresAt > now) return { topic, payload: live.payload };
-    this.#rateLimit(deviceId);
+    enforceRateLimit(this.#o.limiter, deviceId);
     this.#active(deviceId, msg.body.currentSerial, now);
 
     const rotationId = randomBytes(18).toString('base64url');
