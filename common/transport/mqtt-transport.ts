@@ -114,6 +114,11 @@ export class MqttTransport implements Transport {
   readonly #bySubId = new Map<number, SubIdRef>();
   readonly #removedWhileOffline = new Set<string>();
   readonly #pendingPublishes = new Set<(err: TransportError) => void>();
+  /**
+   * SUBSCRIBE/UNSUBSCRIBE awaiting their ACK. A connection that drops (or is closed) first never
+   * acknowledges them, and MQTT.js does not always call back: they end here instead of hanging.
+   */
+  readonly #pendingAcks = new Set<(err: TransportError) => void>();
   readonly #listeners = new Set<(connected: boolean) => void>();
   readonly #reportedThisOutage = new Set<TransportErrorCode>();
   readonly #stats: TransportStats = { received: 0, dropped: 0, published: 0 };
@@ -242,6 +247,7 @@ export class MqttTransport implements Transport {
     }
     for (const abort of this.#pendingPublishes) abort(closedError());
     this.#pendingPublishes.clear();
+    this.#abortAcks(closedError());
     if (wasConnected) notifyListeners(this.#listeners, false, this.#onError);
     this.#listeners.clear();
   }
@@ -354,6 +360,8 @@ export class MqttTransport implements Transport {
   #onClientClose(): void {
     const wasConnected = this.#connected;
     this.#connected = false;
+    // Subscriptions are restored by us on reconnect (#restoreSubscriptions), never by MQTT.js.
+    this.#abortAcks(new TransportError('TRANSPORT_CONNECTION_LOST', 'connection lost before SUBACK/UNSUBACK'));
     if (this.#reconnectPeriodMs === 0) {
       // MQTT.js would keep these for a reconnect that is never going to happen.
       for (const abort of this.#pendingPublishes) {
@@ -429,7 +437,10 @@ export class MqttTransport implements Transport {
       properties = { subscriptionIdentifier: id };
     }
     return new Promise<void>((resolve, reject) => {
+      const abort = (e: TransportError): void => reject(e);
+      this.#pendingAcks.add(abort);
       client.subscribe(entry.filter, { qos: entry.qos, ...(properties ? { properties } : {}) }, (err, granted) => {
+        this.#pendingAcks.delete(abort);
         const rc = err ? (err as { packet?: { granted?: unknown[] } }).packet?.granted?.[0] : granted?.[0]?.qos;
         if (typeof rc === 'number' && rc >= 0x80) {
           reject(
@@ -454,7 +465,10 @@ export class MqttTransport implements Transport {
       return;
     }
     await new Promise<void>((resolve) => {
+      const abort = (): void => resolve();
+      this.#pendingAcks.add(abort);
       client.unsubscribe(filter, (err) => {
+        this.#pendingAcks.delete(abort);
         if (err) this.#opts.logger?.debug?.({ clientId: this.#opts.clientId, filter, err }, 'unsubscribe not acknowledged');
         resolve();
       });
@@ -470,6 +484,11 @@ export class MqttTransport implements Transport {
     this.#entries.delete(entry.filter);
     for (const id of entry.subIds) this.#bySubId.delete(id);
     return true;
+  }
+
+  #abortAcks(err: TransportError): void {
+    for (const abort of this.#pendingAcks) abort(err);
+    this.#pendingAcks.clear();
   }
 
   #allocSubId(): number {
