@@ -7,6 +7,7 @@ import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
 import mqtt from 'mqtt';
 import { ManualClock, systemClock } from '../../common/clock.js';
+import { CodedError } from '../../common/coded-error.js';
 import { encode } from '../../common/protocol/messages.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { MemoryBroker, MemoryTransport } from '../../common/transport/memory-transport.js';
@@ -19,6 +20,9 @@ import { DEFAULT_AUDITOR, EmbeddedFleet } from './embedded-fleet.js';
 
 const topics = new Topics('fleet/v1');
 const BUNDLE = topics.fleet('trustBundle');
+/** Stands in for a signed trust bundle message (TrustBundleSigner is tested on its own). */
+const SIGNED = Buffer.from('{"v":1,"version":1,"signed":"stand-in"}');
+const bundle = async (): Promise<Buffer> => SIGNED;
 
 interface Line {
   level: 'info' | 'warn' | 'error';
@@ -91,7 +95,7 @@ describe('Bridge (in-process broker)', () => {
       t.endsWith('/rotate/begin') ? topics.device('dev-a', 'rotateChallenge') : undefined,
     );
     const transport = new MemoryTransport(broker, { clientId: DEFAULT_BRIDGE_CLIENT_ID, onError: () => {} });
-    const bridge = new Bridge({ transport, topics, handlers: [enroll, rotate], trustBundlePems: ['R'] });
+    const bridge = new Bridge({ transport, topics, handlers: [enroll, rotate], trustBundle: bundle });
     open.push({ close: () => bridge.stop() });
     await bridge.start();
     const dev = await client(broker, 'dev-a');
@@ -105,12 +109,12 @@ describe('Bridge (in-process broker)', () => {
     expect(rotate.seen).toEqual([`${topics.device('dev-a', 'rotateBegin')} 2`, `${topics.device('dev-a', 'rotateRequest')} 3`]);
     expect(answers).toContain(`${topics.device('dev-a', 'rotateConfirmed')} re:1`);
     expect(answers).toContain(`${topics.device('dev-a', 'rotateChallenge')} re:2`);
-    expect(JSON.parse(broker.retained(BUNDLE)!.toString())).toEqual({ v: 1, roots: ['R'] });
+    expect(broker.retained(BUNDLE)).toEqual(SIGNED);
   });
 
   it('refuses two handlers on one filter', () => {
     const a = recording([topics.allDevices('events')]);
-    expect(() => new Bridge({ transport: new MemoryTransport(new MemoryBroker(), { clientId: 'b' }), topics, handlers: [a, a], trustBundlePems: [] })).toThrow(
+    expect(() => new Bridge({ transport: new MemoryTransport(new MemoryBroker(), { clientId: 'b' }), topics, handlers: [a, a], trustBundle: bundle })).toThrow(
       expect.objectContaining({ code: 'BRIDGE_CONFIG_INVALID' }),
     );
   });
@@ -120,7 +124,7 @@ describe('Bridge (in-process broker)', () => {
     const clock = new ManualClock(1_000_000);
     const log = recorder();
     const transport = new MemoryTransport(broker, { clientId: DEFAULT_BRIDGE_CLIENT_ID, onError: () => {}, reconnectPeriodMs: 2 });
-    const bridge = new Bridge({ transport, topics, handlers: [], trustBundlePems: ['R'], logger: log.logger, clock });
+    const bridge = new Bridge({ transport, topics, handlers: [], trustBundle: bundle, logger: log.logger, clock });
     open.push({ close: () => bridge.stop() });
     await bridge.start();
     expect(log.lines).toEqual([]);
@@ -146,7 +150,7 @@ describe('Bridge (in-process broker)', () => {
     const transport = new MemoryTransport(broker, { clientId: DEFAULT_BRIDGE_CLIENT_ID, onError: () => {}, reconnectPeriodMs: 2 });
     // Refused by the broker (a misconfigured ACL): start() still completes.
     broker.setAcl((_c, action, topic) => !(action === 'publish' && topic === BUNDLE));
-    const bridge = new Bridge({ transport, topics, handlers: [], trustBundlePems: ['R'], logger: log.logger });
+    const bridge = new Bridge({ transport, topics, handlers: [], trustBundle: bundle, logger: log.logger });
     open.push({ close: () => bridge.stop() });
     await bridge.start();
     expect(log.lines.map((l) => [l.level, l.obj['code']])).toEqual([['warn', 'TRANSPORT_PUBLISH_REFUSED']]);
@@ -172,12 +176,49 @@ describe('Bridge (in-process broker)', () => {
     expect(log.lines.filter((l) => l.level === 'error')).toEqual([]);
   });
 
+  it('needs the trustBundle source', () => {
+    const transport = new MemoryTransport(new MemoryBroker(), { clientId: 'b' });
+    expect(() => new Bridge({ transport, topics, handlers: [] } as unknown as ConstructorParameters<typeof Bridge>[0])).toThrow(
+      expect.objectContaining({ code: 'BRIDGE_CONFIG_INVALID' }),
+    );
+  });
+
+  it('asks trustBundle for the message on start and on every reconnect; a failing source is logged once with its code and asked again', async () => {
+    const broker = new MemoryBroker();
+    const log = recorder();
+    const transport = new MemoryTransport(broker, { clientId: DEFAULT_BRIDGE_CLIENT_ID, onError: () => {}, reconnectPeriodMs: 2 });
+    let calls = 0;
+    let failing = true;
+    const source = async (): Promise<Buffer> => {
+      calls++;
+      if (failing) throw new CodedError('TRUST_BUNDLE_STATE_WRITE_FAILED', 'cannot write the state');
+      return SIGNED;
+    };
+    const bridge = new Bridge({ transport, topics, handlers: [], trustBundle: source, logger: log.logger });
+    open.push({ close: () => bridge.stop() });
+    await bridge.start(); // a failing source never fails the start
+    expect(calls).toBe(1);
+    expect(broker.retained(BUNDLE)).toBeUndefined();
+    transport.simulateDrop();
+    await until(() => calls === 2, 'the second call');
+    await turn();
+    expect(log.lines.filter((l) => l.msg.includes('trust bundle')).map((l) => [l.level, l.obj['code']])).toEqual([['warn', 'TRUST_BUNDLE_STATE_WRITE_FAILED']]);
+    failing = false;
+    transport.simulateDrop();
+    await until(() => broker.retained(BUNDLE) !== undefined, 'the bundle');
+    expect(broker.retained(BUNDLE)).toEqual(SIGNED);
+    expect(log.lines.filter((l) => l.msg.includes('trust bundle')).map((l) => l.msg)).toEqual([
+      'could not publish the trust bundle; retrying on the next reconnect',
+      'trust bundle published',
+    ]);
+  });
+
   it('waits out an unreachable broker at start', async () => {
     const broker = new MemoryBroker();
     broker.stop();
     const log = recorder();
     const transport = new MemoryTransport(broker, { clientId: DEFAULT_BRIDGE_CLIENT_ID, onError: () => {} });
-    const bridge = new Bridge({ transport, topics, handlers: [], trustBundlePems: ['R'], logger: log.logger, connectRetryMs: 5 });
+    const bridge = new Bridge({ transport, topics, handlers: [], trustBundle: bundle, logger: log.logger, connectRetryMs: 5 });
     open.push({ close: () => bridge.stop() });
     const started = bridge.start();
     await new Promise((r) => setTimeout(r, 30));
@@ -193,7 +234,7 @@ describe('Bridge (in-process broker)', () => {
   it('stop() during the wait for the broker rejects start() with BRIDGE_STOPPED', async () => {
     const broker = new MemoryBroker();
     broker.stop();
-    const bridge = new Bridge({ transport: new MemoryTransport(broker, { clientId: 'b', onError: () => {} }), topics, handlers: [], trustBundlePems: [], connectRetryMs: 5 });
+    const bridge = new Bridge({ transport: new MemoryTransport(broker, { clientId: 'b', onError: () => {} }), topics, handlers: [], trustBundle: bundle, connectRetryMs: 5 });
     const outcome = bridge.start().then(
       () => 'started',
       (e: unknown) => e,
@@ -214,7 +255,7 @@ describe('Bridge (in-process broker)', () => {
         return undefined;
       },
     };
-    const bridge = new Bridge({ transport: new MemoryTransport(broker, { clientId: 'b', onError: () => {} }), topics, handlers: [flaky], trustBundlePems: [], logger: log.logger });
+    const bridge = new Bridge({ transport: new MemoryTransport(broker, { clientId: 'b', onError: () => {} }), topics, handlers: [flaky], trustBundle: bundle, logger: log.logger });
     open.push({ close: () => bridge.stop() });
     await bridge.start();
     const dev = await client(broker, 'dev-a');
@@ -263,7 +304,7 @@ describe('Bridge persistent session (real mosquitto)', () => {
       onError: () => {},
     });
     lastTransport = transport;
-    return new Bridge({ transport, topics, handlers: [handler], trustBundlePems: [pki.rootCertPem], ...(log ? { logger: log } : {}), connectRetryMs: 50 });
+    return new Bridge({ transport, topics, handlers: [handler], trustBundle: bundle, ...(log ? { logger: log } : {}), connectRetryMs: 50 });
   };
   const device = () =>
     mqtt.connectAsync(broker.deviceUrl, { ca: pki.rootCertPem, cert: devTls.certPem, key: devTls.keyPem, clientId: 'enr-dev-a', protocolVersion: 5, reconnectPeriod: 0 });
@@ -309,7 +350,7 @@ describe('Bridge persistent session (real mosquitto)', () => {
     const bridge = makeBridge(seen, log.logger);
     await bridge.start();
     try {
-      expect(JSON.parse((await retainedBundle())!)).toEqual({ v: 1, roots: [pki.rootCertPem] });
+      expect(await retainedBundle()).toBe(SIGNED.toString());
 
       // The retained bundle is deleted, then the broker restarts: only the bridge can bring it back.
       // (Deleted through the bridge's own session: a second client with the bridge's certificate would
@@ -319,7 +360,7 @@ describe('Bridge persistent session (real mosquitto)', () => {
       await broker.restart();
       await until(() => log.lines.some((l) => l.msg === 'bridge reconnected to the broker'), 'the reconnect');
       await until(() => log.lines.length >= 2, 'log lines');
-      expect(JSON.parse((await retainedBundle())!)).toEqual({ v: 1, roots: [pki.rootCertPem] });
+      expect(await retainedBundle()).toBe(SIGNED.toString());
 
       // Down for a while (the bridge retries every 50 ms), killed without a final save, back again.
       await broker.kill();
@@ -366,7 +407,7 @@ describe('Bridge persistent session (real mosquitto)', () => {
       tls: { ca: pki.rootCertPem, cert: bridgeTls.certPem, key: bridgeTls.keyPem },
       onError: () => {},
     });
-    const bridge = new Bridge({ transport, topics, handlers: [events, status], trustBundlePems: [] });
+    const bridge = new Bridge({ transport, topics, handlers: [events, status], trustBundle: bundle });
     await bridge.start();
     try {
       await until(() => events.seen.length === 1, 'the queued event');
@@ -459,7 +500,8 @@ describe('EmbeddedFleet wiring (real mosquitto)', () => {
     await waitFor(async () => (await seqs()).length === 9, 'the event after the restart');
     expect(await seqs()).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9]);
 
-    expect(JSON.parse((await retained(fleet.topics.fleet('trustBundle')))!)).toEqual({ v: 1, roots: fleet.trustBundle });
+    // The signed message's own checks are in test/revocation/trust-bundle.test.ts.
+    expect(JSON.parse((await retained(fleet.topics.fleet('trustBundle')))!)).toMatchObject({ v: 1, roots: fleet.trustBundle });
     expect(JSON.parse((await retained(fleet.topics.device('dev-a', 'status')))!).body).toMatchObject({ state: 'online', certSerial: '4a01' });
     expect(log.lines.filter((l) => l.level !== 'info').map((l) => l.msg)).toEqual(['bridge lost its broker connection']);
   });

@@ -17,6 +17,11 @@ import type { EnrollmentLogger, Reply } from './enrollment/enrollment-service.js
  * logs one line when it goes down and one when it is back (with the outage length), and republishes the
  * trust bundle on every reconnect (a broker that lost its retained messages gets it back).
  *
+ * Trust bundle: the signed, versioned message of common/protocol/trust-bundle.ts, retained on
+ * `<base>/trust-bundle` (only the bridge may publish there). `trustBundle` is asked for it on start and
+ * on every reconnect; with a TrustBundleSigner that returns the stored message (no new signature)
+ * until the roots change.
+ *
  * `sharedGroup` subscribes through an MQTT 5 shared subscription (`$share/<group>/…`). Several
  * instances also need the challenge state and inventory in a shared store, which does not exist yet
  * (see README).
@@ -27,7 +32,12 @@ export interface BridgeOptions {
   readonly topics: Topics;
   /** Filters must not overlap: a message goes to the first handler with a matching filter. */
   readonly handlers: readonly RequestHandler[];
-  readonly trustBundlePems: readonly string[];
+  /**
+   * The signed trust bundle message to publish retained, e.g. `() => signer.message(roots)`
+   * (TrustBundleSigner). A rejection is logged (once per failure streak, with its code) and retried on
+   * the next reconnect.
+   */
+  readonly trustBundle: () => Promise<Buffer>;
   readonly sharedGroup?: string;
   readonly logger?: BridgeLogger;
   /** Measures outages for the log; default the system clock. */
@@ -93,6 +103,7 @@ export class Bridge {
   #wake: (() => void) | undefined;
 
   constructor(options: BridgeOptions) {
+    if (typeof options.trustBundle !== 'function') throw new BridgeError('BRIDGE_CONFIG_INVALID', 'trustBundle must be a function returning the signed message');
     this.#o = options;
     this.#log = options.logger ?? noopLogger;
     this.#clock = options.clock ?? systemClock;
@@ -230,9 +241,10 @@ export class Bridge {
   }
 
   async #publishBundle(): Promise<void> {
-    const { transport, topics, trustBundlePems } = this.#o;
+    const { transport, topics, trustBundle } = this.#o;
     try {
-      await transport.publish(topics.fleet('trustBundle'), Buffer.from(JSON.stringify({ v: 1, roots: trustBundlePems })), { qos: 1, retain: true });
+      const payload = await trustBundle();
+      await transport.publish(topics.fleet('trustBundle'), payload, { qos: 1, retain: true });
       if (this.#bundleFailing) this.#log.info({}, 'trust bundle published');
       this.#bundleFailing = false;
     } catch (e) {

@@ -12,6 +12,9 @@ import { createCa, type BackendSpec, type CaMaterial } from './ca/ca-setup.js';
 import { CrlSigner } from './ca/crl.js';
 import { FileBrokerEnforcement } from './revocation/broker-enforcement.js';
 import { OperatorRevokeHandler } from './revocation/operator-handler.js';
+import { readRetained } from './revocation/read-retained.js';
+import { readIssuedRegistry, recordIssued } from './ca/issued-registry.js';
+import { TrustBundleSigner } from './trust/trust-bundle-signer.js';
 import { RevocationService, type RevocationResult } from './revocation/revocation-service.js';
 import { CertificateIssuer } from './ca/issuer.js';
 import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollment-service.js';
@@ -74,10 +77,12 @@ export class EmbeddedFleet {
   readonly ca: CaMaterial;
   readonly broker: EmbeddedBroker;
   readonly inventory: LevelInventory;
-  /** CRLs, broker enforcement and the retained CRL topic; `revokeDevice()` is the short way in. */
+  /** CRLs, broker enforcement and the retained CRL topics for devices; `revokeDevice()` is the short way in. */
   readonly revocation: RevocationService;
   /** PEM roots devices trust (the fleet root; the broker's server certificate chains to it). */
   readonly trustBundle: string[];
+  /** Signs the retained trust bundle message with the issuing CA; its version lives in `dir/ca/trust-bundle-state.json`. */
+  readonly trustBundleSigner: TrustBundleSigner;
   readonly #o: EmbeddedFleetOptions;
   readonly #bridgeTls: { certPem: string; keyPem: string };
   #bridge: Bridge | undefined;
@@ -99,6 +104,7 @@ export class EmbeddedFleet {
     this.broker = broker;
     this.inventory = inventory;
     this.trustBundle = [ca.rootCertificatePem];
+    this.trustBundleSigner = new TrustBundleSigner({ backend: ca.backend, signerChain: [ca.issuingCertificatePem], stateFile: join(o.dir, 'ca', 'trust-bundle-state.json'), clock: o.clock });
     this.#bridgeTls = bridgeTls;
     this.#issuer = new CertificateIssuer({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock, trustDomain: o.trustDomain });
   }
@@ -129,9 +135,12 @@ export class EmbeddedFleet {
       crlSigner: new CrlSigner({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock }),
       clock: o.clock,
       stateFile: join(o.dir, 'ca', 'crl-state.json'),
+      issuedRegistry: () => readIssuedRegistry(join(o.dir, 'ca')),
       // Until the broker runs there is nothing to tell: it starts with the current CRL.
       enforcement: { apply: (s) => (broker ? new FileBrokerEnforcement({ crlFile: broker.crlFile!, deviceAclFile: broker.deviceAclFile, pid: () => broker!.pid }).apply(s) : Promise.resolve()) },
-      publish: (payload) => (fleet ? fleet.#publishCrl(payload) : Promise.reject(new CodedError('BRIDGE_STOPPED', 'the bridge is not running'))),
+      topics,
+      publish: (topic, payload) => (fleet ? fleet.#publishCrl(topic, payload) : Promise.reject(new CodedError('BRIDGE_STOPPED', 'the bridge is not running'))),
+      readRetained: (topic) => (fleet ? fleet.#readRetained(topic) : Promise.reject(new CodedError('BRIDGE_STOPPED', 'the bridge is not running'))),
       ...(o.crlNextUpdateSec === undefined ? {} : { nextUpdateSec: o.crlNextUpdateSec }),
       ...(o.logger ? { logger: o.logger } : {}),
     });
@@ -190,7 +199,7 @@ export class EmbeddedFleet {
       transport,
       topics: this.topics,
       handlers: [enrollment, rotation, ingest, operator],
-      trustBundlePems: this.trustBundle,
+      trustBundle: () => this.trustBundleSigner.message(this.trustBundle),
       connectRetryMs: o.bridgeReconnectMs ?? 250,
       ...logger,
     });
@@ -203,8 +212,13 @@ export class EmbeddedFleet {
       throw e;
     }
     this.#transport = transport;
-    // Publishes the CRL retained (not done while the bridge was away); never holds up the start.
-    void this.revocation.tick().catch(() => undefined);
+    // The devices' CRL messages: what the broker lacks (a new bridge, or a broker that lost its retained
+    // messages while the bridge was away) is sent again; never holds up the start. Likewise after every
+    // reconnect (a broker restart or crash may have lost the newest retained messages).
+    void this.revocation.republish().catch(() => undefined);
+    transport.onConnectionChange((up) => {
+      if (up && this.#transport === transport) void this.revocation.republish().catch(() => undefined);
+    });
   }
 
   /**
@@ -215,10 +229,16 @@ export class EmbeddedFleet {
     return this.revocation.revokeDevice(deviceId, reason);
   }
 
-  async #publishCrl(payload: Buffer): Promise<void> {
+  async #publishCrl(topic: string, payload: Buffer): Promise<void> {
     const t = this.#transport;
     if (!t) throw new CodedError('BRIDGE_STOPPED', 'the bridge is not running');
-    await t.publish(this.topics.fleet('crl'), payload, { qos: 1, retain: true });
+    await t.publish(topic, payload, { qos: 1, retain: true });
+  }
+
+  async #readRetained(topic: string): Promise<Buffer | undefined> {
+    const t = this.#transport;
+    if (!t) throw new CodedError('BRIDGE_STOPPED', 'the bridge is not running');
+    return readRetained(t, topic);
   }
 
   /** Stops the bridge; its broker session (and the messages queued for it) stays. */
@@ -226,8 +246,23 @@ export class EmbeddedFleet {
    * A client certificate (and key) for a role or device CN, from the issuing CA, for observers and tests.
    * The broker names each mutual-TLS session by its CN: two clients with one CN take over each other.
    */
+  /**
+   * A client certificate from the issuing CA. Role CNs (`role:…`) are recorded in the CA's issued
+   * registry, as `bridge cert issue` does, so that revoking the serial cuts the role's session.
+   */
   async clientCertificate(commonName: string): Promise<{ certPem: string; keyPem: string; serialNumber: string }> {
-    return issueServiceCertificate({ issuingCertPem: this.ca.issuingCertificatePem, backend: this.ca.backend, commonName, usage: 'client', clock: this.#o.clock });
+    const c = await issueServiceCertificate({ issuingCertPem: this.ca.issuingCertificatePem, backend: this.ca.backend, commonName, usage: 'client', clock: this.#o.clock });
+    if (commonName.startsWith('role:')) {
+      await recordIssued(join(this.#o.dir, 'ca'), {
+        serial: c.serialNumber,
+        commonName,
+        kind: 'role',
+        notBefore: c.notBefore.getTime(),
+        notAfter: c.notAfter.getTime(),
+        issuedAt: this.#o.clock.now(),
+      });
+    }
+    return c;
   }
 
   async stopBridge(): Promise<void> {

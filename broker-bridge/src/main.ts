@@ -4,7 +4,13 @@
  *   bridge ca init   --dir DIR --trust-domain TD [--pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
  *   bridge ca import --dir DIR --trust-domain TD --root PEM --issuing PEM --issuing-key PEM
  *   bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F
- *                        --client-ca F --persistence-dir DIR [--base-topic fleet/v1] [--station ID]... [--operator ID]...
+ *                        --client-ca F --persistence-dir DIR [--base-topic fleet/v1] [--station ID]... [--operator ID]... [--auditor ID]...
+ *   bridge cert issue --ca-dir DIR --kind server --dns NAME... [--ip ADDR...] --out PREFIX [--days N] [--force] [--json]
+ *   bridge cert issue --ca-dir DIR --kind role --role bridge|station:ID|operator:ID|auditor:ID --out PREFIX [...]
+ *     [--issuing-key PEM | --pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
+ *     From the issuing CA (never the root): writes PREFIX.crt (leaf + issuing CA) and PREFIX.key (0600,
+ *     never overwritten without --force), records serial, CN, kind and notAfter in DIR/issued.json, and
+ *     prints serial and notAfter. Default validity 90 days.
  *   bridge run --config bridge.json
  *   bridge revoke --config bridge.json (--device ID | --serial HEX) --reason R
  *     Offline: needs the inventory, so only while `bridge run` is stopped (LevelDB allows one process;
@@ -15,16 +21,19 @@
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseArgs } from 'node:util';
+import { parseArgs, type ParseArgsConfig } from 'node:util';
 import pino from 'pino';
 import { systemClock } from '../../common/clock.js';
+import { isCodedError } from '../../common/coded-error.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { array, int, object, oneOf, optional, parseMessage, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { generateMosquittoConfig } from './broker/mosquitto-config.js';
+import { assertOutputsWritable, issueServiceCertificate, roleCommonName, writeServiceCertificateFiles } from './broker/service-cert.js';
 import { createCa, importCa, openBackend, type BackendSpec } from './ca/ca-setup.js';
 import { CertificateIssuer } from './ca/issuer.js';
+import { readIssuedRegistry, recordIssued } from './ca/issued-registry.js';
 import { EnrollmentService } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy } from './enrollment/policy.js';
 import { RateLimiter } from './enrollment/rate-limiter.js';
@@ -32,16 +41,33 @@ import { LevelInventory } from './inventory/level-inventory.js';
 import { CrlSigner } from './ca/crl.js';
 import { FileBrokerEnforcement } from './revocation/broker-enforcement.js';
 import { OperatorRevokeHandler } from './revocation/operator-handler.js';
-import { RevocationService } from './revocation/revocation-service.js';
+import { readRetained } from './revocation/read-retained.js';
+import { RevocationService, type RevocationServiceOptions } from './revocation/revocation-service.js';
+import { TrustBundleSigner } from './trust/trust-bundle-signer.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 
 const logger = pino({ base: { program: 'broker-bridge' } });
 
-function fail(msg: string): never {
-  process.stderr.write(`bridge: ${msg}\n`);
+/** A user error: one line with a code on stderr, exit 2. */
+function fail(msg: string, code = 'BRIDGE_USAGE'): never {
+  process.stderr.write(`bridge: ${code}: ${msg.split('\n')[0]}\n`);
   process.exit(2);
 }
+
+/** Codes of `cert issue` failures that are the operator's input (exit 2); the rest are outages (exit 1). */
+const CERT_INPUT_ERRORS: ReadonlySet<string> = new Set([
+  'SERVICE_CERT_BAD_REQUEST',
+  'SERVICE_CERT_OUTPUT_EXISTS',
+  'CA_KEY_NOT_FOUND',
+  'CA_KEY_PERMISSIONS',
+  'CA_CONFIG_INVALID',
+  'CA_POLICY_DENIED',
+  'ISSUED_REGISTRY_INVALID',
+]);
+
+/** Validity of `cert issue` certificates unless --days says otherwise. */
+const CERT_DEFAULT_DAYS = 90;
 
 const configSchema = object({
   dataDir: str({ max: 512 }),
@@ -75,14 +101,21 @@ const configSchema = object({
   crlNextUpdateSec: optional(int({ min: 300, max: 30 * 86_400 })),
 });
 
-function revocationService(cfg: ReturnType<typeof configSchema.parse>, backend: Awaited<ReturnType<typeof openBackend>>, inventory: LevelInventory, publish?: (p: Buffer) => Promise<void>): RevocationService {
+function revocationService(
+  cfg: ReturnType<typeof configSchema.parse>,
+  backend: Awaited<ReturnType<typeof openBackend>>,
+  inventory: LevelInventory,
+  io?: Pick<RevocationServiceOptions, 'publish' | 'readRetained'>,
+): RevocationService {
   return new RevocationService({
     inventory,
+    topics: new Topics(cfg.baseTopic ?? 'fleet/v1'),
+    issuedRegistry: () => readIssuedRegistry(cfg.caDir),
     crlSigner: new CrlSigner({ backend, issuingCertificate: readFileSync(join(cfg.caDir, 'issuing.pem')), clock: systemClock }),
     clock: systemClock,
     stateFile: join(cfg.dataDir, 'crl-state.json'),
     ...(cfg.broker ? { enforcement: new FileBrokerEnforcement({ crlFile: cfg.broker.crlFile, deviceAclFile: cfg.broker.deviceAclFile, ...(cfg.broker.pidFile ? { pidFile: cfg.broker.pidFile } : {}) }) } : {}),
-    ...(publish ? { publish } : {}),
+    ...(io ?? {}),
     ...(cfg.crlNextUpdateSec ? { nextUpdateSec: cfg.crlNextUpdateSec } : {}),
     logger,
   });
@@ -96,40 +129,134 @@ function backendSpec(dir: string, o: { issuingKey?: string; pkcs11?: { module: s
   return { kind: 'file', keyPath: o.issuingKey ?? join(dir, 'issuing-key.pem') };
 }
 
+const cliOptions = {
+  dir: { type: 'string' },
+  'trust-domain': { type: 'string' },
+  'pkcs11-module': { type: 'string' },
+  'pkcs11-token': { type: 'string' },
+  'pkcs11-pin-env': { type: 'string' },
+  root: { type: 'string' },
+  issuing: { type: 'string' },
+  'issuing-key': { type: 'string' },
+  out: { type: 'string' },
+  host: { type: 'string' },
+  'enroll-port': { type: 'string' },
+  'device-port': { type: 'string' },
+  'server-cert': { type: 'string' },
+  'server-key': { type: 'string' },
+  'client-ca': { type: 'string' },
+  'base-topic': { type: 'string', default: 'fleet/v1' },
+  station: { type: 'string', multiple: true },
+  operator: { type: 'string', multiple: true },
+  auditor: { type: 'string', multiple: true },
+  config: { type: 'string' },
+  'persistence-dir': { type: 'string' },
+  'crl-file': { type: 'string' },
+  device: { type: 'string' },
+  serial: { type: 'string' },
+  reason: { type: 'string' },
+  'ca-dir': { type: 'string' },
+  kind: { type: 'string' },
+  role: { type: 'string' },
+  dns: { type: 'string', multiple: true },
+  ip: { type: 'string', multiple: true },
+  days: { type: 'string' },
+  force: { type: 'boolean' },
+  json: { type: 'boolean' },
+} as const satisfies ParseArgsConfig['options'];
+
+/**
+ * `cert issue`: a service (broker server) or role (client) certificate from the issuing CA, through
+ * the same issueServiceCertificate the embedded fleet uses. Recorded in the CA's issued.json before
+ * the files are written, so no certificate is handed out that revocation cannot map to its CN.
+ */
+async function certIssue(v: CliValues, pkcs11: Pkcs11Cli | undefined): Promise<void> {
+  const caDir = v['ca-dir'] ?? fail('--ca-dir is required');
+  const out = v.out ?? fail('--out is required (a path prefix: PREFIX.crt and PREFIX.key are written)');
+  const kind = v.kind === 'server' || v.kind === 'role' ? v.kind : fail('--kind must be server or role');
+  if (pkcs11 && v['issuing-key']) fail('give --issuing-key or the --pkcs11-* options, not both');
+  let commonName: string;
+  if (kind === 'server') {
+    if (v.role !== undefined) fail('--role is for --kind role');
+    if (!v.dns?.length && !v.ip?.length) fail('--kind server needs at least one --dns NAME or --ip ADDR');
+    commonName = v.dns?.[0] ?? v.ip![0]!;
+  } else {
+    if (v.dns !== undefined || v.ip !== undefined) fail('--dns and --ip are for --kind server');
+    try {
+      commonName = roleCommonName(v.role ?? fail('--kind role needs --role bridge|station:ID|operator:ID|auditor:ID'));
+    } catch (e) {
+      return certFailure(e);
+    }
+  }
+  const days = v.days === undefined ? CERT_DEFAULT_DAYS : /^[1-9][0-9]{0,4}$/.test(v.days) ? Number(v.days) : fail('--days must be a whole number of days, 1 to 99999');
+  let backend: Awaited<ReturnType<typeof openBackend>> | undefined;
+  let failure: unknown;
+  try {
+    await assertOutputsWritable(out, { force: v.force === true });
+    let issuingCertPem: string;
+    try {
+      issuingCertPem = readFileSync(join(caDir, 'issuing.pem'), 'utf8');
+    } catch {
+      return fail(`${join(caDir, 'issuing.pem')} is not readable; --ca-dir must be a directory made by \`ca init\` or \`ca import\``, 'CA_CONFIG_INVALID');
+    }
+    backend = await openBackend(backendSpec(caDir, pkcs11 ? { pkcs11 } : v['issuing-key'] ? { issuingKey: v['issuing-key'] } : {}), 'find');
+    const cert = await issueServiceCertificate({
+      issuingCertPem,
+      backend,
+      commonName,
+      usage: kind === 'server' ? 'server' : 'client',
+      ...(kind === 'server' ? { dns: v.dns ?? [], ips: v.ip ?? [] } : {}),
+      clock: systemClock,
+      lifetimeSec: days * 86_400,
+    });
+    await recordIssued(caDir, {
+      serial: cert.serialNumber,
+      commonName,
+      kind,
+      notBefore: cert.notBefore.getTime(),
+      notAfter: cert.notAfter.getTime(),
+      issuedAt: systemClock.now(),
+      ...(cert.subjectAltNames.length ? { sans: [...cert.subjectAltNames] } : {}),
+    });
+    // Clients and the broker get the issuing CA with the leaf: trusting only the root is then enough.
+    const files = await writeServiceCertificateFiles(out, { certPem: cert.leafPem + (issuingCertPem.endsWith('\n') ? issuingCertPem : `${issuingCertPem}\n`), keyPem: cert.keyPem }, { force: v.force === true });
+    const result = { commonName, kind, serial: cert.serialNumber, notAfter: cert.notAfter.toISOString(), cert: files.cert, key: files.key };
+    process.stdout.write(
+      v.json ? `${JSON.stringify(result)}\n` : `issued ${kind} certificate ${commonName}\nserial:   ${result.serial}\nnotAfter: ${result.notAfter}\ncert:     ${files.cert}\nkey:      ${files.key}\n`,
+    );
+  } catch (e) {
+    failure = e;
+  } finally {
+    await backend?.close().catch(() => undefined);
+  }
+  if (failure !== undefined) {
+    const keyFile = isCodedError(failure) && failure.code === 'CA_KEY_NOT_FOUND' && !pkcs11 && !v['issuing-key'];
+    certFailure(failure, keyFile ? ' (a CA whose key is in a PKCS#11 token needs --pkcs11-module, --pkcs11-token and --pkcs11-pin-env; an imported CA --issuing-key)' : '');
+  }
+}
+
+/** One line with the code; exit 2 for the operator's input, 1 for an outage. Never a stack trace. */
+function certFailure(e: unknown, hint = ''): never {
+  const code = isCodedError(e) ? e.code : 'INTERNAL';
+  process.stderr.write(`bridge: ${code}: ${String((e as Error)?.message ?? e).split('\n')[0]}${hint}\n`);
+  process.exit(CERT_INPUT_ERRORS.has(code) ? 2 : 1);
+}
+
+type Pkcs11Cli = { module: string; tokenLabel: string; pinEnv: string };
+const parseCli = (args: string[]) => parseArgs({ args, strict: true, options: cliOptions }).values;
+type CliValues = ReturnType<typeof parseCli>;
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
-  const cmd = argv[0] === 'ca' ? `ca ${argv[1] ?? ''}` : (argv[0] ?? '');
-  const rest = argv.slice(cmd.startsWith('ca ') ? 2 : 1);
-  const { values: v } = parseArgs({
-    args: rest,
-    strict: true,
-    options: {
-      dir: { type: 'string' },
-      'trust-domain': { type: 'string' },
-      'pkcs11-module': { type: 'string' },
-      'pkcs11-token': { type: 'string' },
-      'pkcs11-pin-env': { type: 'string' },
-      root: { type: 'string' },
-      issuing: { type: 'string' },
-      'issuing-key': { type: 'string' },
-      out: { type: 'string' },
-      host: { type: 'string' },
-      'enroll-port': { type: 'string' },
-      'device-port': { type: 'string' },
-      'server-cert': { type: 'string' },
-      'server-key': { type: 'string' },
-      'client-ca': { type: 'string' },
-      'base-topic': { type: 'string', default: 'fleet/v1' },
-      station: { type: 'string', multiple: true },
-      operator: { type: 'string', multiple: true },
-      config: { type: 'string' },
-      'persistence-dir': { type: 'string' },
-      'crl-file': { type: 'string' },
-      device: { type: 'string' },
-      serial: { type: 'string' },
-      reason: { type: 'string' },
-    },
-  });
+  const grouped = argv[0] === 'ca' || argv[0] === 'cert';
+  const cmd = grouped ? `${argv[0]} ${argv[1] ?? ''}` : (argv[0] ?? '');
+  const rest = argv.slice(grouped ? 2 : 1);
+  let v: CliValues;
+  try {
+    v = parseCli(rest);
+  } catch (e) {
+    fail((e as Error).message);
+  }
   const need = (k: keyof typeof v) => (v[k] as string | undefined) ?? fail(`--${k} is required`);
   const pkcs11 = v['pkcs11-module']
     ? { module: v['pkcs11-module'], tokenLabel: need('pkcs11-token'), pinEnv: need('pkcs11-pin-env') }
@@ -183,6 +310,7 @@ async function main(): Promise<void> {
         ...(v['crl-file'] ? { crlFile: resolve(v['crl-file']) } : {}),
         stationIdentities: v.station ?? [],
         operatorIdentities: v.operator ?? [],
+        auditorIdentities: v.auditor ?? [],
       });
       writeFileSync(join(out, 'mosquitto.conf'), conf);
       writeFileSync(join(out, 'enroll.acl'), enrollAcl);
@@ -190,6 +318,8 @@ async function main(): Promise<void> {
       logger.info({ out, persistenceDir: resolve(need('persistence-dir')) }, 'wrote mosquitto.conf, enroll.acl, device.acl; the persistence directory must be writable by the broker');
       return;
     }
+    case 'cert issue':
+      return certIssue(v, pkcs11);
     case 'run': {
       const cfg = parseMessage(readFileSync(need('config')), configSchema, 64 * 1024);
       const backend = await openBackend(backendSpec(cfg.caDir, cfg), 'find');
@@ -225,16 +355,20 @@ async function main(): Promise<void> {
         tls: { ca: root, cert: readFileSync(cfg.bridgeCert, 'utf8'), key: readFileSync(cfg.bridgeKey, 'utf8') },
         logger,
       });
-      const revocation = revocationService(cfg, backend, inventory, (p) =>
-        transport.connected ? transport.publish(topics.fleet('crl'), p, { qos: 1, retain: true }) : Promise.reject(new Error('not connected')),
-      );
+      const revocation = revocationService(cfg, backend, inventory, {
+        publish: (topic, p) => (transport.connected ? transport.publish(topic, p, { qos: 1, retain: true }) : Promise.reject(new Error('not connected'))),
+        readRetained: (topic) => readRetained(transport, topic),
+      });
       // Before the broker connection: mosquitto cannot start without the CRL file this writes.
       await revocation.start({ publish: false });
+      const trustBundleSigner = new TrustBundleSigner({ backend, signerChain: [issuer.issuingCertificatePem], stateFile: join(cfg.dataDir, 'trust-bundle-state.json'), clock: systemClock });
+      // Signed (or loaded) once before connecting: a bad CA set-up or state file stops the start here.
+      await trustBundleSigner.message([root]);
       const bridge = new Bridge({
         transport,
         topics,
-        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation })],
-        trustBundlePems: [root],
+        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger })],
+        trustBundle: () => trustBundleSigner.message([root]),
         logger,
         ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),
       });
@@ -256,9 +390,12 @@ async function main(): Promise<void> {
         if (stopping) return;
         throw e;
       }
-      // Publishes the CRL now that the bridge is connected; then a new CRL before each nextUpdate and
-      // retries of anything that failed.
-      await revocation.tick();
+      // Publishes the CRL now that the bridge is connected (the base only when the broker lost it), and
+      // again after every reconnect; then a new CRL before each nextUpdate and retries of anything that failed.
+      await revocation.republish();
+      transport.onConnectionChange((up) => {
+        if (up) void revocation.republish().catch(() => undefined);
+      });
       revocation.startTimer(60_000);
       logger.info({ broker: cfg.brokerUrl }, 'bridge running');
       return;
@@ -299,7 +436,7 @@ async function main(): Promise<void> {
       return;
     }
     default:
-      fail(`unknown command "${argv.join(' ')}"; commands: ca init, ca import, broker-config, run, revoke`);
+      fail(`unknown command "${argv.join(' ')}"; commands: ca init, ca import, cert issue, broker-config, run, revoke`);
   }
 }
 

@@ -60,11 +60,19 @@ export type DeviceTopic = keyof typeof DEVICE_TOPICS;
 
 const isEnrollKind = (k: string): k is EnrollTopic => Object.hasOwn(ENROLL_TOPICS, k);
 
-/** Fleet-wide retained topics, read-only for devices. */
+/**
+ * Fleet-wide retained topics, read-only for devices; only the bridge publishes them. The CRL topics
+ * (common/protocol/crl.ts): the complete CRL devices start from, in parts `crl/full/<i>`, and the
+ * delta CRL against it, `crl/delta`. Everything under `crl/` is CRL distribution.
+ */
 export const FLEET_TOPICS = {
   trustBundle: 'trust-bundle',
-  crl: 'crl', // bridge → devices, retained: the issuing CA's current CRL
+  crlPart: 'crl/full', // bridge → devices, retained: part <i> of the complete CRL is `crl/full/<i>`
+  crlDelta: 'crl/delta', // bridge → devices, retained: the delta CRL against that complete CRL
 } as const;
+
+/** The folder every CRL topic lives under. */
+export const CRL_TOPIC_ROOT = 'crl';
 
 export class Topics {
   readonly base: string;
@@ -104,8 +112,34 @@ export class Topics {
     return undefined;
   }
 
+  /** A fleet topic; for `crlPart` use `crlPart(i)` (this returns the folder of the parts). */
   fleet(topic: keyof typeof FLEET_TOPICS): string {
     return `${this.base}/${FLEET_TOPICS[topic]}`;
+  }
+
+  /** Topic of part `index` (0-based) of the complete CRL. */
+  crlPart(index: number): string {
+    if (!Number.isSafeInteger(index) || index < 0) throw new CodedError('TOPIC_INVALID_KIND', `invalid CRL part index ${index}`);
+    return `${this.base}/${FLEET_TOPICS.crlPart}/${index}`;
+  }
+
+  /** Subscription filter matching every part of the complete CRL. */
+  allCrlParts(): string {
+    return `${this.base}/${FLEET_TOPICS.crlPart}/+`;
+  }
+
+  /** Filter matching every CRL topic (parts and delta): what devices may read. */
+  allCrl(): string {
+    return `${this.base}/${CRL_TOPIC_ROOT}/#`;
+  }
+
+  /** The part index of a CRL part topic (decimal, no leading zeros); undefined for anything else. */
+  parseCrlPart(topic: string): number | undefined {
+    const prefix = `${this.base}/${FLEET_TOPICS.crlPart}/`;
+    if (!topic.startsWith(prefix)) return undefined;
+    const rest = topic.slice(prefix.length);
+    if (!/^(0|[1-9][0-9]{0,5})$/.test(rest)) return undefined;
+    return Number(rest);
   }
 
   /** Subscription filter matching `topic` for every device (the bridge's side). */

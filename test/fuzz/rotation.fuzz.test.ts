@@ -19,9 +19,7 @@ import { Rng, fuzzRuns, fuzzSeed } from './prng.js';
  * that nonce, reaching the certify, CSR and key-is-new checks; the rest mutate the captured request
  * with the live rotationId spliced in (reaching the AK and certify checks). Confirms run last: a
  * legitimate confirm may retire certificates the other runs rotate from.
- *
- * Operator commands: the operator MQTT surface (revoke, …) has no bridge handler yet (issue 7 builds
- * it); when it lands, it gets a suite here with the same oracle.
+ * (Operator commands have their own suite: operator.fuzz.test.ts.)
  */
 const RUNS = fuzzRuns(300);
 const SEED = fuzzSeed();

@@ -1,14 +1,20 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import 'reflect-metadata';
+import * as x509 from '@peculiar/x509';
+import { webcrypto } from 'node:crypto';
 import mqtt, { type MqttClient } from 'mqtt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../common/clock.js';
 import { DEFAULT_AUDITOR, DEFAULT_OPERATOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { operatorRevokeTopics } from '../../broker-bridge/src/revocation/operator-handler.js';
-import { RevocationService } from '../../broker-bridge/src/revocation/revocation-service.js';
+import { CRL_PART_BYTES, decodeCrlDelta, decodeCrlPart, sha256Hex } from '../../common/protocol/crl.js';
+import { recordEnrolledDevice } from '../../broker-bridge/src/inventory/test-records.js';
+
+x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
 
 /**
  * Revocation as the broker enforces it, seen only through independent clients (mqtt.js directly,
@@ -18,6 +24,9 @@ import { RevocationService } from '../../broker-bridge/src/revocation/revocation
  */
 const run = promisify(execFile);
 const BASE = 'fleet/v1';
+const DELTA = `${BASE}/crl/delta`;
+/** Revoked service serials the fleet starts with: its devices' base CRL needs more than one part. */
+const PRESET_SERIALS = 1_400;
 
 interface Dev {
   id: string;
@@ -36,20 +45,7 @@ describe('revocation enforced by mosquitto', () => {
   async function device(id: string): Promise<Dev> {
     const c = await fleet.clientCertificate(id);
     const now = Date.now();
-    await fleet.inventory.registerDevice(
-      { deviceId: id, ekPublicHash: `ek-${id}`, ekCertificate: 'AAAA', ekKind: 'ecc', metadata: {}, registeredAt: now },
-      { tokenHash: `tok-${id}`, deviceId: id, ekPublicHash: `ek-${id}`, createdAt: now, expiresAt: now + 60_000 },
-    );
-    await fleet.inventory.completeEnrollment({
-      tokenHash: `tok-${id}`,
-      requestId: `req-${id}`,
-      deviceId: id,
-      akName: '000b' + 'aa'.repeat(32),
-      certificate: { serial: c.serialNumber, deviceId: id, notBefore: now - 300_000, notAfter: now + 86_400_000, issuedAt: now, pem: c.certPem, keySpkiHash: 'k' },
-      response: { requestId: `req-${id}`, deviceId: id, topic: 't', payload: 'cA==', storedAt: now },
-      audit: [],
-      at: now,
-    });
+    await recordEnrolledDevice(fleet.inventory, { deviceId: id, serial: c.serialNumber, at: now, pem: c.certPem, notBefore: now - 300_000 });
     const certFile = join(dir, `${id}.pem`);
     const keyFile = join(dir, `${id}-key.pem`);
     writeFileSync(certFile, c.certPem);
@@ -103,6 +99,9 @@ describe('revocation enforced by mosquitto', () => {
 
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'revocation-'));
+    mkdirSync(join(dir, 'fleet', 'ca'), { recursive: true });
+    const extra = Array.from({ length: PRESET_SERIALS }, (_, i) => ({ serial: (0x7e00000000000000n + BigInt(i)).toString(16), at: Date.now() - 60_000, reason: 'superseded' }));
+    writeFileSync(join(dir, 'fleet', 'ca', 'crl-state.json'), JSON.stringify({ v: 1, crlNumber: '0', extra }));
     fleet = await EmbeddedFleet.start({ dir: join(dir, 'fleet'), clock: systemClock, trustDomain: 'test.fleet', ekTrust: { roots: [] } });
     writeFileSync(join(dir, 'root.pem'), fleet.ca.rootCertificatePem);
     writeFileSync(join(dir, 'issuing.pem'), fleet.ca.issuingCertificatePem);
@@ -124,14 +123,16 @@ describe('revocation enforced by mosquitto', () => {
       c.on('message', (topic, payload) => seen.push({ client: name, topic, payload: payload.toString() }));
     }
     await subscribe(ca, `${BASE}/devices/gw-a/status`);
-    await subscribe(ca, `${BASE}/crl`);
-    await subscribe(cb, `${BASE}/crl`);
+    await subscribe(ca, `${BASE}/crl/#`);
+    await subscribe(cb, `${BASE}/crl/#`);
     await subscribe(auditor, `${BASE}/devices/+/status`);
 
-    // Before: the device publishes and receives on its own topics; both hold the retained CRL.
+    // Before: the device publishes and receives on its own topics; both hold the retained parts of the base.
+    const parts = fleet.revocation.devices!.partPayloads.length;
+    expect(parts).toBeGreaterThan(1);
     expect(await pubackCode(ca, `${BASE}/devices/gw-a/status`, 'before')).toBe(0);
     await expect.poll(() => seen.some((m) => m.client === 'a' && m.payload === 'before')).toBe(true);
-    await expect.poll(() => seen.filter((m) => m.topic === `${BASE}/crl`).map((m) => m.client).sort()).toEqual(['a', 'b']);
+    await expect.poll(() => seen.filter((m) => m.topic.startsWith(`${BASE}/crl/full/`)).length).toBe(2 * parts);
     const crlBefore = fleet.revocation.current!.crlNumber;
 
     const t0 = performance.now();
@@ -158,7 +159,7 @@ describe('revocation enforced by mosquitto', () => {
     expect(await pubackCode(cb, `${BASE}/devices/gw-b/status`, 'b-after')).toBe(0);
     await expect.poll(() => seen.some((m) => m.client === 'auditor' && m.payload === 'b-after')).toBe(true);
     await expect
-      .poll(() => seen.some((m) => m.client === 'b' && m.topic === `${BASE}/crl` && JSON.parse(m.payload).crlNumber === result.crlNumber.toString()))
+      .poll(() => seen.some((m) => m.client === 'b' && m.topic === DELTA && m.payload !== '' && JSON.parse(m.payload).crlNumber === result.crlNumber.toString()))
       .toBe(true);
     const cutAt = seen.length;
     expect(await pubackCode(cb, `${BASE}/devices/gw-a/status`, 'x').catch(() => -1)).toBe(0x87); // b never had rights there
@@ -166,8 +167,9 @@ describe('revocation enforced by mosquitto', () => {
     expect(seen.slice(cutAt).filter((m) => m.client === 'a')).toEqual([]);
     // The CRL is published before the broker reloads, on purpose: the device may still learn that it is
     // revoked (the CRL that revokes it); nothing newer reaches it.
-    const crlsForA = seen.filter((m) => m.client === 'a' && m.topic === `${BASE}/crl`).map((m) => BigInt(JSON.parse(m.payload).crlNumber));
-    expect(crlsForA.filter((n) => n > crlBefore)).toEqual(crlsForA.length === 1 ? [] : [result.crlNumber]);
+    // (An empty payload is the delta topic cleared when the fleet started with a new base.)
+    const crlsForA = seen.filter((m) => m.client === 'a' && m.topic === DELTA && m.payload !== '').map((m) => BigInt(JSON.parse(m.payload).crlNumber));
+    expect(crlsForA.filter((n) => n !== result.crlNumber)).toEqual([]);
     // The refused publish went nowhere, nor does a later one.
     expect(await pubackCode(ca, `${BASE}/devices/gw-a/status`, 'later')).toBe(0x87);
     await new Promise((r) => setTimeout(r, 200));
@@ -176,12 +178,12 @@ describe('revocation enforced by mosquitto', () => {
     // Reconnect: the TLS handshake fails with the revoked alert, no CONNACK (mqtt.js and mosquitto_sub).
     await expect(connect(a)).rejects.toThrow(/certificate revoked/i);
     const sub = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fleet.broker.devicePort), '--cafile', join(dir, 'root.pem'),
-      '--cert', a.certFile, '--key', a.keyFile, '-i', 'enr-cli-a', '-t', `${BASE}/crl`, '-C', '1', '-W', '3', '-d']).catch((e: { code: number; stdout: string; stderr: string }) => e);
+      '--cert', a.certFile, '--key', a.keyFile, '-i', 'enr-cli-a', '-t', `${BASE}/crl/#`, '-C', '1', '-W', '3', '-d']).catch((e: { code: number; stdout: string; stderr: string }) => e);
     expect('code' in sub ? sub.code : 0).not.toBe(0);
     expect(sub.stdout + sub.stderr).not.toMatch(/CONNACK/);
-    // Another device still connects (and gets the retained CRL), with mosquitto_sub too.
+    // Another device still connects (and gets the retained delta), with mosquitto_sub too.
     const subB = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fleet.broker.devicePort), '--cafile', join(dir, 'root.pem'),
-      '--cert', b.certFile, '--key', b.keyFile, '-i', 'enr-cli-b', '-t', `${BASE}/crl`, '-C', '1', '-W', '5']);
+      '--cert', b.certFile, '--key', b.keyFile, '-i', 'enr-cli-b', '-t', DELTA, '-C', '1', '-W', '5']);
     expect(JSON.parse(subB.stdout).crlNumber).toBe(result.crlNumber.toString());
 
     // openssl with the broker's CRL file: the revoked certificate fails with error 23, the other passes.
@@ -233,11 +235,87 @@ describe('revocation enforced by mosquitto', () => {
     expect(fleet.inventory.getDevice('gw-b')?.revokedAt).toBeUndefined();
   });
 
-  it('publishes the CRL message with its number, times and DER', () => {
-    const cur = fleet.revocation.current!;
-    const msg = JSON.parse(RevocationService.message(cur).toString()) as Record<string, unknown>;
-    expect(msg).toMatchObject({ v: 1, crlNumber: cur.crlNumber.toString(), thisUpdate: cur.thisUpdate.getTime(), nextUpdate: cur.nextUpdate.getTime() });
-    expect(Buffer.from(msg.crl as string, 'base64').equals(cur.crlDer)).toBe(true);
+  it('an independent client reads the retained base parts and the delta listing a new revocation; a device may not write them', async () => {
+    const d = await device('gw-e');
+    await fleet.revokeDevice('gw-e', 'keyCompromise');
+    const state = fleet.revocation.devices!;
+    const parts = state.partPayloads.length;
+    const auditor = await fleet.clientCertificate('role:auditor:crl');
+    writeFileSync(join(dir, 'auditor.pem'), auditor.certPem);
+    writeFileSync(join(dir, 'auditor-key.pem'), auditor.keyPem, { mode: 0o600 });
+    // mosquitto_sub with the auditor's certificate: every retained CRL message, one per line (`-v`: topic payload).
+    const out = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fleet.broker.devicePort), '--cafile', join(dir, 'root.pem'),
+      '--cert', join(dir, 'auditor.pem'), '--key', join(dir, 'auditor-key.pem'), '-i', 'enr-cli-auditor', '-t', `${BASE}/crl/#`,
+      '-v', '-C', String(parts + 1), '-W', '10'], { maxBuffer: 16 << 20 });
+    const messages = new Map(out.stdout.trim().split('\n').map((line) => [line.slice(0, line.indexOf(' ')), Buffer.from(line.slice(line.indexOf(' ') + 1))] as const));
+
+    // The delta: the new serial, against the base the parts carry, signed by the issuing CA (openssl).
+    const delta = decodeCrlDelta(messages.get(DELTA)!);
+    expect(delta.crlNumber).toBe(fleet.revocation.current!.crlNumber.toString());
+    expect(delta.crlNumber).toBe(state.delta!.crlNumber.toString());
+    writeFileSync(join(dir, 'delta.der'), delta.crl);
+    const text = await openssl(['crl', '-inform', 'DER', '-in', join(dir, 'delta.der'), '-noout', '-text']);
+    expect(text.out).toMatch(new RegExp(`X509v3 Delta CRL Indicator: critical\\s*\\n\\s*${delta.baseCrlNumber}\\s*\\n`));
+    expect(new x509.X509Crl(delta.crl).entries.map((e) => e.serialNumber)).toContain(d.serial);
+    writeFileSync(join(dir, 'issuing-chain.pem'), fleet.ca.issuingCertificatePem + fleet.ca.rootCertificatePem);
+    expect((await openssl(['crl', '-inform', 'DER', '-in', join(dir, 'delta.der'), '-CAfile', join(dir, 'issuing-chain.pem'), '-verify', '-noout'])).out).toMatch(/verify OK/);
+
+    // The parts: each under the packet limit, one set (number, digest), joined = the base, which openssl verifies.
+    const decoded = Array.from({ length: parts }, (_, i) => decodeCrlPart(messages.get(`${BASE}/crl/full/${i}`)!));
+    for (const [i, m] of decoded.entries()) {
+      expect(m).toMatchObject({ part: i, parts, crlNumber: delta.baseCrlNumber, sha256: decoded[0]!.sha256 });
+      expect(messages.get(`${BASE}/crl/full/${i}`)!.length).toBeLessThan(CRL_PART_BYTES * 1.4);
+    }
+    const base = Buffer.concat(decoded.map((m) => m.data));
+    expect(sha256Hex(base)).toBe(decoded[0]!.sha256);
+    expect(base.equals(state.base.der)).toBe(true);
+    writeFileSync(join(dir, 'base.der'), base);
+    expect((await openssl(['crl', '-inform', 'DER', '-in', join(dir, 'base.der'), '-CAfile', join(dir, 'issuing-chain.pem'), '-verify', '-noout'])).out).toMatch(/verify OK/);
+    expect(state.base.size).toBeGreaterThanOrEqual(PRESET_SERIALS);
+
+    // Only the bridge writes CRL topics: a device's publish there is refused.
+    const other = await connect(await device('gw-f'));
+    expect(await pubackCode(other, DELTA, 'forged')).toBe(0x87);
+    expect(await pubackCode(other, `${BASE}/crl/full/0`, 'forged')).toBe(0x87);
+
+    // The broker's crlfile holds the complete CRL (all serials), the same number as the delta.
     expect(readFileSync(fleet.broker.crlFile!, 'utf8')).toBe(fleet.revocation.currentPem);
+  });
+  it('a bridge restart resends no base part the broker still holds; after a broker crash the bridge makes sure every part is retained again', async () => {
+    // topic → SHA-256 of the payload (short failure messages); a cleared delta is no retained message.
+    const digest = (p: string | Buffer) => sha256Hex(Buffer.from(p));
+    const expected = () => {
+      const st = fleet.revocation.devices!;
+      const delta: [string, string][] = st.deltaPayload.length > 0 ? [[DELTA, digest(st.deltaPayload)]] : [];
+      return Object.fromEntries([...st.partPayloads.map((p, i) => [`${BASE}/crl/full/${i}`, digest(p)] as [string, string]), ...delta]);
+    };
+    await fleet.revocation.republish(); // anything still in flight from earlier is done after this
+    const watcher = await connect(await fleet.clientCertificate('role:auditor:crl-watch'));
+    const live: string[] = [];
+    watcher.on('message', (topic, _payload, packet) => {
+      if (!packet.retain) live.push(topic);
+    });
+    await subscribe(watcher, `${BASE}/crl/#`);
+    await fleet.stopBridge();
+    await fleet.startBridge();
+    await fleet.revocation.republish(); // queued behind the start's own republish
+    expect(live.filter((t) => t.startsWith(`${BASE}/crl/full/`))).toEqual([]);
+    expect(live.filter((t) => t === DELTA).length).toBeGreaterThanOrEqual(1);
+    expect(fleet.revocation.devices!.published).toBe(true);
+
+    // SIGKILL: mosquitto keeps only what its last autosave wrote. Whatever that was, the bridge, back
+    // on the reconnect, leaves every part and the delta retained.
+    const poller = await fleet.clientCertificate('role:auditor:crl-poll');
+    writeFileSync(join(dir, 'poller.pem'), poller.certPem);
+    writeFileSync(join(dir, 'poller-key.pem'), poller.keyPem, { mode: 0o600 });
+    await fleet.killBroker();
+    await fleet.startBroker();
+    const retainedNow = async () => {
+      const r = await run('mosquitto_sub', ['-h', '127.0.0.1', '-p', String(fleet.broker.devicePort), '--cafile', join(dir, 'root.pem'),
+        '--cert', join(dir, 'poller.pem'), '--key', join(dir, 'poller-key.pem'), '-i', 'enr-cli-poller', '-t', `${BASE}/crl/#`,
+        '-v', '--retained-only', '-W', '1'], { maxBuffer: 16 << 20 }).catch((e: { stdout: string }) => e);
+      return Object.fromEntries(r.stdout.trim().split('\n').filter(Boolean).map((line) => [line.slice(0, line.indexOf(' ')), digest(line.slice(line.indexOf(' ') + 1))]));
+    };
+    await expect.poll(retainedNow, { timeout: 20_000, interval: 500 }).toEqual(expected());
   });
 });

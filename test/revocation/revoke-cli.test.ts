@@ -12,6 +12,7 @@ import { pemBlocks } from '../../common/der.js';
 import { generateMosquittoConfig } from '../../broker-bridge/src/broker/mosquitto-config.js';
 import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
 import { LevelInventory } from '../../broker-bridge/src/inventory/level-inventory.js';
+import { recordEnrolledDevice } from '../../broker-bridge/src/inventory/test-records.js';
 
 x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
 const run = promisify(execFile);
@@ -37,22 +38,7 @@ describe('bridge revoke (offline)', () => {
     const inv = new LevelInventory(join(dir, 'data', 'inventory'));
     await inv.open();
     const now = Date.now();
-    for (const [id, serial] of [['gw-1', '4a01'], ['gw-2', '4a02']] as const) {
-      await inv.registerDevice(
-        { deviceId: id, ekPublicHash: `ek-${id}`, ekCertificate: 'AAAA', ekKind: 'ecc', metadata: {}, registeredAt: now },
-        { tokenHash: `tok-${id}`, deviceId: id, ekPublicHash: `ek-${id}`, createdAt: now, expiresAt: now + 60_000 },
-      );
-      await inv.completeEnrollment({
-        tokenHash: `tok-${id}`,
-        requestId: `req-${id}`,
-        deviceId: id,
-        akName: '000b' + 'aa'.repeat(32),
-        certificate: { serial, deviceId: id, notBefore: now, notAfter: now + 86_400_000, issuedAt: now, pem: 'PEM', keySpkiHash: 'k' },
-        response: { requestId: `req-${id}`, deviceId: id, topic: 't', payload: 'cA==', storedAt: now },
-        audit: [],
-        at: now,
-      });
-    }
+    for (const [id, serial] of [['gw-1', '4a01'], ['gw-2', '4a02']] as const) await recordEnrolledDevice(inv, { deviceId: id, serial, at: now });
     await inv.close();
     const { deviceAcl } = generateMosquittoConfig({
       baseTopic: 'fleet/v1',

@@ -107,6 +107,47 @@ describe('CrlSigner', () => {
     expect(v.stdout).toMatch(/No Revoked Certificates/);
   });
 
+  it('signs a delta CRL (RFC 5280 5.2.4) that openssl reads as one: critical Delta CRL Indicator with the base number', async () => {
+    const revokedAt = new Date(clock.now() - 1_000);
+    const res = await crls.sign({
+      crlNumber: 57,
+      nextUpdateSec: 3_600,
+      baseCrlNumber: 50,
+      revoked: [
+        { serialNumber: '5a01', revokedAt, reason: 'keyCompromise' },
+        { serialNumber: '5a02', revokedAt, reason: 'removeFromCRL' },
+      ],
+    });
+    expect(res.crlNumber).toBe(57n);
+    expect(res.baseCrlNumber).toBe(50n);
+    const crlPath = join(dir, 'delta.der');
+    await writeFile(crlPath, res.crlDer);
+    const v = await openssl(['crl', '-inform', 'DER', '-in', crlPath, '-CAfile', ca.files.chain, '-verify', '-noout']);
+    expect(v.code, v.stderr).toBe(0);
+    expect(v.stderr + v.stdout).toMatch(/verify OK/);
+    const text = (await openssl(['crl', '-inform', 'DER', '-in', crlPath, '-noout', '-text'])).stdout;
+    expect(text).toMatch(/X509v3 Delta CRL Indicator: critical\s*\n\s*50\s*\n/);
+    expect(text).toMatch(/X509v3 CRL Number:\s*\n\s*57/);
+    expect(text).toMatch(/Key Compromise/);
+    expect(text).toMatch(/Remove From CRL/);
+    // A complete CRL has no indicator.
+    const complete = await crls.sign({ crlNumber: 57, nextUpdateSec: 3_600, revoked: [] });
+    await writeFile(join(dir, 'complete.der'), complete.crlDer);
+    expect((await openssl(['crl', '-inform', 'DER', '-in', join(dir, 'complete.der'), '-noout', '-text'])).stdout).not.toMatch(/Delta CRL Indicator/);
+    expect(complete.baseCrlNumber).toBeUndefined();
+  });
+
+  it('signs a 100,000-entry complete CRL that openssl verifies', async () => {
+    const revokedAt = new Date(clock.now() - 1_000);
+    const revoked = Array.from({ length: 100_000 }, (_, i) => ({ serialNumber: (0x10000000000000000000n + BigInt(i)).toString(16), revokedAt }));
+    const res = await crls.sign({ crlNumber: 9, nextUpdateSec: 3_600, revoked });
+    const crlPath = join(dir, 'big.der');
+    await writeFile(crlPath, res.crlDer);
+    const v = await openssl(['crl', '-inform', 'DER', '-in', crlPath, '-CAfile', ca.files.chain, '-verify', '-noout']);
+    expect(v.code, v.stderr).toBe(0);
+    console.log(`CrlSigner: complete CRL with 100,000 entries (16-byte serials, no reason): ${res.crlDer.length} bytes`);
+  });
+
   it('rejects malformed requests with CA_BAD_REQUEST', async () => {
     const at = new Date(clock.now());
     await expectCode(crls.sign({ crlNumber: -1, nextUpdateSec: 60, revoked: [] }), 'CA_BAD_REQUEST');
@@ -124,5 +165,10 @@ describe('CrlSigner', () => {
       crls.sign({ crlNumber: 1, nextUpdateSec: 60, revoked: [{ serialNumber: 'ab', revokedAt: at, reason: 'constructor' as 'superseded' }] }),
       'CA_BAD_REQUEST',
     );
+    // Deltas: the base comes before the delta; removeFromCRL only in a delta (RFC 5280 5.3.1).
+    await expectCode(crls.sign({ crlNumber: 5, baseCrlNumber: 5, nextUpdateSec: 60, revoked: [] }), 'CA_BAD_REQUEST');
+    await expectCode(crls.sign({ crlNumber: 5, baseCrlNumber: -1, nextUpdateSec: 60, revoked: [] }), 'CA_BAD_REQUEST');
+    await expectCode(crls.sign({ crlNumber: 5, nextUpdateSec: 60, revoked: [{ serialNumber: 'ab', revokedAt: at, reason: 'removeFromCRL' }] }), 'CA_BAD_REQUEST');
+    expect((await crls.sign({ crlNumber: 5, baseCrlNumber: 4, nextUpdateSec: 60, revoked: [{ serialNumber: 'ab', revokedAt: at, reason: 'removeFromCRL' }] })).baseCrlNumber).toBe(4n);
   });
 });

@@ -30,11 +30,17 @@ export interface RevokedCertificate {
 }
 
 export interface CrlRequest {
-  /** Monotonic CRL number; the caller persists it. */
+  /** Monotonic CRL number; the caller persists it. Complete and delta CRLs share the sequence. */
   readonly crlNumber: bigint | number;
   /** nextUpdate = thisUpdate + this. */
   readonly nextUpdateSec: number;
   readonly revoked: readonly RevokedCertificate[];
+  /**
+   * Makes a delta CRL (RFC 5280 5.2.4): the critical deltaCRLIndicator carries this BaseCRLNumber, the
+   * number of the complete CRL the delta applies to (less than `crlNumber`). `revoked` then lists the
+   * changes since that complete CRL; only a delta may use the reason `removeFromCRL`.
+   */
+  readonly baseCrlNumber?: bigint | number;
 }
 
 export interface CrlResponse {
@@ -42,12 +48,16 @@ export interface CrlResponse {
   readonly thisUpdate: Date;
   readonly nextUpdate: Date;
   readonly crlNumber: bigint;
+  /** Set for a delta CRL: the BaseCRLNumber it names. */
+  readonly baseCrlNumber?: bigint;
 }
 
 const V2 = Buffer.from('020101', 'hex');
 const OID_AKI = Buffer.from('0603551d23', 'hex');
 const OID_CRL_NUMBER = Buffer.from('0603551d14', 'hex');
 const OID_REASON = Buffer.from('0603551d15', 'hex');
+const OID_DELTA_CRL_INDICATOR = Buffer.from('0603551d1b', 'hex');
+const CRITICAL = Buffer.from('0101ff', 'hex');
 
 /** Signs v2 CRLs for the issuing CA with the same backend that signs certificates. */
 export class CrlSigner {
@@ -69,14 +79,11 @@ export class CrlSigner {
   }
 
   async sign(req: CrlRequest): Promise<CrlResponse> {
-    let crlNumber: bigint;
-    try {
-      crlNumber = BigInt(req.crlNumber);
-    } catch {
-      throw new CaError('CA_BAD_REQUEST', 'crlNumber must be an integer');
+    const crlNumber = crlNumberOf(req.crlNumber, 'crlNumber');
+    const baseCrlNumber = req.baseCrlNumber === undefined ? undefined : crlNumberOf(req.baseCrlNumber, 'baseCrlNumber');
+    if (baseCrlNumber !== undefined && baseCrlNumber >= crlNumber) {
+      throw new CaError('CA_BAD_REQUEST', 'a delta CRL applies to an earlier complete CRL (baseCrlNumber < crlNumber)');
     }
-    // RFC 5280 5.2.3: at most 20 octets, non-negative.
-    if (crlNumber < 0n || crlNumber >= 1n << 159n) throw new CaError('CA_BAD_REQUEST', 'crlNumber out of range');
     if (!Number.isSafeInteger(req.nextUpdateSec) || req.nextUpdateSec <= 0) {
       throw new CaError('CA_BAD_REQUEST', 'nextUpdateSec must be a positive integer');
     }
@@ -98,18 +105,22 @@ export class CrlSigner {
       const reason = r.reason ?? 'unspecified';
       if (!Object.hasOwn(REASON_CODES, reason)) throw new CaError('CA_BAD_REQUEST', `unknown revocation reason ${String(reason)}`);
       const code = REASON_CODES[reason];
+      // RFC 5280 5.3.1: removeFromCRL only appears in delta CRLs.
+      if (reason === 'removeFromCRL' && baseCrlNumber === undefined) throw new CaError('CA_BAD_REQUEST', 'removeFromCRL is for delta CRLs only');
       // RFC 5280 5.3.1: reasonCode unspecified SHOULD be absent.
       if (code !== 0) parts.push(seq(seq(OID_REASON, tlv(TAG.OCTET_STRING, tlv(TAG.ENUMERATED, Buffer.from([code]))))));
       entries.push(seq(...parts));
     }
 
     const crlNumberExt = seq(OID_CRL_NUMBER, tlv(TAG.OCTET_STRING, encodeUnsignedInteger(crlNumber)));
+    // RFC 5280 5.2.4: the deltaCRLIndicator MUST be critical; its value is the BaseCRLNumber.
+    const deltaExt = baseCrlNumber === undefined ? [] : [seq(OID_DELTA_CRL_INDICATOR, CRITICAL, tlv(TAG.OCTET_STRING, encodeUnsignedInteger(baseCrlNumber)))];
     const tbs = seq(
       this.#prefix,
       encodeTime(thisUpdate),
       encodeTime(nextUpdate),
       ...(entries.length > 0 ? [tlv(TAG.SEQUENCE, Buffer.concat(entries))] : []),
-      tlv(0xa0, seq(this.#aki, crlNumberExt)),
+      tlv(0xa0, seq(this.#aki, crlNumberExt, ...deltaExt)),
     );
     let signature: Buffer;
     try {
@@ -123,6 +134,19 @@ export class CrlSigner {
       thisUpdate: new Date(thisUpdate),
       nextUpdate: new Date(nextUpdate),
       crlNumber,
+      ...(baseCrlNumber === undefined ? {} : { baseCrlNumber }),
     };
   }
+}
+
+function crlNumberOf(v: bigint | number, name: string): bigint {
+  let n: bigint;
+  try {
+    n = BigInt(v);
+  } catch {
+    throw new CaError('CA_BAD_REQUEST', `${name} must be an integer`);
+  }
+  // RFC 5280 5.2.3: at most 20 octets, non-negative.
+  if (n < 0n || n >= 1n << 159n) throw new CaError('CA_BAD_REQUEST', `${name} out of range`);
+  return n;
 }

@@ -1,77 +1,101 @@
 import { isCodedError } from '../../../common/coded-error.js';
-import { DEVICE_ID_PATTERN, type Topics } from '../../../common/protocol/topics.js';
-import { literal, object, oneOf, optional, parseMessage, str } from '../../../common/protocol/schema.js';
-import type { RequestHandler, MessageMeta } from '../bridge.js';
-import type { Reply } from '../enrollment/enrollment-service.js';
-import { REVOCATION_REASONS } from '../ca/crl.js';
+import {
+  OPERATOR_REPLY_CODES,
+  allOperatorCommands,
+  decodeOperatorRevoke,
+  encodeOperatorRefusal,
+  encodeOperatorRevokeAccepted,
+  operatorTopics,
+  parseOperatorCommand,
+  type OperatorReplyCode,
+} from '../../../common/protocol/operator.js';
+import type { Topics } from '../../../common/protocol/topics.js';
+import type { MessageMeta, RequestHandler } from '../bridge.js';
+import type { EnrollmentLogger } from '../enrollment/enrollment-service.js';
+import { InFlight, type Reply } from '../enrollment/request-handling.js';
 import type { RevocationService } from './revocation-service.js';
 
 /**
- * Operator command: revoke a device or a serial, over the operator's own mutual-TLS session.
- *   `<base>/operators/<op id>/commands/revoke`        operator → bridge (QoS1)
- *   `<base>/operators/<op id>/commands/revoke/reply`  bridge → operator
- * `<op id>` is the operator certificate's CN without `role:operator:`; the ACL (`user role:operator:<id>`)
- * lets each operator write only its own command topic, so the topic names an authenticated operator.
- * TODO(common/protocol): move OPERATOR_TOPICS, the schemas and the size limit into topics.ts/messages.ts.
+ * The operator `revoke` command (protocol: common/protocol/operator.ts): revokes a device or a serial
+ * through the RevocationService and answers on the operator's reply topic. Every failure is a coded
+ * refusal; internals go to the log, not the wire.
  */
-export const OPERATOR_REVOKE_MAX_BYTES = 1024;
-const OPERATOR_ID = /^[A-Za-z0-9._-]{1,64}$/;
-
-export const operatorRevokeRequest = object({
-  v: literal(1),
-  requestId: str({ min: 1, max: 64, pattern: /^[A-Za-z0-9._-]+$/ }),
-  deviceId: optional(str({ max: 64, pattern: DEVICE_ID_PATTERN })),
-  serial: optional(str({ max: 40, pattern: /^[0-9A-Fa-f]{1,40}$/ })),
-  reason: oneOf(REVOCATION_REASONS),
-});
-
-/** Reply: `{ v:1, requestId, ok:true, serials, crlNumber }` or `{ v:1, requestId?, ok:false, code, message }`. */
+/** The revoke command and reply topics of one operator. */
 export function operatorRevokeTopics(topics: Topics, operatorId: string): { command: string; reply: string } {
-  const command = `${topics.base}/operators/${operatorId}/commands/revoke`;
-  return { command, reply: `${command}/reply` };
+  return operatorTopics(topics, operatorId, 'revoke');
 }
+
+/** Answers remembered per (operator, requestId); the oldest go first. */
+const REMEMBERED_ANSWERS = 1024;
+
+/** Codes the RevocationService and CA report that an operator may see as they are. */
+const PASSED_THROUGH: ReadonlySet<string> = new Set<OperatorReplyCode>([
+  'SCHEMA_TOO_LARGE',
+  'SCHEMA_NOT_JSON',
+  'SCHEMA_INVALID',
+  'REVOCATION_BAD_REQUEST',
+  'REVOCATION_NOT_FOUND',
+  'REVOCATION_STATE_INVALID',
+  'REVOCATION_STOPPED',
+]);
+/** Retryable outages below the service: the CA backend, the broker files. */
+const UNAVAILABLE: ReadonlySet<string> = new Set(['CA_BACKEND_FAILED', 'CA_BUSY', 'REVOCATION_BROKER_FAILED']);
 
 export class OperatorRevokeHandler implements RequestHandler {
   readonly #topics: Topics;
   readonly #revocation: RevocationService;
+  readonly #logger: EnrollmentLogger | undefined;
   readonly #done = new Map<string, Buffer>();
+  readonly #inFlight = new InFlight();
 
-  constructor(o: { topics: Topics; revocation: RevocationService }) {
+  constructor(o: { topics: Topics; revocation: RevocationService; logger?: EnrollmentLogger }) {
     this.#topics = o.topics;
     this.#revocation = o.revocation;
+    this.#logger = o.logger;
   }
 
   filters(): string[] {
-    return [`${this.#topics.base}/operators/+/commands/revoke`];
+    return [allOperatorCommands(this.#topics, 'revoke')];
   }
 
   async handle(topic: string, payload: Buffer, meta?: MessageMeta): Promise<Reply | undefined> {
     if (meta?.retain) return undefined; // a retained command is never a live request
-    const op = topic.slice(this.#topics.base.length + 1).split('/')[1] ?? '';
-    if (!OPERATOR_ID.test(op)) return undefined;
+    const parsed = parseOperatorCommand(this.#topics, topic);
+    if (parsed?.command !== 'revoke') return undefined;
+    const op = parsed.operatorId;
     const replyTopic = operatorRevokeTopics(this.#topics, op).reply;
-    let requestId: string | undefined;
+    let req;
     try {
-      const req = parseMessage(payload, operatorRevokeRequest, OPERATOR_REVOKE_MAX_BYTES);
-      requestId = req.requestId;
-      // A redelivered command (QoS1) gets the answer it got the first time.
-      const cached = this.#done.get(`${op}\n${req.requestId}`);
-      if (cached) return { topic: replyTopic, payload: cached };
-      if ((req.deviceId === undefined) === (req.serial === undefined)) {
-        return { topic: replyTopic, payload: fail(requestId, 'REVOCATION_BAD_REQUEST', 'give exactly one of deviceId and serial') };
-      }
-      const r = req.deviceId !== undefined ? await this.#revocation.revokeDevice(req.deviceId, req.reason) : await this.#revocation.revokeSerial(req.serial!, req.reason);
-      const out = Buffer.from(JSON.stringify({ v: 1, requestId, ok: true, serials: r.serials, crlNumber: r.crlNumber.toString(), enforced: r.enforced }));
-      this.#done.set(`${op}\n${req.requestId}`, out);
-      if (this.#done.size > 1024) this.#done.delete(this.#done.keys().next().value!);
-      return { topic: replyTopic, payload: out };
+      req = decodeOperatorRevoke(payload);
     } catch (e) {
-      const code = isCodedError(e) ? e.code : 'INTERNAL';
-      return { topic: replyTopic, payload: fail(requestId, code, isCodedError(e) ? e.message : 'internal error') };
+      return { topic: replyTopic, payload: this.#refusal(undefined, e, op) };
     }
+    const key = `${op}\n${req.requestId}`;
+    // A redelivered command (QoS1), also one arriving while the first still runs, gets the first answer.
+    const cached = this.#done.get(key);
+    if (cached) return { topic: replyTopic, payload: cached };
+    return this.#inFlight.run(key, async () => {
+      try {
+        if ((req.deviceId === undefined) === (req.serial === undefined)) {
+          return { topic: replyTopic, payload: encodeOperatorRefusal(req.requestId, 'REVOCATION_BAD_REQUEST', 'give exactly one of deviceId and serial') };
+        }
+        const r = req.deviceId !== undefined ? await this.#revocation.revokeDevice(req.deviceId, req.reason) : await this.#revocation.revokeSerial(req.serial!, req.reason);
+        const out = encodeOperatorRevokeAccepted({ requestId: req.requestId, serials: [...r.serials], crlNumber: r.crlNumber.toString(), enforced: r.enforced });
+        this.#done.set(key, out);
+        if (this.#done.size > REMEMBERED_ANSWERS) this.#done.delete(this.#done.keys().next().value!);
+        this.#logger?.info({ operator: op, requestId: req.requestId, deviceId: req.deviceId, serial: req.serial, reason: req.reason, serials: r.serials }, 'operator revoke');
+        return { topic: replyTopic, payload: out };
+      } catch (e) {
+        return { topic: replyTopic, payload: this.#refusal(req.requestId, e, op) };
+      }
+    });
   }
-}
 
-function fail(requestId: string | undefined, code: string, message: string): Buffer {
-  return Buffer.from(JSON.stringify({ v: 1, ...(requestId ? { requestId } : {}), ok: false, code, message: message.slice(0, 200) }));
+  #refusal(requestId: string | undefined, e: unknown, operator: string): Buffer {
+    const code = isCodedError(e) ? e.code : undefined;
+    if (code !== undefined && PASSED_THROUGH.has(code)) return encodeOperatorRefusal(requestId, code as OperatorReplyCode, (e as Error).message);
+    const as: OperatorReplyCode = code !== undefined && UNAVAILABLE.has(code) ? 'UNAVAILABLE' : 'INTERNAL';
+    this.#logger?.error({ operator, requestId, code, err: e }, 'operator revoke failed');
+    return encodeOperatorRefusal(requestId, as, OPERATOR_REPLY_CODES[as].message);
+  }
 }

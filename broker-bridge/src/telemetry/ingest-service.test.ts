@@ -81,7 +81,7 @@ describe('IngestService', () => {
     ingest = new IngestService({ inventory, clock, topics, logger: log.logger, warnIntervalMs: 60_000 });
     handled = 0;
     bridgeTransport = new MemoryTransport(broker, { clientId: 'role:bridge', onError: () => {} });
-    bridge = new Bridge({ transport: bridgeTransport, topics, handlers: [counted()], trustBundlePems: [], logger: log.logger, clock });
+    bridge = new Bridge({ transport: bridgeTransport, topics, handlers: [counted()], trustBundle: async () => Buffer.from('{}'), logger: log.logger, clock });
     await bridge.start();
     device = new MemoryTransport(broker, { clientId: 'dev-a', onError: () => {} });
     await device.connect();
@@ -198,7 +198,7 @@ describe('IngestService', () => {
     await devB.close();
     clock.advance(3_600_000);
     bridgeTransport = new MemoryTransport(broker, { clientId: 'role:bridge', onError: () => {} });
-    bridge = new Bridge({ transport: bridgeTransport, topics, handlers: [counted()], trustBundlePems: [], logger: log.logger, clock });
+    bridge = new Bridge({ transport: bridgeTransport, topics, handlers: [counted()], trustBundle: async () => Buffer.from('{}'), logger: log.logger, clock });
     await bridge.start();
     await settle(handledAll(3));
     expect(inventory.getDevice('dev-a')?.lastSeenAt).toBe(T0 + 1000);
