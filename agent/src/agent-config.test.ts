@@ -23,6 +23,7 @@ describe('parseAgentConfig', () => {
       backoff: { baseMs: 1000, capMs: 180_000 },
       tickMs: 30_000,
       outbox: { maxEvents: 10_000 },
+      revocation: { graceSec: 86_400 },
       logLevel: 'info',
     });
   });
@@ -34,6 +35,7 @@ describe('parseAgentConfig', () => {
       backoff: { capMs: 60_000 },
       tickMs: 1000,
       outbox: { maxEvents: 50 },
+      revocation: { graceSec: 600 },
       logLevel: 'debug',
     });
     expect(c).toEqual({
@@ -42,6 +44,7 @@ describe('parseAgentConfig', () => {
       backoff: { baseMs: 1000, capMs: 60_000 },
       tickMs: 1000,
       outbox: { maxEvents: 50 },
+      revocation: { graceSec: 600 },
       logLevel: 'debug',
     });
   });
@@ -57,6 +60,7 @@ describe('parseAgentConfig', () => {
     ['non-integer lifetime', { v: 1, offlineBudget: { lifetimeSec: 86_400.5 } }, 'offlineBudget.lifetimeSec: expected an integer'],
     ['lifetime below a minute', { v: 1, offlineBudget: { lifetimeSec: 30 } }, 'offlineBudget.lifetimeSec: out of range'],
     ['negative grace', { v: 1, offlineBudget: { graceSec: -1 } }, 'offlineBudget.graceSec: out of range'],
+    ['negative CRL grace', { v: 1, revocation: { graceSec: -1 } }, 'revocation.graceSec: out of range'],
     ['zero backoff base', { v: 1, backoff: { baseMs: 0 } }, 'backoff.baseMs: out of range'],
     ['tick too short', { v: 1, tickMs: 10 }, 'tickMs: out of range'],
     ['zero outbox', { v: 1, outbox: { maxEvents: 0 } }, 'outbox.maxEvents: out of range'],

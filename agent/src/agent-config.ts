@@ -16,6 +16,7 @@ import { checkBudget, DEFAULT_OFFLINE_BUDGET, type OfflineBudget } from './polic
  *   "backoff": { "baseMs": 1000, "capMs": 180000 },
  *   "tickMs": 30000,
  *   "outbox": { "maxEvents": 10000 },
+ *   "revocation": { "graceSec": 86400 },
  *   "logLevel": "info" }
  * ```
  *
@@ -60,6 +61,8 @@ export const agentConfigSchema = object({
   /** Longest the supervisor sleeps between timing checks. */
   tickMs: optional(int({ min: 100, max: 3_600_000 })),
   outbox: optional(object({ maxEvents: optional(int({ min: 1, max: 10_000_000 })) })),
+  /** Freshness of the cached CRL: answers say `stale` once now > nextUpdate + graceSec. */
+  revocation: optional(object({ graceSec: optional(int({ min: 0, max: TEN_YEARS_SEC })) })),
   logLevel: optional(oneOf(LOG_LEVELS)),
 });
 
@@ -70,10 +73,13 @@ export interface AgentRuntimeConfig {
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
   readonly tickMs: number;
   readonly outbox: { readonly maxEvents: number };
+  readonly revocation: { readonly graceSec: number };
   readonly logLevel: LogLevel;
 }
 
 export const DEFAULT_TICK_MS = 30_000;
+/** One day past the CRL's nextUpdate (the fleet reissues a quarter of its 24 h period early). */
+export const DEFAULT_CRL_GRACE_SEC = 86_400;
 
 export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   v: 1,
@@ -81,6 +87,7 @@ export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   backoff: { baseMs: DEFAULT_BACKOFF_BASE_MS, capMs: DEFAULT_BACKOFF_CAP_MS },
   tickMs: DEFAULT_TICK_MS,
   outbox: { maxEvents: DEFAULT_OUTBOX_MAX_EVENTS },
+  revocation: { graceSec: DEFAULT_CRL_GRACE_SEC },
   logLevel: 'info',
 };
 
@@ -110,6 +117,7 @@ export function parseAgentConfig(json: unknown, source = 'agent config'): AgentR
     },
     tickMs: parsed.tickMs ?? d.tickMs,
     outbox: { maxEvents: parsed.outbox?.maxEvents ?? d.outbox.maxEvents },
+    revocation: { graceSec: parsed.revocation?.graceSec ?? d.revocation.graceSec },
     logLevel: parsed.logLevel ?? d.logLevel,
   };
   if (config.backoff.capMs < config.backoff.baseMs) {

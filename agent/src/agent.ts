@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../../common/clock.js';
-import { isCodedError } from '../../common/coded-error.js';
+import { CodedError, isCodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
 import { encode } from '../../common/protocol/messages.js';
 import { CLIENT_ID_PREFIX, DEFAULT_BASE_TOPIC, Topics } from '../../common/protocol/topics.js';
@@ -17,9 +17,13 @@ import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
 import { eventBody, Outbox, type NewEvent } from './outbox.js';
 import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
 import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
+import { CrlFeed } from './crl-feed.js';
+import { writeSnapshot } from './peer-verify-snapshot.js';
+import { RevocationCache, verifyPeer, type PeerVerdict } from './revocation-cache.js';
 import { countSignatures } from './signature-counter.js';
 import { statusBody, windowOf, type AgentState } from './status.js';
 import { AgentStore, AgentStoreError, type ActiveIdentity, type LastRotation, type PendingRotation, type StoredAk } from './store.js';
+import { acceptTrustBundle } from './trust-bundle.js';
 import { AGENT_VERSION } from './version.js';
 
 export type { AgentState } from './status.js';
@@ -39,6 +43,9 @@ export type { AgentState } from './status.js';
  * No global state: a simulator runs many agents in one process.
  */
 export type { TransportPurpose };
+
+/** The fleet's CRL lists this agent's own certificate: the identity is no longer used. */
+export class AgentRevokedError extends CodedError<'AGENT_REVOKED'> {}
 type TransportPurpose = 'enroll' | 'device';
 
 /** pino-compatible subset (a pino logger fits). Never given the token or key blobs. */
@@ -91,6 +98,10 @@ export interface AgentStatus {
   /** Negative when the system clock is behind the time floor (then never used to judge validity). */
   readonly clockSkewMs: number;
   readonly outbox: { readonly pending: number; readonly dropped: number };
+  /** The cached fleet CRL: its number, thisUpdate, and freshness by the revocation grace policy. */
+  readonly crl?: { readonly crlNumber: string; readonly thisUpdate: number; readonly freshness: 'fresh' | 'stale' | 'none'; readonly revokedSerials: number };
+  /** Version of the signed trust bundle in use (absent: the one from enrollment or bootstrap). */
+  readonly trustBundleVersion?: number;
   /** Why the agent is in state `error` or `revoked`. */
   readonly error?: { readonly code: string; readonly rejection?: RejectionCode; readonly message: string };
 }
@@ -103,6 +114,8 @@ interface Resources {
   readonly srk: TpmKey;
   readonly ak: StoredAk;
   readonly outbox: Outbox;
+  /** The fleet CRL (complete + delta) in LevelDB with its in-memory index. */
+  readonly revocation: RevocationCache;
   readonly tpmInfo?: { readonly manufacturer: string; readonly firmwareVersion: string };
 }
 
@@ -145,6 +158,12 @@ export class Agent {
   #enrollment: EnrollmentResult | undefined;
   #error: AgentStatus['error'];
   #draining: Promise<void> | undefined;
+  readonly #crlFeed: CrlFeed;
+  /** Fleet topic messages (CRL, trust bundle) are handled one at a time, in arrival order. */
+  #fleetWork: Promise<void> = Promise.resolve();
+  #trustVersion: number | undefined;
+  /** Set when the cached CRL lists the active identity; the next step parks the agent in `revoked`. */
+  #revokedByCrl: { readonly serial: string; readonly reason?: string } | undefined;
   readonly #stepBackoff: Backoff;
   readonly #rotationBackoff: Backoff;
   readonly #refusalBackoff: Backoff;
@@ -162,6 +181,7 @@ export class Agent {
     this.#rotationBackoff = this.#newBackoff();
     this.#refusalBackoff = this.#newBackoff();
     this.#unusableBackoff = this.#newBackoff();
+    this.#crlFeed = new CrlFeed({ topics: this.#topics });
   }
 
   get state(): AgentState {
@@ -195,8 +215,34 @@ export class Agent {
       ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
       clockSkewMs: -judgeNow(this.#clock.now(), this.#floor).behindMs,
       outbox: { pending: outbox?.pending() ?? 0, dropped: outbox?.dropped() ?? 0 },
+      ...this.#crlStatus(),
+      ...(this.#trustVersion === undefined ? {} : { trustBundleVersion: this.#trustVersion }),
       ...(this.#error ? { error: this.#error } : {}),
     };
+  }
+
+  #crlStatus(): Pick<AgentStatus, 'crl'> {
+    const cache = this.#res?.revocation;
+    const n = cache?.crlNumber();
+    if (!cache || n === undefined) return {};
+    const own = this.#identity ? cache.status(this.#identity.slot.serial, this.#judgeQuiet()) : undefined;
+    return { crl: { crlNumber: n.toString(), thisUpdate: cache.thisUpdate()!, freshness: own?.freshness ?? 'fresh', revokedSerials: cache.size() } };
+  }
+
+  /**
+   * Whether a peer's certificate is valid now, answered offline: chain to the trust bundle (the agent's
+   * own issuing chain and `chain` complete the path), validity at the judged time (clock floor applied),
+   * revocation and freshness from the cached CRL. Available while the agent is started.
+   */
+  verifyPeer(certPem: string, chain: readonly string[] = []): PeerVerdict {
+    const res = this.#res;
+    if (!res) return { valid: false, code: 'CRL_MISSING', reason: 'the agent is not started' };
+    return verifyPeer(certPem, {
+      trustBundle: this.#trust ?? this.#o.bootstrap.trustBundle,
+      chain: [...chain, ...(this.#identity?.slot.chain ?? [])],
+      now: this.#judgeQuiet(),
+      cache: res.revocation,
+    });
   }
 
   /**
@@ -302,11 +348,18 @@ export class Agent {
       }
       const outbox = new Outbox(store.sublevel('outbox'), { clock: this.#clock, maxEvents: this.#config.outbox.maxEvents });
       await outbox.open();
+      const revocation = new RevocationCache(store.sublevel('revocation'), { clock: this.#clock, graceSec: this.#config.revocation.graceSec });
+      if ((await revocation.open()) === 'discarded') this.#log('warn', 'the cached CRL was unreadable and is discarded; waiting for the fleet to send it again');
       this.#floor = await store.getClockFloor();
       this.#lastRotation = await store.getLastRotation();
-      this.#res = { store, tpm, signatures: counted.signatures, ownsTpm: !this.#o.tpm, srk, ak, outbox, ...(tpmInfo ? { tpmInfo } : {}) };
+      this.#res = { store, tpm, signatures: counted.signatures, ownsTpm: !this.#o.tpm, srk, ak, outbox, revocation, ...(tpmInfo ? { tpmInfo } : {}) };
       this.#identity = await store.active();
       this.#trust = await store.getTrustBundle();
+      this.#trustVersion = await store.getTrustBundleVersion();
+      const crlTime = revocation.thisUpdate();
+      if (crlTime !== undefined) await this.#advanceFloor(crlTime);
+      this.#noteOwnRevocation();
+      if (this.#identity) await this.#writeSnapshot();
       const pending = await store.getPending();
       if (pending) this.#log('info', 'resuming unfinished work', { kind: pending.kind, phase: pending.kind === 'rotate' ? pending.phase : undefined });
       if (this.#identity) await this.#advanceFloor(windowOf(this.#identity.slot).notBefore);
@@ -359,7 +412,8 @@ export class Agent {
         if (this.#isFinal(e)) {
           this.#fail(e);
           if (this.#state === 'revoked') {
-            // Stop using the identity: say so while the session still exists, then end it.
+            // Stop using the identity: say so (event and status) while the session may still exist, then end it.
+            await this.#announceRevoked();
             await this.#publishStatus(false).catch(() => undefined);
             await this.#device?.close();
             this.#device = undefined;
@@ -390,6 +444,13 @@ export class Agent {
 
   async #step(signal: AbortSignal): Promise<void> {
     const res = this.#res!;
+    // 0. The fleet's CRL lists the identity in use: never present it again.
+    const revoked = this.#revokedByCrl;
+    if (revoked) {
+      throw new AgentRevokedError('AGENT_REVOKED', `the fleet CRL lists this device's certificate ${revoked.serial}${revoked.reason ? ` (${revoked.reason})` : ''}`, {
+        details: { serial: revoked.serial },
+      });
+    }
     const pending = await res.store.getPending();
     // 1. A rotation past its request phase finishes before anything else.
     if (pending?.kind === 'rotate' && pending.phase !== 'requesting' && !this.#finishing) {
@@ -549,6 +610,7 @@ export class Agent {
     this.#rotationNotBefore = 0;
     await this.#advanceFloor(windowOf(result.identity).notBefore);
     this.#retire = undefined;
+    await this.#writeSnapshot();
   }
 
   // ---- rotation ----------------------------------------------------------------------------------
@@ -696,8 +758,8 @@ export class Agent {
       url: this.#o.bootstrap.deviceUrl,
       // The broker requires the `enr-` prefix and names the session by the certificate CN (the device id).
       clientId: `${CLIENT_ID_PREFIX}${this.deviceId}`,
-      // The bundle from the accepted enrollment supersedes the bootstrap one.
-      ca: this.#trust ?? this.#o.bootstrap.trustBundle,
+      // The bundle from the accepted enrollment (or a signed update since) supersedes the bootstrap one.
+      ca: () => this.#trust ?? this.#o.bootstrap.trustBundle,
       transportFactory: (opts) => this.#transport(opts, 'device'),
       backoff: this.#newBackoff(),
       sleep: this.#sleep,
@@ -708,6 +770,7 @@ export class Agent {
         this.#handshakes++;
         await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(true), { qos: 1, retain: true });
         void this.#drainOutbox();
+        await this.#subscribeFleet(t);
       },
       onDown: () => {
         if (this.#state === 'online') this.#set('connecting');
@@ -773,6 +836,119 @@ export class Agent {
     await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(online), { qos: 1, retain: true });
   }
 
+  // ---- fleet topics: CRL and trust bundle -------------------------------------------------------
+
+  /** On every (new) connection: the retained CRL parts, delta and trust bundle arrive right after. */
+  async #subscribeFleet(t: Transport): Promise<void> {
+    for (const filter of this.#crlFeed.filters) {
+      await t.subscribe(filter, (m) => this.#queueFleet(() => this.#onCrlMessage(m.topic, m.payload)));
+    }
+    await t.subscribe(this.#topics.fleet('trustBundle'), (m) => this.#queueFleet(() => this.#onTrustBundle(m.payload)));
+  }
+
+  #queueFleet(work: () => Promise<void>): Promise<void> {
+    const run = this.#fleetWork.then(work).catch((e: unknown) => {
+      this.#log('warn', 'could not handle a fleet message', { code: isCodedError(e) ? e.code : 'UNEXPECTED', err: (e as Error).message });
+    });
+    this.#fleetWork = run;
+    return run;
+  }
+
+  async #onCrlMessage(topic: string, payload: Buffer): Promise<void> {
+    const res = this.#res;
+    if (!res) return;
+    const r = this.#crlFeed.push(topic, payload);
+    if (r.kind === 'invalid') {
+      this.#log('warn', 'refused a CRL message', { topic, code: r.code, reason: r.reason });
+      return;
+    }
+    if (r.kind === 'waiting') return;
+    let changed = false;
+    for (const der of r.crls) {
+      const a = await res.revocation.accept(der, this.#crlIssuers());
+      if (!a.accepted) {
+        // No news (a retained CRL we hold, or a delta on a base still on its way) is the normal case.
+        if (a.code !== 'CRL_OLDER' && a.code !== 'CRL_BASE_MISSING') this.#log('warn', 'refused a CRL', { code: a.code, reason: a.reason });
+        continue;
+      }
+      changed = true;
+      this.#log('info', 'CRL updated', { crlNumber: a.crlNumber.toString(), revokedSerials: res.revocation.size() });
+      await this.#advanceFloor(a.thisUpdate);
+    }
+    if (!changed) return;
+    this.#noteOwnRevocation();
+    await this.#writeSnapshot();
+  }
+
+  async #onTrustBundle(payload: Buffer): Promise<void> {
+    const res = this.#res;
+    if (!res) return;
+    const current = this.#trust ?? this.#o.bootstrap.trustBundle;
+    const r = acceptTrustBundle(payload, { roots: current, version: this.#trustVersion }, this.#judgeQuiet());
+    if (!r.accepted) {
+      if (r.code !== 'TRUST_BUNDLE_OLDER') this.#log('warn', 'refused a trust bundle', { code: r.code, reason: r.reason });
+      return;
+    }
+    await res.store.putTrustBundle(r.roots, r.version);
+    this.#trust = r.roots;
+    this.#trustVersion = r.version;
+    // issuedAt is signed by the fleet CA: a trusted timestamp like a certificate's notBefore.
+    await this.#advanceFloor(r.issuedAt);
+    this.#log('info', 'trust bundle updated', { version: r.version, roots: r.roots.length });
+    await this.#writeSnapshot();
+  }
+
+  /** CA certificates a CRL may be signed by: the issuing chain of our identity, then the fleet roots. */
+  #crlIssuers(): string[] {
+    return [...(this.#identity?.slot.chain ?? []), ...(this.#trust ?? this.#o.bootstrap.trustBundle)];
+  }
+
+  /** The cached CRL lists the identity in use: park at the next step (which the poke starts at once). */
+  #noteOwnRevocation(): void {
+    const id = this.#identity;
+    const cache = this.#res?.revocation;
+    if (!id || !cache || this.#revokedByCrl) return;
+    const s = cache.status(id.slot.serial);
+    if (!s.revoked) return;
+    this.#revokedByCrl = { serial: id.slot.serial, ...(s.reason ? { reason: s.reason } : {}) };
+    this.#log('warn', 'the fleet CRL lists our certificate; stopping its use', { serial: id.slot.serial, reason: s.reason });
+    this.#poke();
+  }
+
+  /** The material `agent verify` answers from while this process holds the store (peer-verify-snapshot.ts). */
+  async #writeSnapshot(): Promise<void> {
+    const res = this.#res;
+    if (!res) return;
+    try {
+      await writeSnapshot(this.#o.dataDir, {
+        trustBundle: this.#trust ?? this.#o.bootstrap.trustBundle,
+        caCertificates: this.#identity?.slot.chain ?? [],
+        clockFloor: this.#floor,
+        graceSec: this.#config.revocation.graceSec,
+        crls: res.revocation.ders(),
+      });
+    } catch (e) {
+      this.#log('warn', 'could not write the verification snapshot', { code: (e as { code?: string }).code, err: (e as Error).message });
+    }
+  }
+
+  /** Queues the `revoked` event and gives it a bounded chance to leave while the session may still exist. */
+  async #announceRevoked(): Promise<void> {
+    const serial = this.#identity?.slot.serial;
+    try {
+      await this.#emit({
+        ...(serial ? { id: `revoked-${serial}`, serial } : {}),
+        type: 'revoked',
+        code: this.#error?.rejection ?? this.#error?.code ?? 'DEVICE_REVOKED',
+        ...(this.#error ? { message: this.#error.message.slice(0, 256) } : {}),
+      });
+    } catch (e) {
+      this.#log('warn', 'could not queue the revoked event', { code: isCodedError(e) ? e.code : undefined });
+      return;
+    }
+    await Promise.race([this.#drainOutbox(), new Promise((r) => setTimeout(r, 2_000).unref())]);
+  }
+
   // ---- events ------------------------------------------------------------------------------------
 
   async #emit(e: NewEvent): Promise<boolean> {
@@ -834,6 +1010,11 @@ export class Agent {
     return { ...b, graceSec: (b.graceSec * lifetimeSec) / b.lifetimeSec };
   }
 
+  /** Judged time without the once-per-run skew report (status and peer verification). */
+  #judgeQuiet(): number {
+    return judgeNow(this.#clock.now(), this.#floor).now;
+  }
+
   /** Now for validity decisions: never below the floor; a clock behind it is reported once per run. */
   #judge(): number {
     const j = judgeNow(this.#clock.now(), this.#floor);
@@ -889,11 +1070,11 @@ export class Agent {
 
   #isFinal(e: unknown): boolean {
     if (e instanceof EnrollmentError) return e.code === 'AGENT_ENROLLMENT_REJECTED' || e.code === 'AGENT_ENROLLMENT_GAVE_UP' || e.code === 'AGENT_NO_EK_CERTIFICATE';
-    return isCodedError(e) && (e.code === 'AGENT_STATE_CORRUPT' || e.code === 'AGENT_CONFIG_INVALID');
+    return isCodedError(e) && (e.code === 'AGENT_STATE_CORRUPT' || e.code === 'AGENT_CONFIG_INVALID' || e.code === 'AGENT_REVOKED');
   }
 
   #fail(e: unknown): void {
-    const rejection = e instanceof EnrollmentError ? e.rejection : undefined;
+    const rejection = e instanceof EnrollmentError ? e.rejection : e instanceof AgentRevokedError ? 'DEVICE_REVOKED' : undefined;
     this.#error = {
       code: isCodedError(e) ? e.code : 'AGENT_INTERNAL',
       ...(rejection ? { rejection } : {}),

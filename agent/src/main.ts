@@ -1,6 +1,7 @@
 /**
  * Device agent CLI:
- *   agent --bootstrap /etc/tpm-fleet/bootstrap.json --data /var/lib/tpm-fleet [--config /etc/tpm-fleet/agent.json]
+ *   agent [run] --bootstrap /etc/tpm-fleet/bootstrap.json --data /var/lib/tpm-fleet [--config /etc/tpm-fleet/agent.json]
+ *   agent verify CERT.pem --data /var/lib/tpm-fleet [--chain FILE] [--json]   (verify-cli.ts)
  * A long-running process: enrolls on first start (or re-attests when its identity expired), then stays
  * online over mTLS with the identity key inside the TPM, rotating it before expiry, forever. No network
  * condition ends it. A non-retryable rejection or corrupt local state leaves it up in state `error` or
@@ -13,18 +14,31 @@ import pino from 'pino';
 import { Agent } from './agent.js';
 import { loadAgentConfig } from './agent-config.js';
 import { loadBootstrap } from './config.js';
+import { runVerify } from './verify-cli.js';
 import { AGENT_VERSION } from './version.js';
 
 const DEFAULT_CONFIG = '/etc/tpm-fleet/agent.json';
 
+const argv = process.argv.slice(2);
+if (argv[0] === 'verify') {
+  const code = await runVerify(argv.slice(1), {
+    out: (l) => process.stdout.write(`${l}\n`),
+    err: (l) => process.stderr.write(`${l}\n`),
+    now: () => Date.now(),
+  });
+  process.exit(code);
+}
+if (argv[0] === 'run') argv.shift();
+
 let values;
 try {
   ({ values } = parseArgs({
+    args: argv,
     options: { bootstrap: { type: 'string' }, data: { type: 'string' }, config: { type: 'string' }, version: { type: 'boolean' } },
     strict: true,
   }));
 } catch (e) {
-  process.stderr.write(`agent: ${(e as Error).message}\nusage: agent --bootstrap FILE --data DIR [--config FILE]\n`);
+  process.stderr.write(`agent: ${(e as Error).message}\nusage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]\n`);
   process.exit(2);
 }
 if (values.version) {
@@ -32,7 +46,7 @@ if (values.version) {
   process.exit(0);
 }
 if (!values.bootstrap || !values.data) {
-  process.stderr.write('usage: agent --bootstrap FILE --data DIR [--config FILE]\n');
+  process.stderr.write('usage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]\n');
   process.exit(2);
 }
 

@@ -39,8 +39,8 @@ export interface MqttLinkOptions {
   readonly name: 'enroll' | 'device';
   readonly url: string;
   readonly clientId: string;
-  /** Trust anchors for the broker's server certificate. */
-  readonly ca: readonly string[];
+  /** Trust anchors for the broker's server certificate; a function is read at every connection attempt. */
+  readonly ca: readonly string[] | (() => readonly string[]);
   readonly identity?: LinkIdentity;
   readonly will?: () => LastWill;
   readonly transportFactory: (opts: MqttTransportOptions) => Transport;
@@ -136,7 +136,7 @@ export class MqttLink implements Link {
         url: this.#o.url,
         clientId: this.#o.clientId,
         reconnectPeriodMs: 0,
-        tls: { ...(prepared?.tls ?? {}), ca: [...this.#o.ca] },
+        tls: { ...(prepared?.tls ?? {}), ca: [...(typeof this.#o.ca === 'function' ? this.#o.ca() : this.#o.ca)] },
         ...(this.#o.will ? { will: this.#o.will() } : {}),
         onError: (err) => this.#o.log('warn', 'transport error', { link: this.#o.name, code: err.code, err: err.message }),
       });

@@ -7,31 +7,45 @@ import { TAG, readSingle, readTlv, readTime, type Tlv } from '../../common/der.j
  * The device's cache of the fleet's revocation data (issue 7, "Devices cache revocation data"), in a
  * LevelDB sublevel of the agent store, with a hot in-memory index for offline peer verification.
  *
- * - `accept` takes a DER CRL (as published retained on the fleet topic), checks it was signed by one
- *   of the fleet CAs the agent already trusts (issuer name match, then the signature with that CA's
- *   key, trying the CA named by the CRL's AKI first), refuses a CRL number not greater than the stored
- *   one (replay of an older or the same CRL: `CRL_OLDER`, which the agent treats as "nothing new"),
- *   and persists it in one batch.
- * - `status(serial)` answers from a Set of lowercase hex serials (no leading zeros); freshness is
- *   `stale` once now > nextUpdate + graceSec, `none` while no CRL is cached.
+ * It holds at most one complete CRL and one delta CRL (RFC 5280 5.2.4) against it, both from the
+ * fleet's issuing CA (the bridge sends the complete one in parts and deltas in one message; see
+ * common/protocol/crl.ts and agent/src/crl-feed.ts).
+ * - `accept` takes a DER CRL, complete or delta, checks it was signed by one of the fleet CAs the agent
+ *   already trusts (issuer name match, then the signature with that CA's key, trying the CA named by
+ *   the CRL's AKI first), then:
+ *   - a complete CRL is accepted when its number is greater than the held complete one; it replaces
+ *     it and drops a held delta whose number is not greater than its own;
+ *   - a delta is accepted when its number is greater than every held CRL's and its BaseCRLNumber is at
+ *     most the held complete CRL's number (RFC 5280 5.2.4: a delta applies to any complete CRL numbered
+ *     from its base up; this fleet's deltas are cumulative since their base), from the same CA key;
+ *   - otherwise `CRL_OLDER` (a replay or an older CRL: the agent treats it as "nothing new") or
+ *     `CRL_BASE_MISSING` (a delta whose base we do not hold: the agent waits for the base);
+ *   and persists what it holds in one batch.
+ * - `status(serial)` answers from the complete CRL ∪ the delta (a delta entry with reason
+ *   removeFromCRL takes the serial off, RFC 5280 5.3.1), with two Set lookups; freshness and
+ *   `thisUpdate()` come from the newest held CRL (the higher number): `stale` once
+ *   now > its nextUpdate + graceSec, `none` while no complete CRL is held.
  *
  * Why a DER walker of our own instead of @peculiar/x509's X509Crl: asn1js refuses inputs of more than
  * 10,000 ASN.1 nodes ("Maximum ASN.1 node count exceeded"), i.e. CRLs of more than about 3,000
  * entries; a fleet CRL has 100,000. The walker below reads only what RFC 5280 5.1 defines, and refuses
- * unknown critical extensions (5.2, 5.3), indirect CRLs and delta CRLs (not used by this fleet).
+ * unknown critical extensions (5.2, 5.3), indirect CRLs, a non-critical deltaCRLIndicator and
+ * removeFromCRL in a complete CRL.
  *
- * Scope: serial numbers are unique per issuer only, so the cache holds the CRL of one issuer (the
+ * Scope: serial numbers are unique per issuer only, so the cache holds the CRLs of one issuer (the
  * fleet's issuing CA) and `coversIssuer` lets `verifyPeer` check the peer was issued by that CA.
  *
- * Records (JSON): `crl` → StoredCrl (the DER and its metadata); `serials` → StoredSerials (the revoked
- * serials and reasons, so `open` rebuilds the index without re-parsing the DER). Both carry the CRL
- * number and are written in one batch; a pair that disagrees is discarded at `open`.
+ * Records (JSON): `crl` → StoredCrl (the complete CRL's DER and metadata); `serials` → StoredSerials
+ * (its revoked serials and reasons, so `open` rebuilds the index without re-parsing the DER); `delta`
+ * → StoredDelta (the delta's DER, metadata and entries). `crl` and `serials` carry the same number and
+ * are written in one batch; a pair that disagrees is discarded at `open`, and so is a delta that does
+ * not apply to the held complete CRL.
  */
 export type RevocationCacheErrorCode = 'REVOCATION_CACHE_NOT_OPEN' | 'REVOCATION_CACHE_STORE_FAILED';
 
 export class RevocationCacheError extends CodedError<RevocationCacheErrorCode> {}
 
-export type CrlRejectCode = 'CRL_SIGNATURE_INVALID' | 'CRL_OLDER' | 'CRL_MALFORMED' | 'CRL_ISSUER_UNKNOWN';
+export type CrlRejectCode = 'CRL_SIGNATURE_INVALID' | 'CRL_OLDER' | 'CRL_MALFORMED' | 'CRL_ISSUER_UNKNOWN' | 'CRL_BASE_MISSING';
 
 export type AcceptResult =
   | { readonly accepted: true; readonly crlNumber: bigint; readonly thisUpdate: number }
@@ -92,17 +106,32 @@ interface StoredSerials {
   readonly reasons: Readonly<Record<string, string>>;
 }
 
-interface Loaded {
+interface StoredDelta extends StoredCrl, StoredSerials {
+  readonly baseCrlNumber: string;
+  /** Serials the delta takes off (reason removeFromCRL). */
+  readonly removed: readonly string[];
+}
+
+/** One held CRL and its index. */
+interface Held {
+  readonly der: Buffer;
   readonly crlNumber: bigint;
+  /** Delta only. */
+  readonly baseCrlNumber: bigint | undefined;
   readonly thisUpdate: number;
   readonly nextUpdate: number;
   readonly issuerKey: string;
-  readonly serials: Set<string>;
-  readonly reasons: Map<string, string>;
+  readonly issuer: string;
+  readonly serials: ReadonlySet<string>;
+  readonly reasons: ReadonlyMap<string, string>;
+  /** Delta only: removeFromCRL entries. */
+  readonly removed: ReadonlySet<string>;
 }
 
 const CRL_KEY = 'crl';
 const SERIALS_KEY = 'serials';
+const DELTA_KEY = 'delta';
+const REMOVE_FROM_CRL = 'removeFromCRL';
 
 /** RFC 5280 5.3.1 (7 is unused). */
 const REASON_NAMES: Readonly<Record<number, string>> = {
@@ -113,7 +142,7 @@ const REASON_NAMES: Readonly<Record<number, string>> = {
   4: 'superseded',
   5: 'cessationOfOperation',
   6: 'certificateHold',
-  8: 'removeFromCRL',
+  8: REMOVE_FROM_CRL,
   9: 'privilegeWithdrawn',
   10: 'aACompromise',
 };
@@ -131,7 +160,10 @@ export class RevocationCache implements RevocationView {
   #graceMs: number;
   #opened: Promise<'loaded' | 'empty' | 'discarded'> | undefined;
   #ready = false;
-  #current: Loaded | undefined;
+  #complete: Held | undefined;
+  #delta: Held | undefined;
+  /** Distinct serials revoked by complete ∪ delta. */
+  #size = 0;
   #writes: Promise<unknown> = Promise.resolve();
 
   constructor(db: RevocationCacheDb, opts: RevocationCacheOptions) {
@@ -142,8 +174,10 @@ export class RevocationCache implements RevocationView {
   }
 
   /**
-   * Loads the stored CRL and rebuilds the index. A stored pair that does not parse or disagrees is
-   * deleted (`discarded`): the cache then answers `none` until the next CRL arrives (fail closed).
+   * Loads the stored CRLs and rebuilds the index. A stored complete CRL whose records do not parse or
+   * disagree is deleted with any delta (`discarded`): the cache then answers `none` until the next
+   * complete CRL arrives (fail closed). A stored delta that does not parse or does not apply to the
+   * complete CRL is deleted alone (`discarded`; the complete CRL still answers).
    */
   open(): Promise<'loaded' | 'empty' | 'discarded'> {
     this.#opened ??= this.#load().catch((e: unknown) => {
@@ -156,37 +190,38 @@ export class RevocationCache implements RevocationView {
   async #load(): Promise<'loaded' | 'empty' | 'discarded'> {
     let crl: unknown;
     let serials: unknown;
+    let delta: unknown;
     try {
-      [crl, serials] = await Promise.all([this.#db.get(CRL_KEY), this.#db.get(SERIALS_KEY)]);
+      [crl, serials, delta] = await Promise.all([this.#db.get(CRL_KEY), this.#db.get(SERIALS_KEY), this.#db.get(DELTA_KEY)]);
     } catch (e) {
       throw new RevocationCacheError('REVOCATION_CACHE_STORE_FAILED', 'cannot read the cached CRL', { cause: e });
     }
-    if (crl === undefined && serials === undefined) {
+    if (crl === undefined && serials === undefined && delta === undefined) {
       this.#ready = true;
       return 'empty';
     }
-    const loaded = fromStored(crl, serials);
-    if (!loaded) {
+    const complete = crl === undefined && serials === undefined ? undefined : completeFromStored(crl, serials);
+    const d = delta === undefined || !complete ? undefined : deltaFromStored(delta);
+    const deltaOk = d !== undefined && appliesTo(d, complete!);
+    const drop: RevocationCacheBatchOp[] = [];
+    if (!complete && (crl !== undefined || serials !== undefined)) drop.push({ type: 'del', key: CRL_KEY }, { type: 'del', key: SERIALS_KEY });
+    if (delta !== undefined && !deltaOk) drop.push({ type: 'del', key: DELTA_KEY });
+    if (drop.length > 0) {
       try {
-        await this.#db.batch([
-          { type: 'del', key: CRL_KEY },
-          { type: 'del', key: SERIALS_KEY },
-        ]);
+        await this.#db.batch(drop);
       } catch (e) {
         throw new RevocationCacheError('REVOCATION_CACHE_STORE_FAILED', 'cannot discard the corrupt cached CRL', { cause: e });
       }
-      this.#ready = true;
-      return 'discarded';
     }
-    this.#current = loaded;
+    this.#set(complete, deltaOk ? d : undefined);
     this.#ready = true;
-    return 'loaded';
+    return drop.length > 0 ? 'discarded' : 'loaded';
   }
 
   /**
-   * Verifies and stores a CRL. `issuers`: PEM CA certificates the CRL may be signed by (the fleet's
-   * issuing chain as the agent holds it, already trusted). `opts.graceSec` replaces the freshness grace.
-   * Calls are serialized, so two CRLs racing cannot store the older one last.
+   * Verifies and stores a complete or delta CRL. `issuers`: PEM CA certificates the CRL may be signed
+   * by (the fleet's issuing chain as the agent holds it, already trusted). `opts.graceSec` replaces
+   * the freshness grace. Calls are serialized, so two CRLs racing cannot store the older one last.
    */
   accept(crlDer: Buffer, issuers: readonly string[], opts?: { readonly graceSec?: number }): Promise<AcceptResult> {
     const run = this.#writes.then(() => this.#accept(crlDer, issuers, opts));
@@ -221,87 +256,107 @@ export class RevocationCache implements RevocationView {
     const signer = candidates.find((ca) => checkSignature(crl, ca.cert));
     if (!signer) return reject('CRL_SIGNATURE_INVALID', 'the CRL signature does not verify with the issuing CA key');
 
-    const cur = this.#current;
-    if (cur && crl.crlNumber <= cur.crlNumber) {
-      return reject('CRL_OLDER', `CRL number ${crl.crlNumber} is not newer than the cached ${cur.crlNumber}`);
-    }
-
-    const serials: string[] = [];
-    const reasons: Record<string, string> = {};
-    const set = new Set<string>();
-    const reasonMap = new Map<string, string>();
-    for (const e of crl.entries) {
-      if (set.has(e.serial)) continue;
-      set.add(e.serial);
-      serials.push(e.serial);
-      if (e.reason !== undefined) {
-        reasons[e.serial] = e.reason;
-        reasonMap.set(e.serial, e.reason);
+    const held = indexOf(crlDer, crl, signer);
+    const c = this.#complete;
+    const d = this.#delta;
+    const ops: RevocationCacheBatchOp[] = [];
+    let next: { complete: Held; delta: Held | undefined };
+    if (held.baseCrlNumber === undefined) {
+      if (c && held.crlNumber <= c.crlNumber) {
+        return reject('CRL_OLDER', `CRL number ${held.crlNumber} is not newer than the cached ${c.crlNumber}`);
       }
+      // A held delta newer than this complete CRL still applies to it (its base is older still).
+      const keep = d !== undefined && appliesTo(d, held) ? d : undefined;
+      next = { complete: held, delta: keep };
+      ops.push({ type: 'put', key: CRL_KEY, value: toStoredCrl(crlDer, held) }, { type: 'put', key: SERIALS_KEY, value: toStoredSerials(held) });
+      if (d && !keep) ops.push({ type: 'del', key: DELTA_KEY });
+    } else {
+      const newest = d?.crlNumber ?? c?.crlNumber;
+      if (newest !== undefined && held.crlNumber <= newest) {
+        return reject('CRL_OLDER', `delta CRL number ${held.crlNumber} is not newer than the cached ${newest}`);
+      }
+      if (!c) return reject('CRL_BASE_MISSING', `delta CRL ${held.crlNumber} needs complete CRL ${held.baseCrlNumber} or newer; none is cached`);
+      if (!appliesTo(held, c)) {
+        return reject('CRL_BASE_MISSING', `delta CRL ${held.crlNumber} (base ${held.baseCrlNumber}) does not apply to the cached complete CRL ${c.crlNumber}`);
+      }
+      next = { complete: c, delta: held };
+      ops.push({ type: 'put', key: DELTA_KEY, value: toStoredDelta(crlDer, held) });
     }
-    const stored: StoredCrl = {
-      v: 1,
-      der: crlDer.toString('base64'),
-      crlNumber: crl.crlNumber.toString(),
-      thisUpdate: crl.thisUpdate,
-      nextUpdate: crl.nextUpdate,
-      issuerKey: signer.keyHash,
-      issuer: signer.cert.subject,
-    };
-    const storedSerials: StoredSerials = { crlNumber: stored.crlNumber, serials, reasons };
     try {
-      await this.#db.batch([
-        { type: 'put', key: CRL_KEY, value: stored },
-        { type: 'put', key: SERIALS_KEY, value: storedSerials },
-      ]);
+      await this.#db.batch(ops);
     } catch (e) {
       throw new RevocationCacheError('REVOCATION_CACHE_STORE_FAILED', 'cannot store the CRL', { cause: e });
     }
-    this.#current = {
-      crlNumber: crl.crlNumber,
-      thisUpdate: crl.thisUpdate,
-      nextUpdate: crl.nextUpdate,
-      issuerKey: signer.keyHash,
-      serials: set,
-      reasons: reasonMap,
-    };
-    return { accepted: true, crlNumber: crl.crlNumber, thisUpdate: crl.thisUpdate };
+    this.#set(next.complete, next.delta);
+    return { accepted: true, crlNumber: held.crlNumber, thisUpdate: held.thisUpdate };
   }
 
-  /** The hot path: one normalization and one Set lookup. */
+  #set(complete: Held | undefined, delta: Held | undefined): void {
+    this.#complete = complete;
+    this.#delta = complete ? delta : undefined;
+    let n = complete?.serials.size ?? 0;
+    if (complete && delta) {
+      for (const s of delta.serials) if (!complete.serials.has(s)) n++;
+      for (const s of delta.removed) if (complete.serials.has(s)) n--;
+    }
+    this.#size = n;
+  }
+
+  /** The hot path: one normalization and at most three Set lookups. */
   status(serial: string, now: number = this.#clock.now()): RevocationStatus {
     this.#assertOpen();
-    const cur = this.#current;
-    if (!cur) return { revoked: false, freshness: 'none' };
+    const c = this.#complete;
+    if (!c) return { revoked: false, freshness: 'none' };
+    const d = this.#delta;
+    const newest = d ?? c;
     const key = normalizeSerial(serial);
-    const freshness: Freshness = now > cur.nextUpdate + this.#graceMs ? 'stale' : 'fresh';
-    if (!cur.serials.has(key)) return { revoked: false, freshness, thisUpdate: cur.thisUpdate, nextUpdate: cur.nextUpdate };
-    const reason = cur.reasons.get(key);
+    const freshness: Freshness = now > newest.nextUpdate + this.#graceMs ? 'stale' : 'fresh';
+    let from: Held | undefined;
+    if (d !== undefined && d.serials.has(key)) from = d;
+    else if (c.serials.has(key) && (d === undefined || !d.removed.has(key))) from = c;
+    if (!from) return { revoked: false, freshness, thisUpdate: newest.thisUpdate, nextUpdate: newest.nextUpdate };
+    const reason = from.reasons.get(key);
     return reason === undefined
-      ? { revoked: true, freshness, thisUpdate: cur.thisUpdate, nextUpdate: cur.nextUpdate }
-      : { revoked: true, reason, freshness, thisUpdate: cur.thisUpdate, nextUpdate: cur.nextUpdate };
+      ? { revoked: true, freshness, thisUpdate: newest.thisUpdate, nextUpdate: newest.nextUpdate }
+      : { revoked: true, reason, freshness, thisUpdate: newest.thisUpdate, nextUpdate: newest.nextUpdate };
   }
 
   coversIssuer(issuerSpkiDer: Buffer): boolean {
     this.#assertOpen();
-    return this.#current !== undefined && sha256Hex(issuerSpkiDer) === this.#current.issuerKey;
+    return this.#complete !== undefined && sha256Hex(issuerSpkiDer) === this.#complete.issuerKey;
   }
 
-  /** thisUpdate (ms) of the cached CRL: a trusted timestamp for the agent's clock floor. */
+  /** thisUpdate (ms) of the newest held CRL: a trusted timestamp for the agent's clock floor. */
   thisUpdate(): number | undefined {
     this.#assertOpen();
-    return this.#current?.thisUpdate;
+    return (this.#delta ?? this.#complete)?.thisUpdate;
   }
 
+  /** Number of the newest held CRL (the delta's when one is held). */
   crlNumber(): bigint | undefined {
     this.#assertOpen();
-    return this.#current?.crlNumber;
+    return (this.#delta ?? this.#complete)?.crlNumber;
   }
 
-  /** Number of distinct revoked serials in the cached CRL. */
+  /** Number of the held complete CRL. */
+  completeCrlNumber(): bigint | undefined {
+    this.#assertOpen();
+    return this.#complete?.crlNumber;
+  }
+
+  /** Number of distinct revoked serials in the held complete CRL ∪ delta. */
   size(): number {
     this.#assertOpen();
-    return this.#current?.serials.size ?? 0;
+    return this.#size;
+  }
+
+  /** The DER CRLs held: the complete one first, then the delta if any (for snapshots; do not modify). */
+  ders(): Buffer[] {
+    this.#assertOpen();
+    const out: Buffer[] = [];
+    if (this.#complete) out.push(this.#complete.der);
+    if (this.#delta) out.push(this.#delta.der);
+    return out;
   }
 
   /** Waits for a running `accept`. The database itself belongs to the caller. */
@@ -309,7 +364,9 @@ export class RevocationCache implements RevocationView {
     await this.#writes;
     this.#ready = false;
     this.#opened = undefined;
-    this.#current = undefined;
+    this.#complete = undefined;
+    this.#delta = undefined;
+    this.#size = 0;
   }
 
   #assertOpen(): void {
@@ -332,27 +389,129 @@ function sha256Hex(b: Buffer): string {
   return createHash('sha256').update(b).digest('hex');
 }
 
-function fromStored(crl: unknown, serials: unknown): Loaded | undefined {
-  if (typeof crl !== 'object' || crl === null || typeof serials !== 'object' || serials === null) return undefined;
-  const c = crl as Partial<StoredCrl>;
-  const s = serials as Partial<StoredSerials>;
-  if (c.v !== 1 || typeof c.crlNumber !== 'string' || !/^\d{1,60}$/.test(c.crlNumber) || s.crlNumber !== c.crlNumber) return undefined;
-  if (!Number.isSafeInteger(c.thisUpdate) || !Number.isSafeInteger(c.nextUpdate) || typeof c.issuerKey !== 'string') return undefined;
-  if (!Array.isArray(s.serials) || typeof s.reasons !== 'object' || s.reasons === null) return undefined;
+/** RFC 5280 5.2.4: a delta applies to a complete CRL numbered from its base up to below its own number, from the same CA key. */
+function appliesTo(delta: Held, complete: Held): boolean {
+  return (
+    delta.baseCrlNumber !== undefined &&
+    delta.baseCrlNumber <= complete.crlNumber &&
+    delta.crlNumber > complete.crlNumber &&
+    delta.issuerKey === complete.issuerKey
+  );
+}
+
+/** The index of a parsed, verified CRL (first entry of a serial wins). */
+function indexOf(der: Buffer, crl: ParsedCrl, signer: CaCert): Held {
+  const serials = new Set<string>();
+  const removed = new Set<string>();
+  const reasons = new Map<string, string>();
+  for (const e of crl.entries) {
+    if (serials.has(e.serial) || removed.has(e.serial)) continue;
+    if (e.reason === REMOVE_FROM_CRL) {
+      removed.add(e.serial);
+      continue;
+    }
+    serials.add(e.serial);
+    if (e.reason !== undefined) reasons.set(e.serial, e.reason);
+  }
+  return {
+    der,
+    crlNumber: crl.crlNumber,
+    baseCrlNumber: crl.baseCrlNumber,
+    thisUpdate: crl.thisUpdate,
+    nextUpdate: crl.nextUpdate,
+    issuerKey: signer.keyHash,
+    issuer: signer.cert.subject,
+    serials,
+    reasons,
+    removed,
+  };
+}
+
+function toStoredCrl(der: Buffer, h: Held): StoredCrl {
+  return { v: 1, der: der.toString('base64'), crlNumber: h.crlNumber.toString(), thisUpdate: h.thisUpdate, nextUpdate: h.nextUpdate, issuerKey: h.issuerKey, issuer: h.issuer };
+}
+
+function toStoredSerials(h: Held): StoredSerials {
+  return { crlNumber: h.crlNumber.toString(), serials: [...h.serials], reasons: Object.fromEntries(h.reasons) };
+}
+
+function toStoredDelta(der: Buffer, h: Held): StoredDelta {
+  return { ...toStoredCrl(der, h), ...toStoredSerials(h), baseCrlNumber: String(h.baseCrlNumber), removed: [...h.removed] };
+}
+
+const NUMBER = /^\d{1,60}$/;
+
+function isStoredCrl(c: Partial<StoredCrl>): boolean {
+  return (
+    c.v === 1 &&
+    typeof c.crlNumber === 'string' &&
+    NUMBER.test(c.crlNumber) &&
+    typeof c.der === 'string' &&
+    Number.isSafeInteger(c.thisUpdate) &&
+    Number.isSafeInteger(c.nextUpdate) &&
+    typeof c.issuerKey === 'string' &&
+    typeof c.issuer === 'string'
+  );
+}
+
+function stringSet(v: unknown): Set<string> | undefined {
+  if (!Array.isArray(v)) return undefined;
   const set = new Set<string>();
-  for (const x of s.serials as unknown[]) {
+  for (const x of v as unknown[]) {
     if (typeof x !== 'string') return undefined;
     set.add(x);
   }
+  return set;
+}
+
+function reasonMap(v: unknown): Map<string, string> | undefined {
+  if (typeof v !== 'object' || v === null) return undefined;
   const reasons = new Map<string, string>();
-  for (const [k, v] of Object.entries(s.reasons)) if (typeof v === 'string') reasons.set(k, v);
+  for (const [k, r] of Object.entries(v)) if (typeof r === 'string') reasons.set(k, r);
+  return reasons;
+}
+
+function completeFromStored(crl: unknown, serials: unknown): Held | undefined {
+  if (typeof crl !== 'object' || crl === null || typeof serials !== 'object' || serials === null) return undefined;
+  const c = crl as Partial<StoredCrl>;
+  const s = serials as Partial<StoredSerials>;
+  if (!isStoredCrl(c) || s.crlNumber !== c.crlNumber) return undefined;
+  const set = stringSet(s.serials);
+  const reasons = reasonMap(s.reasons);
+  if (!set || !reasons) return undefined;
   return {
-    crlNumber: BigInt(c.crlNumber),
-    thisUpdate: c.thisUpdate as number,
-    nextUpdate: c.nextUpdate as number,
-    issuerKey: c.issuerKey,
+    der: Buffer.from(c.der!, 'base64'),
+    crlNumber: BigInt(c.crlNumber!),
+    baseCrlNumber: undefined,
+    thisUpdate: c.thisUpdate!,
+    nextUpdate: c.nextUpdate!,
+    issuerKey: c.issuerKey!,
+    issuer: c.issuer!,
     serials: set,
     reasons,
+    removed: new Set(),
+  };
+}
+
+function deltaFromStored(delta: unknown): Held | undefined {
+  if (typeof delta !== 'object' || delta === null) return undefined;
+  const d = delta as Partial<StoredDelta>;
+  if (!isStoredCrl(d) || typeof d.baseCrlNumber !== 'string' || !NUMBER.test(d.baseCrlNumber)) return undefined;
+  const set = stringSet(d.serials);
+  const removed = stringSet(d.removed);
+  const reasons = reasonMap(d.reasons);
+  if (!set || !removed || !reasons) return undefined;
+  return {
+    der: Buffer.from(d.der!, 'base64'),
+    crlNumber: BigInt(d.crlNumber!),
+    baseCrlNumber: BigInt(d.baseCrlNumber),
+    thisUpdate: d.thisUpdate!,
+    nextUpdate: d.nextUpdate!,
+    issuerKey: d.issuerKey!,
+    issuer: d.issuer!,
+    serials: set,
+    reasons,
+    removed,
   };
 }
 
@@ -368,6 +527,8 @@ interface ParsedCrl {
   readonly thisUpdate: number;
   readonly nextUpdate: number;
   readonly crlNumber: bigint;
+  /** The deltaCRLIndicator's BaseCRLNumber: set for a delta CRL. */
+  readonly baseCrlNumber: bigint | undefined;
   readonly akiKeyId: Buffer | undefined;
   readonly entries: readonly { readonly serial: string; readonly reason: string | undefined }[];
 }
@@ -530,6 +691,7 @@ function parseCrlUnchecked(der: Buffer): ParsedCrl {
   }
 
   let crlNumber: bigint | undefined;
+  let baseCrlNumber: bigint | undefined;
   let akiKeyId: Buffer | undefined;
   if (p < end) {
     const wrap = expect(der, p, end, CTX0, 'crlExtensions');
@@ -537,10 +699,7 @@ function parseCrlUnchecked(der: Buffer): ParsedCrl {
     const exts = expect(der, wrap.contentStart, wrap.end, TAG.SEQUENCE, 'crlExtensions');
     for (const x of readExtensions(der, exts)) {
       if (x.id === EXT_CRL_NUMBER) {
-        const n = readSingle(x.value, TAG.INTEGER, 'cRLNumber');
-        const c = x.value.subarray(n.contentStart, n.end);
-        if (c.length === 0 || c.length > 21 || ((c[0] as number) & 0x80) !== 0) fail('cRLNumber out of range');
-        crlNumber = BigInt('0x' + c.toString('hex'));
+        crlNumber = crlNumberValue(x.value, 'cRLNumber');
       } else if (x.id === EXT_AKI) {
         const a = readSingle(x.value, TAG.SEQUENCE, 'authorityKeyIdentifier');
         if (a.contentStart < a.end) {
@@ -548,7 +707,9 @@ function parseCrlUnchecked(der: Buffer): ParsedCrl {
           if (k.tag === 0x80) akiKeyId = x.value.subarray(k.contentStart, k.end);
         }
       } else if (x.id === EXT_DELTA) {
-        fail('delta CRLs are not supported by this cache');
+        // RFC 5280 5.2.4: MUST be critical (a reader unaware of deltas must not take it for complete).
+        if (!x.critical) fail('deltaCRLIndicator must be critical');
+        baseCrlNumber = crlNumberValue(x.value, 'BaseCRLNumber');
       } else if (x.critical && !KNOWN_CRL_EXTS.has(x.id)) {
         fail(`unsupported critical CRL extension ${x.id}`);
       }
@@ -557,6 +718,9 @@ function parseCrlUnchecked(der: Buffer): ParsedCrl {
     fail('trailing data in tbsCertList');
   }
   if (crlNumber === undefined) fail('cRLNumber is required');
+  if (baseCrlNumber !== undefined && baseCrlNumber >= (crlNumber as bigint)) fail('a delta CRL must be numbered after its base');
+  // RFC 5280 5.3.1: removeFromCRL is for delta CRLs only.
+  if (baseCrlNumber === undefined && entries.some((e) => e.reason === REMOVE_FROM_CRL)) fail('removeFromCRL in a complete CRL');
 
   return {
     tbs: der.subarray(tbsT.start, tbsT.end),
@@ -566,9 +730,18 @@ function parseCrlUnchecked(der: Buffer): ParsedCrl {
     thisUpdate,
     nextUpdate: nextUpdate as number,
     crlNumber: crlNumber as bigint,
+    baseCrlNumber,
     akiKeyId,
     entries,
   };
+}
+
+/** CRLNumber ::= INTEGER (0..MAX), at most 20 octets (RFC 5280 5.2.3); BaseCRLNumber is a CRLNumber. */
+function crlNumberValue(value: Buffer, what: string): bigint {
+  const n = readSingle(value, TAG.INTEGER, what);
+  const c = value.subarray(n.contentStart, n.end);
+  if (c.length === 0 || c.length > 21 || ((c[0] as number) & 0x80) !== 0) fail(`${what} out of range`);
+  return BigInt('0x' + c.toString('hex'));
 }
 
 function checkSignature(crl: ParsedCrl, ca: X509Certificate): boolean {

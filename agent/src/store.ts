@@ -11,7 +11,8 @@ import { CodedError } from '../../common/coded-error.js';
  * - `slot:A`, `slot:B`: an identity (key blobs, certificate, chain, serial, notAfter). A new key is
  *   always made in the slot that is not active, so rotation never overwrites the identity in use.
  * - `active`: `'A' | 'B'`, the slot in use.
- * - `trustBundle`: fleet roots (PEM) from the last accepted enrollment.
+ * - `trustBundle`: fleet roots (PEM) from the last accepted enrollment or signed bundle update;
+ *   `trustBundleVersion`: the version of that signed update (absent before the first).
  * - `pending`: the enrollment/re-attestation or rotation in progress: its key, CSR, and the exact
  *   envelopes sent (the enroll envelope holds the one-time token), resent unchanged after a restart.
  *   Deleted in the same batch that stores the certificate, so the token does not outlive the enrollment.
@@ -19,7 +20,7 @@ import { CodedError } from '../../common/coded-error.js';
  *   (no token), never a second token enrollment.
  * - `clockFloor`: the newest trusted timestamp seen (ms); the device clock is never trusted below it.
  * - `lastRotation`: `{ at, result }` of the last rotation attempt that ended.
- * - sublevels (`sublevel(name)`): the event outbox.
+ * - sublevels (`sublevel(name)`): the event outbox (`outbox`), the revocation cache (`revocation`).
  */
 export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT';
 
@@ -208,6 +209,19 @@ export class AgentStore {
 
   getTrustBundle(): Promise<string[] | undefined> {
     return this.#get('trustBundle');
+  }
+
+  /** Version of the last signed trust bundle accepted from the fleet topic (none before the first). */
+  getTrustBundleVersion(): Promise<number | undefined> {
+    return this.#get('trustBundleVersion');
+  }
+
+  /** A signed, newer trust bundle from the fleet topic replaces the current one (one batch). */
+  async putTrustBundle(roots: readonly string[], version: number): Promise<void> {
+    await this.#require().batch([
+      { type: 'put', key: 'trustBundle', value: roots },
+      { type: 'put', key: 'trustBundleVersion', value: version },
+    ]);
   }
 
   /**

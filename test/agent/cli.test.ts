@@ -45,7 +45,7 @@ describe('agent CLI (dist/agent.mjs)', () => {
   it('usage errors exit 2 with one line, no stack trace', async () => {
     const r = await agent(['--bogus']);
     expect(r.code).toBe(2);
-    expect(r.err).toContain('usage: agent --bootstrap FILE --data DIR');
+    expect(r.err).toContain('usage: agent [run] --bootstrap FILE --data DIR');
     expect(r.err).not.toMatch(/\n\s+at /);
     expect((await agent([])).code).toBe(2);
   });

@@ -101,11 +101,24 @@ export async function startFleetFixture(opts: Partial<Omit<EmbeddedFleetOptions,
       return a;
     },
     async stop() {
-      await Promise.all(agents.map((a) => a.stop().catch(() => undefined)));
-      await fleet.stop();
+      // A stop that hangs is a bug; name the part that hangs (agent and its state, or the fleet) so the
+      // failing run says where to look instead of only "hook timed out".
+      await Promise.all(agents.map((a) => watchdog(a.stop().catch(() => undefined), () => `agent ${a.deviceId} stop (${JSON.stringify(a.status())})`)));
+      await watchdog(fleet.stop(), () => 'fleet stop');
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Resolves with `p`; logs `what()` every 20 s while `p` is pending. */
+async function watchdog<T>(p: Promise<T>, what: () => string): Promise<T> {
+  const started = Date.now();
+  const timer = setInterval(() => console.error(`[fleet-fixture] still waiting after ${Math.round((Date.now() - started) / 1000)} s: ${what()}`), 20_000);
+  try {
+    return await p;
+  } finally {
+    clearInterval(timer);
+  }
 }
 
 const consoleLogger: AgentLogger = {
