@@ -9,6 +9,15 @@ import { CodedError } from './coded-error.js';
  */
 export type ProcessErrorCode = 'PROCESS_START_FAILED' | 'PROCESS_NOT_READY';
 
+/**
+ * Run as `bash -c <this> <name> <command> <args…>`: closes every descriptor above stderr, then execs the
+ * command (same PID, so stop-by-PID still works). Native libraries in this process (libtss2's TCTI
+ * sockets, LevelDB's files) open descriptors without close-on-exec; a long-lived child inheriting a
+ * TCTI socket would keep that swtpm connection open after we close ours, and swtpm, which serves one
+ * connection at a time, would never answer our next one.
+ */
+const CLOSE_INHERITED_FDS = 'for fd in /proc/$$/fd/*; do n=${fd##*/}; if [ "$n" -gt 2 ]; then eval "exec $n>&-"; fi; done 2>/dev/null; exec "$@"';
+
 const live = new Set<ChildProcess>();
 let exitHookInstalled = false;
 
@@ -70,7 +79,7 @@ export class ManagedProcess {
     readyTimeoutMs?: number;
   }): Promise<ManagedProcess> {
     installExitHook();
-    const child = spawn(opts.command, opts.args, { stdio: ['ignore', 'ignore', 'pipe'], env: opts.env ?? process.env });
+    const child = spawn('/bin/bash', ['-c', CLOSE_INHERITED_FDS, opts.name, opts.command, ...opts.args], { stdio: ['ignore', 'ignore', 'pipe'], env: opts.env ?? process.env });
     const proc = new ManagedProcess(opts.name, child);
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 10_000);
     for (const port of opts.ports) {

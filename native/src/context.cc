@@ -4,9 +4,14 @@
 #include <tss2/tss2_sys.h>
 #include <tss2/tss2_tctildr.h>
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <set>
 #include <utility>
 
 #include "engine.h"
@@ -664,6 +669,36 @@ class CloseJob : public Job {
   }
 };
 
+// The process's open file descriptors above stderr (from /proc/self/fd).
+std::set<int> OpenFds() {
+  std::set<int> fds;
+  DIR* d = opendir("/proc/self/fd");
+  if (d == nullptr) return fds;
+  int own = dirfd(d);
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long fd = strtol(e->d_name, &end, 10);
+    if (end != e->d_name && *end == '\0' && fd > 2 && fd != own) fds.insert(static_cast<int>(fd));
+  }
+  closedir(d);
+  return fds;
+}
+
+// libtss2's TCTIs open their descriptors without O_CLOEXEC. The device TCTI (/dev/tpmrm0) holds its
+// descriptor for the context's life: marked here, a child process of ours does not inherit it. (The
+// swtpm TCTI connects for every command, which no mark here can cover: a child started while a command
+// is in flight inherits that connection, and swtpm, serving one connection at a time, then waits on it.
+// Long-lived children must be started with inherited descriptors closed; common/managed-process.ts
+// does.) Marks every descriptor opened while the TCTI initialized; another thread's new descriptor
+// marked too is harmless (Node opens all of its own close-on-exec).
+void CloseOnExecSince(const std::set<int>& before) {
+  for (int fd : OpenFds()) {
+    if (before.count(fd) != 0) continue;
+    int flags = fcntl(fd, F_GETFD);
+    if (flags >= 0 && (flags & FD_CLOEXEC) == 0) fcntl(fd, F_SETFD, flags | FD_CLOEXEC);
+  }
+}
+
 // Not queued: there is no context yet.
 class OpenWorker : public Napi::AsyncWorker {
  public:
@@ -674,7 +709,13 @@ class OpenWorker : public Napi::AsyncWorker {
 
   void Execute() override {
     std::lock_guard<std::timed_mutex> lock(state_->mu);
+    // On every return: the TCTI's descriptors (and any ESAPI opened) become close-on-exec.
+    struct CloexecGuard {
+      std::set<int> before = OpenFds();
+      ~CloexecGuard() { CloseOnExecSince(before); }
+    } cloexec;
     TSS2_RC rc = Tss2_TctiLdr_Initialize(tcti_.c_str(), &state_->tcti);
+    CloseOnExecSince(cloexec.before);  // at once, before the first command: narrows the window for a fork
     if (!Fail("Tss2_TctiLdr_Initialize", rc)) return;
     rc = Esys_Initialize(&state_->esys, state_->tcti, nullptr);
     if (!Fail("Esys_Initialize", rc)) return;
