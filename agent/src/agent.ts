@@ -17,13 +17,12 @@ import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
 import { eventBody, Outbox, type NewEvent } from './outbox.js';
 import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
 import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
-import { CrlFeed } from './crl-feed.js';
-import { writeSnapshot } from './peer-verify-snapshot.js';
-import { RevocationCache, verifyPeer, type PeerVerdict } from './revocation-cache.js';
+import { FleetUpdates } from './fleet-updates.js';
+import { verifyPeer, type PeerVerdict } from './peer-verify.js';
+import { RevocationCache } from './revocation-cache.js';
 import { countSignatures } from './signature-counter.js';
 import { statusBody, windowOf, type AgentState } from './status.js';
 import { AgentStore, AgentStoreError, type ActiveIdentity, type LastRotation, type PendingRotation, type StoredAk } from './store.js';
-import { acceptTrustBundle } from './trust-bundle.js';
 import { AGENT_VERSION } from './version.js';
 
 export type { AgentState } from './status.js';
@@ -145,6 +144,8 @@ export class Agent {
   /** The broker refused a publish on our own topics: re-attest at the next step. */
   #unusable = false;
   #lifetimeWarned = false;
+  #phase = 'not started';
+  #stopPhase: string | undefined;
   #announced = false;
   #finishing = false;
   #rotateRequested = false;
@@ -158,10 +159,8 @@ export class Agent {
   #enrollment: EnrollmentResult | undefined;
   #error: AgentStatus['error'];
   #draining: Promise<void> | undefined;
-  readonly #crlFeed: CrlFeed;
-  /** Fleet topic messages (CRL, trust bundle) are handled one at a time, in arrival order. */
-  #fleetWork: Promise<void> = Promise.resolve();
-  #trustVersion: number | undefined;
+  /** CRL and trust bundle from the fleet topics (made in #open, with the store). */
+  #fleet: FleetUpdates | undefined;
   /** Set when the cached CRL lists the active identity; the next step parks the agent in `revoked`. */
   #revokedByCrl: { readonly serial: string; readonly reason?: string } | undefined;
   readonly #stepBackoff: Backoff;
@@ -181,7 +180,6 @@ export class Agent {
     this.#rotationBackoff = this.#newBackoff();
     this.#refusalBackoff = this.#newBackoff();
     this.#unusableBackoff = this.#newBackoff();
-    this.#crlFeed = new CrlFeed({ topics: this.#topics });
   }
 
   get state(): AgentState {
@@ -190,6 +188,14 @@ export class Agent {
 
   get deviceId(): string {
     return this.#o.bootstrap.deviceId;
+  }
+
+  /**
+   * What the agent is waiting for right now: the supervisor's step, the device link's connection
+   * phase, and stop's progress. For diagnosing a step that never ends; not a stable interface.
+   */
+  diagnostics(): { readonly phase: string; readonly link: string; readonly stopping?: string } {
+    return { phase: this.#phase, link: this.#device?.phase ?? 'none', ...(this.#stopPhase ? { stopping: this.#stopPhase } : {}) };
   }
 
   /** Calls `listener` on every state change; returns the function that removes it. */
@@ -215,18 +221,22 @@ export class Agent {
       ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
       clockSkewMs: -judgeNow(this.#clock.now(), this.#floor).behindMs,
       outbox: { pending: outbox?.pending() ?? 0, dropped: outbox?.dropped() ?? 0 },
-      ...this.#crlStatus(),
-      ...(this.#trustVersion === undefined ? {} : { trustBundleVersion: this.#trustVersion }),
+      ...this.#fleetStatus(),
       ...(this.#error ? { error: this.#error } : {}),
     };
   }
 
-  #crlStatus(): Pick<AgentStatus, 'crl'> {
-    const cache = this.#res?.revocation;
-    const n = cache?.crlNumber();
-    if (!cache || n === undefined) return {};
-    const own = this.#identity ? cache.status(this.#identity.slot.serial, this.#judgeQuiet()) : undefined;
-    return { crl: { crlNumber: n.toString(), thisUpdate: cache.thisUpdate()!, freshness: own?.freshness ?? 'fresh', revokedSerials: cache.size() } };
+  /** What the retained status tells the fleet the device holds (a campaign can wait for it). */
+  #fleetAcknowledgement(): { crlNumber?: string; trustBundleVersion?: number } {
+    const n = this.#res?.revocation.crlNumber();
+    const v = this.#fleet?.trustVersion;
+    return { ...(n === undefined ? {} : { crlNumber: n.toString() }), ...(v === undefined ? {} : { trustBundleVersion: v }) };
+  }
+
+  #fleetStatus(): Pick<AgentStatus, 'crl' | 'trustBundleVersion'> {
+    const crl = this.#fleet?.crlSummary();
+    const version = this.#fleet?.trustVersion;
+    return { ...(crl ? { crl } : {}), ...(version === undefined ? {} : { trustBundleVersion: version }) };
   }
 
   /**
@@ -310,12 +320,17 @@ export class Agent {
     this.#set('stopping');
     this.#poke();
     const device = this.#device;
+    this.#stopPhase = 'publishing offline status';
     // Bounded: on a half-open connection the PUBACK would wait for keepalive; the will covers it then.
     if (device?.transport) await Promise.race([this.#publishStatus(false).catch(() => undefined), new Promise((r) => setTimeout(r, 2_000).unref())]);
+    this.#stopPhase = 'closing the links';
     await device?.close();
     await this.#enrollLink?.close();
+    this.#stopPhase = 'waiting for the supervisor';
     await this.#loop?.catch(() => undefined);
+    this.#stopPhase = 'releasing TPM and store';
     await this.#release();
+    this.#stopPhase = undefined;
     wasStarting?.reject(abortError());
     this.#firstOnline = undefined;
     this.#abort = undefined;
@@ -355,11 +370,12 @@ export class Agent {
       this.#res = { store, tpm, signatures: counted.signatures, ownsTpm: !this.#o.tpm, srk, ak, outbox, revocation, ...(tpmInfo ? { tpmInfo } : {}) };
       this.#identity = await store.active();
       this.#trust = await store.getTrustBundle();
-      this.#trustVersion = await store.getTrustBundleVersion();
+      const fleet = this.#fleetUpdates(store, revocation, await store.getTrustBundleVersion());
+      this.#fleet = fleet;
       const crlTime = revocation.thisUpdate();
       if (crlTime !== undefined) await this.#advanceFloor(crlTime);
-      this.#noteOwnRevocation();
-      if (this.#identity) await this.#writeSnapshot();
+      fleet.checkOwnCertificate();
+      if (this.#identity) await fleet.writeSnapshot();
       const pending = await store.getPending();
       if (pending) this.#log('info', 'resuming unfinished work', { kind: pending.kind, phase: pending.kind === 'rotate' ? pending.phase : undefined });
       if (this.#identity) await this.#advanceFloor(windowOf(this.#identity.slot).notBefore);
@@ -457,6 +473,7 @@ export class Agent {
       this.#finishing = true;
       this.#log('info', 'finishing a rotation', { phase: pending.phase, slot: pending.slot, serial: pending.serial });
     }
+    this.#phase = `step: ${pending ? `${pending.kind}${pending.kind === 'rotate' ? `/${pending.phase}` : ''}` : 'steady'}`;
     if (pending?.kind === 'rotate' && pending.phase === 'trial') return this.#trial(pending, signal);
     if (pending?.kind === 'rotate' && pending.phase === 'confirming') {
       this.#identity = await res.store.active();
@@ -491,6 +508,7 @@ export class Agent {
     const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
     if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
     // 6. Nothing to do until the next decision.
+    this.#phase = 'idle until the next decision';
     let wakeMs = nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs);
     const retryIn = this.#rotationNotBefore - this.#clock.now();
     if ((phase === 'renew' || this.#rotateRequested) && retryIn > 0) wakeMs = Math.min(wakeMs, retryIn);
@@ -610,7 +628,7 @@ export class Agent {
     this.#rotationNotBefore = 0;
     await this.#advanceFloor(windowOf(result.identity).notBefore);
     this.#retire = undefined;
-    await this.#writeSnapshot();
+    await this.#fleet?.writeSnapshot();
   }
 
   // ---- rotation ----------------------------------------------------------------------------------
@@ -674,6 +692,7 @@ export class Agent {
     link.setIdentity(this.#linkIdentity(this.#identity));
     for (;;) {
       try {
+        this.#phase = 'rotation trial: connecting with the new identity';
         await link.connectOnce();
         break;
       } catch (e) {
@@ -770,7 +789,7 @@ export class Agent {
         this.#handshakes++;
         await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(true), { qos: 1, retain: true });
         void this.#drainOutbox();
-        await this.#subscribeFleet(t);
+        await this.#fleet?.subscribe(t);
       },
       onDown: () => {
         if (this.#state === 'online') this.#set('connecting');
@@ -826,6 +845,7 @@ export class Agent {
       agentVersion: this.#o.agentVersion ?? AGENT_VERSION,
       ...(res?.tpmInfo ? { tpm: res.tpmInfo } : {}),
       ...(res ? { outbox: { pending: res.outbox.pending(), dropped: res.outbox.dropped() } } : {}),
+      ...this.#fleetAcknowledgement(),
     });
     return encode('status', `status-${now}`, now, body);
   }
@@ -838,98 +858,33 @@ export class Agent {
 
   // ---- fleet topics: CRL and trust bundle -------------------------------------------------------
 
-  /** On every (new) connection: the retained CRL parts, delta and trust bundle arrive right after. */
-  async #subscribeFleet(t: Transport): Promise<void> {
-    for (const filter of this.#crlFeed.filters) {
-      await t.subscribe(filter, (m) => this.#queueFleet(() => this.#onCrlMessage(m.topic, m.payload)));
-    }
-    await t.subscribe(this.#topics.fleet('trustBundle'), (m) => this.#queueFleet(() => this.#onTrustBundle(m.payload)));
-  }
-
-  #queueFleet(work: () => Promise<void>): Promise<void> {
-    const run = this.#fleetWork.then(work).catch((e: unknown) => {
-      this.#log('warn', 'could not handle a fleet message', { code: isCodedError(e) ? e.code : 'UNEXPECTED', err: (e as Error).message });
-    });
-    this.#fleetWork = run;
-    return run;
-  }
-
-  async #onCrlMessage(topic: string, payload: Buffer): Promise<void> {
-    const res = this.#res;
-    if (!res) return;
-    const r = this.#crlFeed.push(topic, payload);
-    if (r.kind === 'invalid') {
-      this.#log('warn', 'refused a CRL message', { topic, code: r.code, reason: r.reason });
-      return;
-    }
-    if (r.kind === 'waiting') return;
-    let changed = false;
-    for (const der of r.crls) {
-      const a = await res.revocation.accept(der, this.#crlIssuers());
-      if (!a.accepted) {
-        // No news (a retained CRL we hold, or a delta on a base still on its way) is the normal case.
-        if (a.code !== 'CRL_OLDER' && a.code !== 'CRL_BASE_MISSING') this.#log('warn', 'refused a CRL', { code: a.code, reason: a.reason });
-        continue;
-      }
-      changed = true;
-      this.#log('info', 'CRL updated', { crlNumber: a.crlNumber.toString(), revokedSerials: res.revocation.size() });
-      await this.#advanceFloor(a.thisUpdate);
-    }
-    if (!changed) return;
-    this.#noteOwnRevocation();
-    await this.#writeSnapshot();
-  }
-
-  async #onTrustBundle(payload: Buffer): Promise<void> {
-    const res = this.#res;
-    if (!res) return;
-    const current = this.#trust ?? this.#o.bootstrap.trustBundle;
-    const r = acceptTrustBundle(payload, { roots: current, version: this.#trustVersion }, this.#judgeQuiet());
-    if (!r.accepted) {
-      if (r.code !== 'TRUST_BUNDLE_OLDER') this.#log('warn', 'refused a trust bundle', { code: r.code, reason: r.reason });
-      return;
-    }
-    await res.store.putTrustBundle(r.roots, r.version);
-    this.#trust = r.roots;
-    this.#trustVersion = r.version;
-    // issuedAt is signed by the fleet CA: a trusted timestamp like a certificate's notBefore.
-    await this.#advanceFloor(r.issuedAt);
-    this.#log('info', 'trust bundle updated', { version: r.version, roots: r.roots.length });
-    await this.#writeSnapshot();
-  }
-
-  /** CA certificates a CRL may be signed by: the issuing chain of our identity, then the fleet roots. */
-  #crlIssuers(): string[] {
-    return [...(this.#identity?.slot.chain ?? []), ...(this.#trust ?? this.#o.bootstrap.trustBundle)];
-  }
-
-  /** The cached CRL lists the identity in use: park at the next step (which the poke starts at once). */
-  #noteOwnRevocation(): void {
-    const id = this.#identity;
-    const cache = this.#res?.revocation;
-    if (!id || !cache || this.#revokedByCrl) return;
-    const s = cache.status(id.slot.serial);
-    if (!s.revoked) return;
-    this.#revokedByCrl = { serial: id.slot.serial, ...(s.reason ? { reason: s.reason } : {}) };
-    this.#log('warn', 'the fleet CRL lists our certificate; stopping its use', { serial: id.slot.serial, reason: s.reason });
-    this.#poke();
-  }
-
-  /** The material `agent verify` answers from while this process holds the store (peer-verify-snapshot.ts). */
-  async #writeSnapshot(): Promise<void> {
-    const res = this.#res;
-    if (!res) return;
-    try {
-      await writeSnapshot(this.#o.dataDir, {
-        trustBundle: this.#trust ?? this.#o.bootstrap.trustBundle,
-        caCertificates: this.#identity?.slot.chain ?? [],
-        clockFloor: this.#floor,
-        graceSec: this.#config.revocation.graceSec,
-        crls: res.revocation.ders(),
-      });
-    } catch (e) {
-      this.#log('warn', 'could not write the verification snapshot', { code: (e as { code?: string }).code, err: (e as Error).message });
-    }
+  #fleetUpdates(store: AgentStore, cache: RevocationCache, trustVersion: number | undefined): FleetUpdates {
+    return new FleetUpdates(
+      {
+        topics: this.#topics,
+        dataDir: this.#o.dataDir,
+        crlGraceSec: this.#config.revocation.graceSec,
+        cache,
+        identity: () => this.#identity,
+        trust: () => this.#trust ?? this.#o.bootstrap.trustBundle,
+        clockFloor: () => this.#floor,
+        judgedNow: () => this.#judgeQuiet(),
+        replaceTrust: async (roots, version) => {
+          await store.putTrustBundle(roots, version);
+          this.#trust = roots;
+        },
+        advanceFloor: (t) => this.#advanceFloor(t),
+        ownCertificateRevoked: (serial, reason) => {
+          // Park at the next step, which the poke starts at once.
+          this.#revokedByCrl = { serial, ...(reason ? { reason } : {}) };
+          this.#poke();
+        },
+        log: (level, msg, fields) => this.#log(level, msg, fields),
+        // The retained status says what the device holds now (best effort; the next one says it anyway).
+        changed: () => void this.#publishStatus(true).catch(() => undefined),
+      },
+      { trustVersion },
+    );
   }
 
   /** Queues the `revoked` event and gives it a bounded chance to leave while the session may still exist. */

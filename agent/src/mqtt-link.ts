@@ -65,10 +65,16 @@ export class MqttLink implements Link {
   #reportedDown = false;
   #everUp = false;
   #closed = false;
+  #phase = 'idle';
 
   constructor(o: MqttLinkOptions) {
     this.#o = o;
     this.#identity = o.identity;
+  }
+
+  /** What the current connection attempt is waiting for (diagnostics when something never ends). */
+  get phase(): string {
+    return this.#phase;
   }
 
   get connected(): boolean {
@@ -120,10 +126,20 @@ export class MqttLink implements Link {
    * the identity, or the transport's error for network failures.
    */
   async connectOnce(): Promise<Transport> {
+    try {
+      return await this.#connectOnce();
+    } finally {
+      this.#phase = 'idle';
+    }
+  }
+
+  async #connectOnce(): Promise<Transport> {
     if (this.#closed) throw abortError();
+    this.#phase = 'dropping the previous transport';
     await this.#dropTransport(false);
     let prepared: Awaited<ReturnType<LinkIdentity['prepare']>> | undefined;
     try {
+      this.#phase = 'loading the key';
       prepared = this.#identity ? await this.#identity.prepare() : undefined;
     } catch (e) {
       // The identity cannot be used at all (its key does not load): as good as refused.
@@ -141,6 +157,7 @@ export class MqttLink implements Link {
         onError: (err) => this.#o.log('warn', 'transport error', { link: this.#o.name, code: err.code, err: err.message }),
       });
       const t = transport;
+      this.#phase = 'TLS + CONNECT';
       await t.connect();
       // Watch it before anything else awaits, so a drop right after CONNACK is never missed.
       this.#transport = t;
@@ -156,6 +173,7 @@ export class MqttLink implements Link {
       }
       throw e;
     } finally {
+      this.#phase = 'releasing the key';
       await prepared?.release().catch((e: unknown) => this.#o.log('warn', 'could not release the TLS key', { err: (e as Error).message }));
     }
     if (this.#closed) {
@@ -168,6 +186,7 @@ export class MqttLink implements Link {
       throw new TransportError('TRANSPORT_CONNECTION_LOST', `connection to ${this.#o.url} lost right after CONNACK`);
     }
     this.#noteUp();
+    this.#phase = 'setting up the session';
     if (this.#o.onUp) {
       await this.#o.onUp(transport).catch((e: unknown) =>
         this.#o.log('warn', 'could not finish setting up the connection', { link: this.#o.name, code: isCodedError(e) ? e.code : undefined }),

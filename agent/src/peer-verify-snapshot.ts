@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { writeFileAtomic } from '../../common/atomic-file.js';
 import { CodedError } from '../../common/coded-error.js';
 import { array, int, literal, object, optional, str, type Infer } from '../../common/protocol/schema.js';
-import { RevocationCache, verifyPeer, type PeerVerdict, type RevocationCacheBatchOp } from './revocation-cache.js';
+import { verifyPeer, type PeerVerdict } from './peer-verify.js';
+import { RevocationCache, type RevocationCacheBatchOp } from './revocation-cache.js';
 
 /**
  * What `agent verify <cert.pem>` needs to answer offline, kept next to the agent's LevelDB store.

@@ -15,7 +15,8 @@ import { CrlSigner, type RevokedCertificate } from '../../broker-bridge/src/ca/c
 import { assembleSigned } from '../../broker-bridge/src/ca/device-profile.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
 import { deviceKey, openssl } from '../../broker-bridge/src/ca/test-util.js';
-import { RevocationCache, verifyPeer, type RevocationView } from './revocation-cache.js';
+import { verifyPeer } from './peer-verify.js';
+import { RevocationCache, type RevocationView } from './revocation-cache.js';
 
 x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
 

@@ -53,6 +53,8 @@ export interface StatusInput {
   readonly agentVersion: string;
   readonly tpm?: { readonly manufacturer: string; readonly firmwareVersion: string };
   readonly outbox?: { readonly pending: number; readonly dropped: number };
+  readonly crlNumber?: string;
+  readonly trustBundleVersion?: number;
 }
 
 /** The retained status body (protocol `status`). */
@@ -69,6 +71,8 @@ export function statusBody(i: StatusInput): DeviceStatus {
     agentVersion: i.agentVersion.slice(0, 32),
     ...(i.tpm ? { tpmManufacturer: i.tpm.manufacturer.slice(0, 16), tpmFirmware: i.tpm.firmwareVersion.slice(0, 32) } : {}),
     ...(i.outbox ? { outboxPending: i.outbox.pending, outboxDropped: i.outbox.dropped } : {}),
+    ...(i.crlNumber === undefined ? {} : { crlNumber: i.crlNumber }),
+    ...(i.trustBundleVersion === undefined ? {} : { trustBundleVersion: i.trustBundleVersion }),
   };
 }
 

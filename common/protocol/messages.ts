@@ -127,6 +127,9 @@ export const deviceStatusBody = object({
   /** Outbox events waiting for delivery, and non-security events dropped because it was full. */
   outboxPending: optional(int({ min: 0, max: 1_000_000_000 })),
   outboxDropped: optional(int({ min: 0, max: 1_000_000_000 })),
+  /** Number of the newest fleet CRL the device holds (decimal), and the signed trust bundle version it uses. */
+  crlNumber: optional(str({ min: 1, max: 49, pattern: /^[0-9]+$/ })),
+  trustBundleVersion: optional(int({ min: 1, max: Number.MAX_SAFE_INTEGER })),
 });
 
 /** Device → bridge (rotation, over mTLS): ask for a nonce to certify the next key over. */

@@ -103,7 +103,7 @@ export async function startFleetFixture(opts: Partial<Omit<EmbeddedFleetOptions,
     async stop() {
       // A stop that hangs is a bug; name the part that hangs (agent and its state, or the fleet) so the
       // failing run says where to look instead of only "hook timed out".
-      await Promise.all(agents.map((a) => watchdog(a.stop().catch(() => undefined), () => `agent ${a.deviceId} stop (${JSON.stringify(a.status())})`)));
+      await Promise.all(agents.map((a) => watchdog(a.stop().catch(() => undefined), () => `agent ${a.deviceId} stop (${JSON.stringify({ ...a.diagnostics(), state: a.state, serial: a.status().certSerial, handshakes: a.status().tlsHandshakes })})`)));
       await watchdog(fleet.stop(), () => 'fleet stop');
       rmSync(dir, { recursive: true, force: true });
     },

@@ -112,11 +112,14 @@ describe('device-side revocation data (real agents and fleet)', () => {
 
     for (const id of ['crl-b', 'crl-c']) {
       await eventually(() => agents[id]!.status().crl?.crlNumber === n, 5_000, `${id} holds CRL ${n}`);
+      // …and says so in its retained status, which the bridge ingests.
+      await eventually(() => fx.fleet.inventory.getDevice(id)?.status?.crlNumber === n, 5_000, `${id} reports CRL ${n}`);
+      expect(fx.fleet.inventory.getDevice(id)?.status?.trustBundleVersion).toBe(agents[id]!.status().trustBundleVersion);
     }
     // The CRL goes out before the broker strips the session, so the revoked agent hears it too.
     await eventually(() => a.state === 'revoked', 10_000, 'crl-a revoked');
     expect(a.status().error).toMatchObject({ code: 'AGENT_REVOKED', rejection: 'DEVICE_REVOKED' });
-    expect(a.status().online).toBe(false);
+    await eventually(() => !a.status().online, 5_000, 'crl-a session closed');
 
     const verdict = agents['crl-b']!.verifyPeer(certs['crl-a']!);
     expect(verdict).toMatchObject({ valid: false, code: 'REVOKED' });

@@ -162,6 +162,8 @@ export interface DeviceStatusSnapshot {
   readonly tpmFirmware?: string;
   readonly outboxPending?: number;
   readonly outboxDropped?: number;
+  readonly crlNumber?: string;
+  readonly trustBundleVersion?: number;
 }
 
 export interface DeviceEventRecordInput {
