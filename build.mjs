@@ -3,7 +3,7 @@
 // their own native parts (level/classic-level, pkcs11js) stay external and load from node_modules.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, renameSync } from 'node:fs';
 
 const programs = {
   agent: 'agent/src/main.ts',
@@ -13,6 +13,7 @@ const programs = {
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',
   'bench-agent': 'test/bench/agent.ts',
+  'bench-revocation': 'test/bench/revocation.ts',
 };
 
 // Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.
@@ -43,4 +44,9 @@ await build({
   banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" },
 });
 const addon = 'native/build/Release/tpm_native.node';
-if (existsSync(addon)) copyFileSync(addon, 'dist/tpm_native.node');
+// Copy, then rename over: a process running from dist/ has the old file mapped, and overwriting it in
+// place kills that process with SIGBUS (even with identical content); a rename leaves its inode alone.
+if (existsSync(addon)) {
+  copyFileSync(addon, 'dist/.tpm_native.node.tmp');
+  renameSync('dist/.tpm_native.node.tmp', 'dist/tpm_native.node');
+}

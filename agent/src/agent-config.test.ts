@@ -23,7 +23,7 @@ describe('parseAgentConfig', () => {
       backoff: { baseMs: 1000, capMs: 180_000 },
       tickMs: 30_000,
       outbox: { maxEvents: 10_000 },
-      revocation: { graceSec: 86_400 },
+      revocation: { graceSec: 86_400, reportDelayMs: 30_000 },
       logLevel: 'info',
     });
   });
@@ -44,7 +44,7 @@ describe('parseAgentConfig', () => {
       backoff: { baseMs: 1000, capMs: 60_000 },
       tickMs: 1000,
       outbox: { maxEvents: 50 },
-      revocation: { graceSec: 600 },
+      revocation: { graceSec: 600, reportDelayMs: 30_000 },
       logLevel: 'debug',
     });
   });

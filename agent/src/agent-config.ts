@@ -16,7 +16,7 @@ import { checkBudget, DEFAULT_OFFLINE_BUDGET, type OfflineBudget } from './polic
  *   "backoff": { "baseMs": 1000, "capMs": 180000 },
  *   "tickMs": 30000,
  *   "outbox": { "maxEvents": 10000 },
- *   "revocation": { "graceSec": 86400 },
+ *   "revocation": { "graceSec": 86400, "reportDelayMs": 30000 },
  *   "logLevel": "info" }
  * ```
  *
@@ -62,7 +62,12 @@ export const agentConfigSchema = object({
   tickMs: optional(int({ min: 100, max: 3_600_000 })),
   outbox: optional(object({ maxEvents: optional(int({ min: 1, max: 10_000_000 })) })),
   /** Freshness of the cached CRL: answers say `stale` once now > nextUpdate + graceSec. */
-  revocation: optional(object({ graceSec: optional(int({ min: 0, max: TEN_YEARS_SEC })) })),
+  /**
+   * `graceSec`: answers say `stale` once now > the CRL's nextUpdate + graceSec. `reportDelayMs`: the
+   * status saying a new CRL or trust bundle is held goes out after a random delay up to this, coalesced,
+   * so a fleet's devices do not all answer one revocation at the same moment.
+   */
+  revocation: optional(object({ graceSec: optional(int({ min: 0, max: TEN_YEARS_SEC })), reportDelayMs: optional(int({ min: 0, max: 3_600_000 })) })),
   logLevel: optional(oneOf(LOG_LEVELS)),
 });
 
@@ -73,13 +78,14 @@ export interface AgentRuntimeConfig {
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
   readonly tickMs: number;
   readonly outbox: { readonly maxEvents: number };
-  readonly revocation: { readonly graceSec: number };
+  readonly revocation: { readonly graceSec: number; readonly reportDelayMs: number };
   readonly logLevel: LogLevel;
 }
 
 export const DEFAULT_TICK_MS = 30_000;
 /** One day past the CRL's nextUpdate (the fleet reissues a quarter of its 24 h period early). */
 export const DEFAULT_CRL_GRACE_SEC = 86_400;
+export const DEFAULT_REPORT_DELAY_MS = 30_000;
 
 export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   v: 1,
@@ -87,7 +93,7 @@ export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   backoff: { baseMs: DEFAULT_BACKOFF_BASE_MS, capMs: DEFAULT_BACKOFF_CAP_MS },
   tickMs: DEFAULT_TICK_MS,
   outbox: { maxEvents: DEFAULT_OUTBOX_MAX_EVENTS },
-  revocation: { graceSec: DEFAULT_CRL_GRACE_SEC },
+  revocation: { graceSec: DEFAULT_CRL_GRACE_SEC, reportDelayMs: DEFAULT_REPORT_DELAY_MS },
   logLevel: 'info',
 };
 
@@ -117,7 +123,10 @@ export function parseAgentConfig(json: unknown, source = 'agent config'): AgentR
     },
     tickMs: parsed.tickMs ?? d.tickMs,
     outbox: { maxEvents: parsed.outbox?.maxEvents ?? d.outbox.maxEvents },
-    revocation: { graceSec: parsed.revocation?.graceSec ?? d.revocation.graceSec },
+    revocation: {
+      graceSec: parsed.revocation?.graceSec ?? d.revocation.graceSec,
+      reportDelayMs: parsed.revocation?.reportDelayMs ?? d.revocation.reportDelayMs,
+    },
     logLevel: parsed.logLevel ?? d.logLevel,
   };
   if (config.backoff.capMs < config.backoff.baseMs) {

@@ -146,6 +146,7 @@ export class Agent {
   #lifetimeWarned = false;
   #phase = 'not started';
   #stopPhase: string | undefined;
+  #statusReport: NodeJS.Timeout | undefined;
   #announced = false;
   #finishing = false;
   #rotateRequested = false;
@@ -320,6 +321,8 @@ export class Agent {
     this.#set('stopping');
     this.#poke();
     const device = this.#device;
+    clearTimeout(this.#statusReport);
+    this.#statusReport = undefined;
     this.#stopPhase = 'publishing offline status';
     // Bounded: on a half-open connection the PUBACK would wait for keepalive; the will covers it then.
     if (device?.transport) await Promise.race([this.#publishStatus(false).catch(() => undefined), new Promise((r) => setTimeout(r, 2_000).unref())]);
@@ -850,6 +853,21 @@ export class Agent {
     return encode('status', `status-${now}`, now, body);
   }
 
+  /**
+   * The retained status says what the device holds now (CRL number, trust bundle version): sent after a
+   * random delay up to `revocation.reportDelayMs`, coalesced, so one revocation does not make every
+   * device of a fleet publish at once. Best effort: the next status says it anyway.
+   */
+  #scheduleStatusReport(): void {
+    if (this.#statusReport) return;
+    const delay = Math.floor((this.#o.random ?? Math.random)() * this.#config.revocation.reportDelayMs);
+    this.#statusReport = setTimeout(() => {
+      this.#statusReport = undefined;
+      void this.#publishStatus(true).catch(() => undefined);
+    }, delay);
+    this.#statusReport.unref();
+  }
+
   async #publishStatus(online: boolean): Promise<void> {
     const t = this.#device?.transport;
     if (!t) return;
@@ -880,8 +898,7 @@ export class Agent {
           this.#poke();
         },
         log: (level, msg, fields) => this.#log(level, msg, fields),
-        // The retained status says what the device holds now (best effort; the next one says it anyway).
-        changed: () => void this.#publishStatus(true).catch(() => undefined),
+        changed: () => this.#scheduleStatusReport(),
       },
       { trustVersion },
     );

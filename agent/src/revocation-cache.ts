@@ -77,7 +77,7 @@ export interface RevocationCacheOptions {
   readonly clock: Clock;
   /** Freshness policy: answers are `stale` once now > nextUpdate + graceSec. */
   readonly graceSec: number;
-  /** Largest CRL accepted; default 16 MiB (a full CRL is about 35 bytes a serial). */
+  /** Largest CRL accepted; default 16 MiB (a fleet CRL is about 50 bytes a serial: ~330,000 serials). */
   readonly maxBytes?: number;
 }
 
@@ -127,6 +127,8 @@ const CRL_KEY = 'crl';
 const SERIALS_KEY = 'serials';
 const DELTA_KEY = 'delta';
 export class RevocationCache implements RevocationView {
+  /** Parsed issuer certificates by PEM: the same few CAs come with every CRL (parsing them was half an accept). */
+  readonly #caCerts = new Map<string, CaCert | null>();
   readonly #db: RevocationCacheDb;
   readonly #clock: Clock;
   readonly #maxBytes: number;
@@ -217,7 +219,7 @@ export class RevocationCache implements RevocationView {
 
     const candidates: CaCert[] = [];
     for (const pem of issuers) {
-      const ca = parseCaCert(pem);
+      const ca = this.#caCert(pem);
       if (ca && ca.subjectDer.equals(crl.issuerDer) && ca.mayCrlSign) candidates.push(ca);
     }
     if (candidates.length === 0) return reject('CRL_ISSUER_UNKNOWN', 'no trusted CA with the CRL issuer name may sign CRLs');
@@ -273,6 +275,17 @@ export class RevocationCache implements RevocationView {
       for (const s of delta.removed) if (complete.serials.has(s)) n--;
     }
     this.#size = n;
+  }
+
+  #caCert(pem: string): CaCert | undefined {
+    let ca = this.#caCerts.get(pem);
+    if (ca === undefined) {
+      ca = parseCaCert(pem) ?? null;
+      // Bounded: the agent's chain and roots change rarely; a stranger set just starts the map over.
+      if (this.#caCerts.size >= 32) this.#caCerts.clear();
+      this.#caCerts.set(pem, ca);
+    }
+    return ca ?? undefined;
   }
 
   /** The hot path: one normalization and at most three Set lookups. */

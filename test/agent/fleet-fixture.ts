@@ -27,7 +27,12 @@ export interface FleetFixture {
 }
 
 /** Quick retries for tests: first retry within 50 ms, never more than 2 s apart. */
-export const TEST_AGENT_CONFIG: AgentRuntimeConfig = { ...DEFAULT_AGENT_CONFIG, backoff: { baseMs: 50, capMs: 2_000 }, tickMs: 200 };
+export const TEST_AGENT_CONFIG: AgentRuntimeConfig = {
+  ...DEFAULT_AGENT_CONFIG,
+  backoff: { baseMs: 50, capMs: 2_000 },
+  tickMs: 200,
+  revocation: { ...DEFAULT_AGENT_CONFIG.revocation, reportDelayMs: 200 },
+};
 
 export async function startFleetFixture(opts: Partial<Omit<EmbeddedFleetOptions, 'dir' | 'ekTrust' | 'trustDomain'>> = {}): Promise<FleetFixture> {
   const dir = mkdtempSync(join(tmpdir(), 'agent-fleet-'));
