@@ -35,6 +35,11 @@ describe('AgentStore (real LevelDB)', () => {
     await store.open();
   }
 
+  it('says plainly that another process holds the store (AGENT_STORE_LOCKED)', async () => {
+    const second = new AgentStore(join(dir, 'state'));
+    await expect(second.open()).rejects.toMatchObject({ code: 'AGENT_STORE_LOCKED', message: expect.stringContaining('in use by another process') });
+  });
+
   it('starts empty, with slot A free', async () => {
     expect(await store.active()).toBeUndefined();
     expect(await store.getPending()).toBeUndefined();

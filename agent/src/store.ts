@@ -1,5 +1,6 @@
 import { Level } from 'level';
 import { CodedError } from '../../common/coded-error.js';
+import { isLevelLocked } from '../../common/level-lock.js';
 
 /**
  * The agent's local state in LevelDB (dataDir/state): everything needed to work offline and to resume
@@ -22,7 +23,7 @@ import { CodedError } from '../../common/coded-error.js';
  * - `lastRotation`: `{ at, result }` of the last rotation attempt that ended.
  * - sublevels (`sublevel(name)`): the event outbox (`outbox`), the revocation cache (`revocation`).
  */
-export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT';
+export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT' | 'AGENT_STORE_LOCKED';
 
 export class AgentStoreError extends CodedError<AgentStoreErrorCode> {}
 
@@ -136,7 +137,12 @@ export class AgentStore {
   async open(): Promise<void> {
     if (this.#db) return;
     const db = new Level<string, unknown>(this.#path, { valueEncoding: 'json' });
-    await db.open();
+    try {
+      await db.open();
+    } catch (e) {
+      if (!isLevelLocked(e)) throw e;
+      throw new AgentStoreError('AGENT_STORE_LOCKED', `the agent store ${this.#path} is in use by another process (is an agent already running with this data directory?)`, { cause: e });
+    }
     this.#db = db;
   }
 

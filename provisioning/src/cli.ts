@@ -48,7 +48,8 @@ async function openInventory(dir: string): Promise<LevelInventory> {
   try {
     await inventory.open();
   } catch (e) {
-    throw new StationError('STATION_IO', `cannot open the inventory at ${dir} (LevelDB admits one process: is the bridge running on it?): ${(e as Error).message}`, { cause: e });
+    if (isCodedError(e) && e.code === 'INVENTORY_LOCKED') throw e; // says which process to stop
+    throw new StationError('STATION_IO', `cannot open the inventory at ${dir}: ${(e as Error).message}`, { cause: e });
   }
   return inventory;
 }

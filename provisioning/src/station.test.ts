@@ -243,6 +243,18 @@ describe('factory station (real swtpm, real LevelDB)', () => {
     const again = io();
     expect(await runStation(importArgs, again.io)).toBe(0);
     expect(again.out.stdout).toBe('imported 0, unchanged 3, superseded 0, conflicts 0, invalid 0\n');
+    // While another process (here: this one) holds the inventory, import says so in one coded line.
+    const holder = new LevelInventory(join(files, 'inv'));
+    await holder.open();
+    try {
+      const locked = io();
+      expect(await runStation(importArgs, locked.io)).toBe(1);
+      expect(locked.out.stdout).toBe('');
+      expect(locked.out.stderr).toMatch(/^station: \[INVENTORY_LOCKED\] the inventory .* is in use by another process/);
+      expect(locked.out.stderr.trim().split('\n')).toHaveLength(1);
+    } finally {
+      await holder.close();
+    }
 
     // Trusting only the rogue vendor refuses every device: exit code 1, each refusal named.
     const refused = io();

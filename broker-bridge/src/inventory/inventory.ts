@@ -114,7 +114,14 @@ export const DEVICE_EVENT_HISTORY = 1000;
 /** Cached responses kept per device (the newest); a redelivery is never older than a few requests. */
 export const RESPONSES_PER_DEVICE = 16;
 
-export type InventoryErrorCode = 'INVENTORY_CONFLICT' | 'INVENTORY_TOKEN_USED' | 'INVENTORY_NOT_FOUND' | 'INVENTORY_CLOSED' | 'INVENTORY_REVOKED';
+export type InventoryErrorCode =
+  | 'INVENTORY_CONFLICT'
+  | 'INVENTORY_TOKEN_USED'
+  | 'INVENTORY_NOT_FOUND'
+  | 'INVENTORY_CLOSED'
+  | 'INVENTORY_REVOKED'
+  /** Another process (a running bridge, a station) holds the LevelDB directory. */
+  | 'INVENTORY_LOCKED';
 
 export class InventoryError extends CodedError<InventoryErrorCode> {}
 

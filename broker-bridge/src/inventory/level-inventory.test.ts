@@ -60,6 +60,19 @@ describe('LevelInventory', () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
+  it('says plainly that another process holds the database when it is open elsewhere (INVENTORY_LOCKED)', async () => {
+    const second = new LevelInventory(dir);
+    const err = await second.open().then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    expect(err).toMatchObject({ code: 'INVENTORY_LOCKED' });
+    expect((err as Error).message).toContain('in use by another process');
+    // The holder is unaffected.
+    await inv.registerDevice(device('gw-lock'));
+    expect(inv.getDevice('gw-lock')).toBeDefined();
+  });
+
   it('registers idempotently and refuses the same id with another EK', async () => {
     await inv.registerDevice(device('d1'), token('d1'));
     await inv.registerDevice(device('d1'), token('d1'));

@@ -1,4 +1,5 @@
 import { Level } from 'level';
+import { isLevelLocked } from '../../../common/level-lock.js';
 import { SECURITY_EVENTS, type EventType } from '../../../common/protocol/messages.js';
 import {
   DEVICE_EVENT_HISTORY,
@@ -69,7 +70,9 @@ export class LevelInventory implements Inventory {
   #writeChain: Promise<unknown> = Promise.resolve();
   #open = false;
 
+  readonly #path: string;
   constructor(path: string) {
+    this.#path = path;
     this.#db = new Level<string, unknown>(path, { valueEncoding: 'json' });
     const sub = <V>(name: string) => this.#db.sublevel<string, V>(name, { valueEncoding: 'json' }) as unknown as Sub<V>;
     this.#devicesDb = sub('devices');
@@ -85,7 +88,16 @@ export class LevelInventory implements Inventory {
 
   async open(): Promise<void> {
     if (this.#open) return;
-    await this.#db.open();
+    try {
+      await this.#db.open();
+    } catch (e) {
+      if (!isLevelLocked(e)) throw e;
+      throw new InventoryError(
+        'INVENTORY_LOCKED',
+        `the inventory ${this.#path} is in use by another process (a running bridge or station holds its LevelDB lock); stop it, or register devices through it`,
+        { cause: e },
+      );
+    }
     await this.#load(this.#devicesDb, this.#devices);
     await this.#load(this.#tokensDb, this.#tokens);
     await this.#load(this.#certsDb, this.#certs);
