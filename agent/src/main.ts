@@ -18,8 +18,32 @@ import { runVerify } from './verify-cli.js';
 import { AGENT_VERSION } from './version.js';
 
 const DEFAULT_CONFIG = '/etc/tpm-fleet/agent.json';
+const USAGE = 'usage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]';
+const HELP = `${USAGE}
+
+  run (default)   the device agent: enrolls with the bootstrap token (or re-attests), then stays online
+                  over mTLS with its key in the TPM, rotating before expiry. Ends on SIGINT/SIGTERM.
+      --bootstrap FILE   the factory station's bootstrap file (mode 0600)
+      --data DIR         the agent's store (LevelDB) and verification snapshot
+      --config FILE      runtime config (default ${DEFAULT_CONFIG}, optional there)
+  verify CERT.pem  is this certificate valid now, answered offline from what the agent in DIR cached
+      --data DIR         the agent's data directory
+      --chain FILE       intermediates the peer presented
+      --json             one JSON object instead of 'CODE: reason'
+  --version, --help
+
+Exit codes: run: 0 stopped by a signal, 1 cannot start, 2 usage; verify: 0 valid, 1 not valid, 2 usage, 3 no data.
+See agent/README.md.`;
 
 const argv = process.argv.slice(2);
+if (argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help')) {
+  process.stdout.write(`${HELP}\n`);
+  process.exit(0);
+}
+if (argv[0] === 'verify' && (argv.includes('--help') || argv.includes('-h'))) {
+  process.stdout.write(`${HELP}\n`);
+  process.exit(0);
+}
 if (argv[0] === 'verify') {
   const code = await runVerify(argv.slice(1), {
     out: (l) => process.stdout.write(`${l}\n`),
@@ -34,19 +58,23 @@ let values;
 try {
   ({ values } = parseArgs({
     args: argv,
-    options: { bootstrap: { type: 'string' }, data: { type: 'string' }, config: { type: 'string' }, version: { type: 'boolean' } },
+    options: { bootstrap: { type: 'string' }, data: { type: 'string' }, config: { type: 'string' }, version: { type: 'boolean' }, help: { type: 'boolean', short: 'h' } },
     strict: true,
   }));
 } catch (e) {
-  process.stderr.write(`agent: ${(e as Error).message}\nusage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]\n`);
+  process.stderr.write(`agent: ${(e as Error).message}\n${USAGE}\n`);
   process.exit(2);
+}
+if (values.help) {
+  process.stdout.write(`${HELP}\n`);
+  process.exit(0);
 }
 if (values.version) {
   process.stdout.write(`${AGENT_VERSION}\n`);
   process.exit(0);
 }
 if (!values.bootstrap || !values.data) {
-  process.stderr.write('usage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]\n');
+  process.stderr.write(`${USAGE}\n`);
   process.exit(2);
 }
 

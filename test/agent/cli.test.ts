@@ -42,6 +42,17 @@ describe('agent CLI (dist/agent.mjs)', () => {
     expect(r.out.trim()).toMatch(/^0\.1\.0\+([0-9a-f]{12}|unknown)$/);
   });
 
+  it('--help (and verify --help) prints the subcommands, options and exit codes on stdout, exit 0', async () => {
+    for (const args of [['--help'], ['-h'], ['verify', '--help']]) {
+      const r = await agent(args);
+      expect(r.code, args.join(' ')).toBe(0);
+      expect(r.out).toContain('usage: agent [run] --bootstrap FILE --data DIR');
+      expect(r.out).toMatch(/verify CERT\.pem/);
+      expect(r.out).toMatch(/Exit codes:/);
+      expect(r.err).toBe('');
+    }
+  });
+
   it('usage errors exit 2 with one line, no stack trace', async () => {
     const r = await agent(['--bogus']);
     expect(r.code).toBe(2);
