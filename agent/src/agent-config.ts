@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { int, literal, object, oneOf, optional, SchemaError, type Schema } from '../../common/protocol/schema.js';
+import { int, literal, num, object, oneOf, optional } from '../../common/protocol/schema.js';
 import { DEFAULT_BACKOFF_BASE_MS, DEFAULT_BACKOFF_CAP_MS } from './backoff.js';
 import { AgentConfigError } from './config.js';
 import { DEFAULT_OUTBOX_MAX_EVENTS } from './outbox.js';
@@ -25,17 +25,6 @@ import { checkBudget, DEFAULT_OFFLINE_BUDGET, type OfflineBudget } from './polic
  * Errors: AGENT_CONFIG_UNREADABLE (file exists but cannot be read), AGENT_CONFIG_INVALID (not JSON,
  * schema, or budget; the message names the field path).
  */
-
-/** A finite number in [min, max] (the shared schema library has integers only). */
-function num(opts: { min: number; max: number }): Schema<number> {
-  return {
-    parse(v, path) {
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw new SchemaError('SCHEMA_INVALID', path, 'expected a finite number');
-      if (v < opts.min || v > opts.max) throw new SchemaError('SCHEMA_INVALID', path, `out of range [${opts.min}, ${opts.max}]`);
-      return v;
-    },
-  };
-}
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];

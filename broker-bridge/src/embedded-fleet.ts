@@ -19,7 +19,7 @@ import { RevocationService, type RevocationResult } from './revocation/revocatio
 import { CertificateIssuer } from './ca/issuer.js';
 import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
-import { RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
+import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
@@ -67,7 +67,6 @@ export interface EmbeddedFleetOptions {
   readonly crlNextUpdateSec?: number;
 }
 
-const DEFAULT_RATE = { perDevice: { ratePerSec: 1, burst: 10 }, global: { ratePerSec: 500, burst: 1000 } } as const;
 
 export const DEFAULT_AUDITOR = 'role:auditor:watch';
 export const DEFAULT_OPERATOR = 'role:operator:ops';
@@ -172,7 +171,7 @@ export class EmbeddedFleet {
     // requests anyone can send under a device's id (the enrollment listener) never cost that device
     // its rotations (which only the device itself can send, over mTLS).
     const policy = o.policy ?? new DefaultEnrollmentPolicy({ trustDomain: o.trustDomain, lifetimeSec: o.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 });
-    const limiter = () => new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE.global, clock: o.clock });
+    const limiter = () => new RateLimiter({ perKey: o.rateLimit?.perDevice ?? DEFAULT_RATE_LIMITS.perDevice, global: o.rateLimit?.global ?? DEFAULT_RATE_LIMITS.global, clock: o.clock });
     const common = {
       inventory: this.inventory,
       issuer: this.#issuer,

@@ -4,7 +4,11 @@
  *   bridge ca init   --dir DIR --trust-domain TD [--pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
  *   bridge ca import --dir DIR --trust-domain TD --root PEM --issuing PEM --issuing-key PEM
  *   bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F
- *                        --client-ca F --persistence-dir DIR [--base-topic fleet/v1] [--station ID]... [--operator ID]... [--auditor ID]...
+ *                        --client-ca F --persistence-dir DIR [--crl-file F] [--user NAME] [--base-topic fleet/v1]
+ *                        [--station ID]... [--operator ID]... [--auditor ID]...
+ *     Writes mosquitto.conf, enroll.acl, device.acl (0644) and makes the files mosquitto reads usable by
+ *     the user it runs as (default: `mosquitto` when run as root and that user exists, else none); see
+ *     broker/broker-file-access.ts.
  *   bridge cert issue --ca-dir DIR --kind server --dns NAME... [--ip ADDR...] --out PREFIX [--days N] [--force] [--json]
  *   bridge cert issue --ca-dir DIR --kind role --role bridge|station:ID|operator:ID|auditor:ID --out PREFIX [...]
  *     [--issuing-key PEM | --pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]
@@ -26,9 +30,10 @@ import pino from 'pino';
 import { systemClock } from '../../common/clock.js';
 import { isCodedError } from '../../common/coded-error.js';
 import { Topics } from '../../common/protocol/topics.js';
-import { array, int, object, oneOf, optional, parseMessage, str } from '../../common/protocol/schema.js';
+import { array, int, num, object, oneOf, optional, parseMessage, SchemaError, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
+import { applyBrokerFileAccess, defaultBrokerUser, planBrokerFileAccess } from './broker/broker-file-access.js';
 import { generateMosquittoConfig } from './broker/mosquitto-config.js';
 import { assertOutputsWritable, issueServiceCertificate, roleCommonName, writeServiceCertificateFiles } from './broker/service-cert.js';
 import { createCa, importCa, openBackend, type BackendSpec } from './ca/ca-setup.js';
@@ -36,7 +41,7 @@ import { CertificateIssuer } from './ca/issuer.js';
 import { readIssuedRegistry, recordIssued } from './ca/issued-registry.js';
 import { EnrollmentService } from './enrollment/enrollment-service.js';
 import { DefaultEnrollmentPolicy } from './enrollment/policy.js';
-import { RateLimiter } from './enrollment/rate-limiter.js';
+import { DEFAULT_RATE_LIMITS, RateLimiter } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
 import { CrlSigner } from './ca/crl.js';
 import { FileBrokerEnforcement } from './revocation/broker-enforcement.js';
@@ -69,6 +74,9 @@ const CERT_INPUT_ERRORS: ReadonlySet<string> = new Set([
 /** Validity of `cert issue` certificates unless --days says otherwise. */
 const CERT_DEFAULT_DAYS = 90;
 
+
+const rateLimitSchema = object({ ratePerSec: num({ min: 0.001, max: 100_000 }), burst: int({ min: 1, max: 1_000_000 }) });
+
 const configSchema = object({
   dataDir: str({ max: 512 }),
   trustDomain: str({ max: 253 }),
@@ -99,7 +107,34 @@ const configSchema = object({
   broker: optional(object({ crlFile: str({ max: 512 }), deviceAclFile: str({ max: 512 }), pidFile: optional(str({ max: 512 })) })),
   /** CRL nextUpdate − thisUpdate (default 24 h); a new CRL is signed when a quarter of it is left. */
   crlNextUpdateSec: optional(int({ min: 300, max: 30 * 86_400 })),
+  /** How often the revocation service checks for a CRL to re-sign and retries failed broker updates (default 60 s). */
+  revocationCheckSec: optional(int({ min: 5, max: 3600 })),
+  /** Enrollment and rotation rate limits; each side defaults to DEFAULT_RATE_LIMITS. */
+  rateLimit: optional(object({ perDevice: optional(rateLimitSchema), global: optional(rateLimitSchema) })),
+  /** notBefore of issued device certificates lies this far in the past, for device clock skew (default 300). */
+  certificateBackdateSec: optional(int({ min: 0, max: 86_400 })),
+  /** How long an enrollment challenge and a rotation nonce stay valid (default 120 s each). */
+  challengeTtlSec: optional(int({ min: 10, max: 3600 })),
+  rotationTtlSec: optional(int({ min: 10, max: 3600 })),
+  /** Pause between attempts to reach the broker, at start and after a lost connection (default 1000 ms). */
+  reconnectMs: optional(int({ min: 100, max: 60_000 })),
 });
+
+/** bridge.json, validated; a bad file is the operator's input: one line naming the field, exit 2. */
+function readConfig(path: string): ReturnType<typeof configSchema.parse> {
+  let text: Buffer;
+  try {
+    text = readFileSync(path);
+  } catch (e) {
+    return fail(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'BRIDGE_CONFIG_UNREADABLE');
+  }
+  try {
+    return parseMessage(text, configSchema, 64 * 1024);
+  } catch (e) {
+    if (e instanceof SchemaError) fail(`${path}: ${e.message}`, e.code === 'SCHEMA_INVALID' ? 'BRIDGE_CONFIG_INVALID' : e.code);
+    throw e;
+  }
+}
 
 function revocationService(
   cfg: ReturnType<typeof configSchema.parse>,
@@ -152,6 +187,7 @@ const cliOptions = {
   config: { type: 'string' },
   'persistence-dir': { type: 'string' },
   'crl-file': { type: 'string' },
+  user: { type: 'string' },
   device: { type: 'string' },
   serial: { type: 'string' },
   reason: { type: 'string' },
@@ -242,6 +278,62 @@ function certFailure(e: unknown, hint = ''): never {
   process.exit(CERT_INPUT_ERRORS.has(code) ? 2 : 1);
 }
 
+/**
+ * `broker-config`: mosquitto.conf and its ACLs, and the files they name made usable by the user mosquitto
+ * runs as. Everything is validated (the user exists, the files exist and the user can reach them)
+ * before anything is written; user errors are one line with a code, exit 2.
+ */
+function brokerConfig(v: CliValues, need: (k: keyof CliValues) => string): void {
+  const out = resolve(need('out'));
+  const port = (k: 'enroll-port' | 'device-port') => {
+    const n = Number(need(k));
+    return Number.isInteger(n) && n > 0 && n < 65536 ? n : fail(`--${k} must be a port number`);
+  };
+  const host = need('host');
+  const user = v.user ?? defaultBrokerUser();
+  const tls = { serverCertFile: resolve(need('server-cert')), serverKeyFile: resolve(need('server-key')), clientCaFile: resolve(need('client-ca')) };
+  const persistenceDir = resolve(need('persistence-dir'));
+  const crlFile = v['crl-file'] ? resolve(v['crl-file']) : undefined;
+  const written = { conf: join(out, 'mosquitto.conf'), enrollAcl: join(out, 'enroll.acl'), deviceAcl: join(out, 'device.acl') };
+  let plan: ReturnType<typeof planBrokerFileAccess>;
+  let generated: ReturnType<typeof generateMosquittoConfig>;
+  try {
+    generated = generateMosquittoConfig({
+      baseTopic: v['base-topic']!,
+      enrollListener: { host, port: port('enroll-port') },
+      deviceListener: { host, port: port('device-port') },
+      tls,
+      enrollAclFile: written.enrollAcl,
+      deviceAclFile: written.deviceAcl,
+      persistenceDir,
+      ...(crlFile ? { crlFile } : {}),
+      ...(user ? { user } : {}),
+      stationIdentities: v.station ?? [],
+      operatorIdentities: v.operator ?? [],
+      auditorIdentities: v.auditor ?? [],
+    });
+    plan = planBrokerFileAccess(user, {
+      secret: [tls.serverKeyFile],
+      public: [tls.serverCertFile, tls.clientCaFile],
+      // mosquitto rereads these as its user on SIGHUP; the bridge replaces the CRL (0644) later.
+      publicLater: [written.conf, written.enrollAcl, written.deviceAcl, ...(crlFile ? [crlFile] : [])],
+      persistenceDir,
+    });
+  } catch (e) {
+    return fail((e as Error).message, isCodedError(e) ? e.code : 'INTERNAL');
+  }
+  mkdirSync(out, { recursive: true });
+  writeFileSync(written.conf, generated.conf, { mode: 0o644 });
+  writeFileSync(written.enrollAcl, generated.enrollAcl, { mode: 0o644 });
+  writeFileSync(written.deviceAcl, generated.deviceAcl, { mode: 0o644 });
+  applyBrokerFileAccess(plan);
+  if (!user && process.geteuid?.() === 0) {
+    // mosquitto started as root without a `user` line drops to `mosquitto`, or to `nobody` when that user does not exist.
+    logger.warn('no user "mosquitto" on this host: give --user NAME (the user mosquitto runs as), or start mosquitto as a non-root user that owns these files');
+  }
+  logger.info({ out, user: user ?? null, persistenceDir, changed: plan.changes }, `wrote mosquitto.conf, enroll.acl, device.acl${user ? `; mosquitto runs as ${user}` : ''}`);
+}
+
 type Pkcs11Cli = { module: string; tokenLabel: string; pinEnv: string };
 const parseCli = (args: string[]) => parseArgs({ args, strict: true, options: cliOptions }).values;
 type CliValues = ReturnType<typeof parseCli>;
@@ -291,37 +383,12 @@ async function main(): Promise<void> {
       logger.info({ files: ca.files }, 'CA imported');
       return;
     }
-    case 'broker-config': {
-      const out = need('out');
-      mkdirSync(out, { recursive: true });
-      const port = (k: 'enroll-port' | 'device-port') => {
-        const n = Number(need(k));
-        return Number.isInteger(n) && n > 0 && n < 65536 ? n : fail(`--${k} must be a port number`);
-      };
-      const host = need('host');
-      const { conf, enrollAcl, deviceAcl } = generateMosquittoConfig({
-        baseTopic: v['base-topic']!,
-        enrollListener: { host, port: port('enroll-port') },
-        deviceListener: { host, port: port('device-port') },
-        tls: { serverCertFile: need('server-cert'), serverKeyFile: need('server-key'), clientCaFile: need('client-ca') },
-        enrollAclFile: join(out, 'enroll.acl'),
-        deviceAclFile: join(out, 'device.acl'),
-        persistenceDir: resolve(need('persistence-dir')),
-        ...(v['crl-file'] ? { crlFile: resolve(v['crl-file']) } : {}),
-        stationIdentities: v.station ?? [],
-        operatorIdentities: v.operator ?? [],
-        auditorIdentities: v.auditor ?? [],
-      });
-      writeFileSync(join(out, 'mosquitto.conf'), conf);
-      writeFileSync(join(out, 'enroll.acl'), enrollAcl);
-      writeFileSync(join(out, 'device.acl'), deviceAcl);
-      logger.info({ out, persistenceDir: resolve(need('persistence-dir')) }, 'wrote mosquitto.conf, enroll.acl, device.acl; the persistence directory must be writable by the broker');
-      return;
-    }
+    case 'broker-config':
+      return brokerConfig(v, need);
     case 'cert issue':
       return certIssue(v, pkcs11);
     case 'run': {
-      const cfg = parseMessage(readFileSync(need('config')), configSchema, 64 * 1024);
+      const cfg = readConfig(need('config'));
       const backend = await openBackend(backendSpec(cfg.caDir, cfg), 'find');
       const issuer = new CertificateIssuer({ backend, issuingCertificate: readFileSync(join(cfg.caDir, 'issuing.pem')), clock: systemClock, trustDomain: cfg.trustDomain });
       const root = readFileSync(join(cfg.caDir, 'root.pem'), 'utf8');
@@ -331,7 +398,7 @@ async function main(): Promise<void> {
       const common = {
         inventory,
         issuer,
-        policy: new DefaultEnrollmentPolicy({ trustDomain: cfg.trustDomain, lifetimeSec: cfg.certificateLifetimeSec ?? 30 * 86_400, backdateSec: 300 }),
+        policy: new DefaultEnrollmentPolicy({ trustDomain: cfg.trustDomain, lifetimeSec: cfg.certificateLifetimeSec ?? 30 * 86_400, backdateSec: cfg.certificateBackdateSec ?? 300 }),
         clock: systemClock,
         topics,
         chainPems: [issuer.issuingCertificatePem],
@@ -339,19 +406,21 @@ async function main(): Promise<void> {
         logger,
       };
       // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
-      const limiter = () => new RateLimiter({ perKey: { ratePerSec: 0.2, burst: 5 }, global: { ratePerSec: 200, burst: 400 }, clock: systemClock });
-      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: {
+      const rate = { perKey: cfg.rateLimit?.perDevice ?? DEFAULT_RATE_LIMITS.perDevice, global: cfg.rateLimit?.global ?? DEFAULT_RATE_LIMITS.global };
+      const limiter = () => new RateLimiter({ ...rate, clock: systemClock });
+      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ...(cfg.challengeTtlSec ? { challengeTtlMs: cfg.challengeTtlSec * 1000 } : {}), ekTrust: {
           roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')),
           intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readFileSync(p, 'utf8')),
           ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
         },
       });
-      const rotation = new RotationService({ ...common, limiter: limiter() });
+      const rotation = new RotationService({ ...common, limiter: limiter(), ...(cfg.rotationTtlSec ? { rotationTtlMs: cfg.rotationTtlSec * 1000 } : {}) });
       const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
       const transport = new MqttTransport({
         url: cfg.brokerUrl,
         clientId: cfg.clientId ?? DEFAULT_BRIDGE_CLIENT_ID,
         ...BRIDGE_SESSION,
+        ...(cfg.reconnectMs ? { reconnectPeriodMs: cfg.reconnectMs } : {}),
         tls: { ca: root, cert: readFileSync(cfg.bridgeCert, 'utf8'), key: readFileSync(cfg.bridgeKey, 'utf8') },
         logger,
       });
@@ -371,6 +440,7 @@ async function main(): Promise<void> {
         trustBundle: () => trustBundleSigner.message([root]),
         logger,
         ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),
+        ...(cfg.reconnectMs ? { connectRetryMs: cfg.reconnectMs } : {}),
       });
       let stopping = false;
       const stop = async () => {
@@ -396,12 +466,12 @@ async function main(): Promise<void> {
       transport.onConnectionChange((up) => {
         if (up) void revocation.republish().catch(() => undefined);
       });
-      revocation.startTimer(60_000);
+      revocation.startTimer((cfg.revocationCheckSec ?? 60) * 1000);
       logger.info({ broker: cfg.brokerUrl }, 'bridge running');
       return;
     }
     case 'revoke': {
-      const cfg = parseMessage(readFileSync(need('config')), configSchema, 64 * 1024);
+      const cfg = readConfig(need('config'));
       const reason = need('reason');
       if ((v.device === undefined) === (v.serial === undefined)) fail('give exactly one of --device and --serial');
       const inventory = new LevelInventory(join(cfg.dataDir, 'inventory'));

@@ -71,6 +71,17 @@ export function int(opts: { min: number; max: number }): Schema<number> {
   };
 }
 
+/** A finite number in [min, max] (fractions allowed: a rate of 0.2 per second, a fraction of a lifetime). */
+export function num(opts: { min: number; max: number }): Schema<number> {
+  return {
+    parse(v, path) {
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new SchemaError('SCHEMA_INVALID', path, 'expected a finite number');
+      if (v < opts.min || v > opts.max) throw new SchemaError('SCHEMA_INVALID', path, `out of range [${opts.min}, ${opts.max}]`);
+      return v;
+    },
+  };
+}
+
 export const bool: Schema<boolean> = {
   parse(v, path) {
     if (typeof v !== 'boolean') return fail(path, 'expected a boolean');

@@ -41,7 +41,11 @@ export interface MosquittoConfigInput {
   /** Read-only observers of everything under the base topic (monitoring, tests): `role:auditor:<id>`. */
   readonly auditorIdentities?: readonly string[];
   readonly logFile?: string;
-  /** Run as this user (mosquitto drops to `mosquitto` when started as root otherwise). */
+  /**
+   * Run as this user (`user` line): mosquitto started as root drops to it before loading the TLS files,
+   * and rereads ACLs, CRL and this config as it on SIGHUP. Without it, a root-started mosquitto drops to
+   * `mosquitto`. `bridge broker-config --user` also makes the files readable by it (broker-file-access.ts).
+   */
   readonly user?: string;
   readonly maxPacketSize?: number;
   /**
@@ -80,6 +84,8 @@ export const BRIDGE_IDENTITY = 'role:bridge';
 const ROLE = /^role:[a-z]+(:[A-Za-z0-9._-]+)?$/;
 const HOST = /^[A-Za-z0-9.:-]+$/;
 const PATH = /^[^\n\r\0]+$/;
+/** POSIX portable user names (Debian's NAME_REGEX, plus upper case and dots): nothing else fits a config line. */
+export const USER_NAME = /^[A-Za-z_][A-Za-z0-9._-]{0,31}\$?$/;
 // Absolute (mosquitto's working directory is not ours to know) and without whitespace (mosquitto trims values).
 const PERSISTENCE_DIR = /^\/[^\s\0]*$/;
 
@@ -95,6 +101,7 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     }
   }
   const files = [input.tls.serverCertFile, input.tls.serverKeyFile, input.tls.clientCaFile, input.enrollAclFile, input.deviceAclFile, input.logFile ?? '-', input.crlFile ?? '-'];
+  if (input.user !== undefined && !USER_NAME.test(input.user)) throw new CodedError('BROKER_CONFIG_INVALID', `user ${JSON.stringify(input.user)} is not a valid user name`);
   if (!files.every((f) => PATH.test(f))) throw new CodedError('BROKER_CONFIG_INVALID', 'file paths must be single-line');
   if (!PERSISTENCE_DIR.test(input.persistenceDir)) {
     throw new CodedError('BROKER_CONFIG_INVALID', `persistence directory ${JSON.stringify(input.persistenceDir)} must be an absolute single-line path without spaces`);
@@ -189,8 +196,11 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     `pattern read ${dev(DEVICE_TOPICS.rotateAccepted)}`,
     `pattern read ${dev(DEVICE_TOPICS.rotateConfirmed)}`,
     `pattern read ${dev(DEVICE_TOPICS.rotateRejected)}`,
+    '# Fleet-wide reads for every client on this listener: the trust bundle, and the CRL (parts of the',
+    '# complete CRL and the delta; only the bridge writes). mosquitto warns that these two patterns lack',
+    '# %u/%c: expected. `topic` lines before the first `user` line would not do: they bind only clients',
+    '# without a username, and here every client has one (its certificate CN).',
     `pattern read ${topics.base}/${FLEET_TOPICS.trustBundle}`,
-    '# CRL distribution (parts of the complete CRL and the delta): devices read, only the bridge writes.',
     `pattern read ${topics.allCrl()}`,
     '',
     REVOKED_BEGIN,

@@ -12,6 +12,16 @@ export interface RateLimit {
   readonly burst: number;
 }
 
+/**
+ * Rate limits unless configured otherwise (bridge.json `rateLimit`, EmbeddedFleet `rateLimit`): per
+ * device (token hash, EK or device id) 10 burst then 1/s, and 1000 burst then 500/s in all;
+ * enrollment and rotation each have their own pair of budgets.
+ */
+export const DEFAULT_RATE_LIMITS: { readonly perDevice: RateLimit; readonly global: RateLimit } = {
+  perDevice: { ratePerSec: 1, burst: 10 },
+  global: { ratePerSec: 500, burst: 1000 },
+};
+
 interface Bucket {
   tokens: number;
   at: number;
