@@ -1,24 +1,39 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh Debian bookworm machine, and fast (~1 s) when everything is present:
 #   1. Debian packages (only installs what is missing; needs root, else prints the apt command),
-#   2. npm dependencies (when package-lock.json changed or node_modules is missing),
+#   2. npm dependencies with `npm ci` (when package-lock.json changed or node_modules is missing),
 #   3. the native TPM addon (node-gyp rebuild when native/ sources changed),
 #   4. the esbuild bundles in dist/.
-# Non-interactive: safe with no stdin (CI).
+# Usage: scripts/setup.sh [--test]
+#   no option: what the programs and the demo use;
+#   --test:    also what the tests and benchmarks use (`npm test`, `npm run bench:*`, `npm run fuzz`).
+# Non-interactive: safe with no stdin (CI). Never writes a tracked file: a fresh clone stays clean.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 stamps="$root/.setup-stamps"
-mkdir -p "$stamps"
 log() { printf '[setup] %s\n' "$*" >&2; }
 
+profile=run
+case "${1:-}" in
+  '') ;;
+  --test) profile=test ;;
+  *) log "unknown option: $1 (usage: scripts/setup.sh [--test])"; exit 2 ;;
+esac
+mkdir -p "$stamps"
+
 # --- 1. Debian packages -------------------------------------------------------------------------
-# swtpm/swtpm-tools: software TPM + manufacturing (EK certs); libtss2-*: ESAPI for native/;
-# mosquitto: the broker; softhsm2: PKCS#11 token for the CA key; tpm2-tools: debugging and the
-# benchmark baseline only; docker.io + debootstrap + iproute2: the container test backend;
-# build-essential/python3: node-gyp.
-apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-device0 mosquitto mosquitto-clients softhsm2 tpm2-tools
-  openssl g++ make python3 docker.io debootstrap iproute2 procps)
+# The programs and the demo: swtpm/swtpm-tools: software TPM + manufacturing (EK certs); libtss2-*:
+# ESAPI for native/ (swtpm TCTI for the demo, device TCTI for real TPMs); mosquitto: the broker;
+# g++/make/python3: node-gyp.
+apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-device0 mosquitto g++ make python3)
+# The tests and benchmarks besides: mosquitto-clients: an independent MQTT client; softhsm2: PKCS#11
+# token for the CA key; tpm2-tools: checks and the benchmark baseline; openssl: independent
+# verification; procps: pgrep; tmux: tests on a real TTY; docker.io + debootstrap + iproute2: the
+# container test backend (docs/testing.md).
+if [[ $profile == test ]]; then
+  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2)
+fi
 missing=()
 for p in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -37,13 +52,14 @@ if ((${#missing[@]})); then
 fi
 
 # --- 2. npm dependencies ------------------------------------------------------------------------
+# `npm ci` installs exactly the lockfile and never writes it. package-lock.json records every
+# platform's optional packages (rollup's native binaries), so it is in sync on any platform; after a
+# dependency change, regenerate it with `npm install` and commit it. The stamp is the lockfile's hash,
+# so the next run reinstalls only when the lockfile changed.
 lock_hash=$(sha256sum package-lock.json | cut -d' ' -f1)
 if [[ ! -d node_modules || ! -f "$stamps/npm" || $(cat "$stamps/npm") != "$lock_hash" ]]; then
-  log "npm install (from package-lock.json)"
-  # Not `npm ci`: npm 11 records only this platform's optional packages (rollup's native binaries) in
-  # the lockfile and then `npm ci` refuses that same lockfile as out of sync. `npm install` installs the
-  # locked versions all the same.
-  npm install --no-audit --no-fund --loglevel=error </dev/null
+  log "npm ci (from package-lock.json)"
+  npm ci --no-audit --no-fund --loglevel=error </dev/null
   echo "$lock_hash" >"$stamps/npm"
 fi
 

@@ -3,11 +3,16 @@
  * three swtpm devices; the fleet side starts (CA, inventory, mosquitto with generated config, bridge);
  * the factory station verifies each TPM's EK certificate and provisions it; each device's agent enrolls
  * with its one-time token (credential activation + TPM2_Certify), then connects over mutual TLS with a
- * key that never left its TPM. A table shows the result. Everything is removed at the end.
+ * key that never left its TPM. A table shows the result. Everything is stopped and removed at the end, on
+ * failure, and on Ctrl-C (demo-shutdown.ts).
+ *
+ * Options: `--devices N` (1–10, default 3); `--keep-running`: after the table the devices come back
+ * online with their stored identities and everything keeps running until Ctrl-C.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { X509Certificate } from 'node:crypto';
 import { systemClock } from '../../common/clock.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
@@ -21,24 +26,43 @@ import { Agent } from '../../agent/src/agent.js';
 import { loadBootstrap } from '../../agent/src/config.js';
 import { AgentStore } from '../../agent/src/store.js';
 import { createManufacturer, manufactureTpm, SwtpmProcess } from './swtpm.js';
+import { DemoShutdown } from './demo-shutdown.js';
 
-const DEVICES = 3;
+const USAGE = 'usage: node dist/demo.mjs [--devices N (1-10, default 3)] [--keep-running]';
 let stepNo = 0;
 const step = (text: string) => console.log(`\n[${++stepNo}] ${text}`);
 const info = (text: string) => console.log(`    ${text}`);
 
+function options(): { devices: number; keepRunning: boolean } {
+  try {
+    const { values } = parseArgs({ options: { devices: { type: 'string', default: '3' }, 'keep-running': { type: 'boolean', default: false } }, strict: true, allowPositionals: false });
+    const devices = Number(values.devices);
+    if (!Number.isInteger(devices) || devices < 1 || devices > 10) throw new Error(`--devices must be an integer from 1 to 10, not ${values.devices}`);
+    return { devices, keepRunning: values['keep-running'] };
+  } catch (e) {
+    console.error(`demo: [USAGE] ${(e as Error).message}\n${USAGE}`);
+    process.exit(2);
+  }
+}
+
 async function main(): Promise<void> {
+  const { devices: DEVICES, keepRunning } = options();
   const work = mkdtempSync(join(tmpdir(), 'tpm-fleet-demo-'));
-  const cleanup: (() => Promise<void>)[] = [];
+  const shutdown = new DemoShutdown(work).install();
   try {
     step(`Manufacturing ${DEVICES} TPMs: swtpm_setup writes RSA and ECC EK certificates signed by a throwaway manufacturer CA`);
     const manufacturer = createManufacturer(join(work, 'manufacturer'));
     const t0 = Date.now();
     // The first TPM creates the manufacturer CA; the others can then be made in parallel.
-    await manufactureTpm(join(work, 'tpm-0'), manufacturer);
-    await Promise.all(Array.from({ length: DEVICES - 1 }, (_, i) => manufactureTpm(join(work, `tpm-${i + 1}`), manufacturer)));
-    const tpms = await Promise.all(Array.from({ length: DEVICES }, (_, i) => SwtpmProcess.start(join(work, `tpm-${i}`))));
-    cleanup.push(() => Promise.all(tpms.map((t) => t.stop())).then(() => undefined));
+    await manufactureTpm(join(work, 'tpm-0'), manufacturer, shutdown.signal);
+    await Promise.all(Array.from({ length: DEVICES - 1 }, (_, i) => manufactureTpm(join(work, `tpm-${i + 1}`), manufacturer, shutdown.signal)));
+    const tpms = await Promise.all(
+      Array.from({ length: DEVICES }, async (_, i) => {
+        const tpm = await SwtpmProcess.start(join(work, `tpm-${i}`));
+        shutdown.defer(() => tpm.stop());
+        return tpm;
+      }),
+    );
     info(`manufactured in ${Date.now() - t0} ms: ${tpms.map((t) => t.tcti).join(', ')}`);
 
     step('Starting the fleet: CA (key file), inventory (LevelDB), mosquitto with generated config and ACLs, bridge');
@@ -49,7 +73,7 @@ async function main(): Promise<void> {
       ekTrust: { roots: [manufacturer.rootPem()], intermediates: [manufacturer.intermediatePem()] },
       certificateLifetimeSec: 7 * 86_400,
     });
-    cleanup.push(() => fleet.stop());
+    shutdown.defer(() => fleet.stop());
     info(`enrollment listener ${fleet.broker.enrollUrl} (TLS, no client certificate)`);
     info(`device listener     ${fleet.broker.deviceUrl} (mutual TLS, username = certificate CN)`);
     info(`bridge connected as role:bridge; trust domain spiffe://demo.fleet.example`);
@@ -71,8 +95,9 @@ async function main(): Promise<void> {
     if (summary.provisioned !== DEVICES) throw new Error('the station refused a device');
 
     step('Agents enroll: CSR signed in the TPM, credential activation with the EK, TPM2_Certify of the key, then mTLS');
-    const agents = summary.entries.map((e, i) => new Agent({ bootstrap: loadBootstrap(e.bootstrapPath!), dataDir: join(work, `agent-${i + 1}`) }));
-    cleanup.push(() => Promise.all(agents.map((a) => a.stop())).then(() => undefined));
+    const newAgents = () => summary.entries.map((e, i) => new Agent({ bootstrap: loadBootstrap(e.bootstrapPath!), dataDir: join(work, `agent-${i + 1}`) }));
+    const agents = newAgents();
+    shutdown.defer(() => Promise.all(agents.map((a) => a.stop())).then(() => undefined));
     const t1 = Date.now();
     await Promise.all(agents.map((a) => a.start()));
     info(`${DEVICES} devices enrolled and online in ${Date.now() - t1} ms`);
@@ -81,7 +106,7 @@ async function main(): Promise<void> {
     step('Rotation: each agent makes a fresh key in its TPM, the AK certifies it over the bridge\'s nonce, then it reconnects with it');
     const t2 = Date.now();
     for (const a of agents) a.rotateNow();
-    await waitUntil(() => agents.every((a) => a.status().rotations === 1 && a.state === 'online'), 30_000);
+    await waitUntil(() => agents.every((a) => a.status().rotations === 1 && a.state === 'online'), 30_000, shutdown.signal);
     info(`${DEVICES} devices rotated in ${Date.now() - t2} ms; each old certificate retired by the bridge after the device confirmed`);
 
     step('Result');
@@ -111,10 +136,24 @@ async function main(): Promise<void> {
     const tokensUsed = fleet.inventory.listDevices().filter((d) => d.enrolledAt !== undefined).length;
     console.log(`\n  inventory: ${fleet.inventory.listDevices().length} devices, ${fleet.inventory.listCertificates().length} certificates, ${tokensUsed} tokens consumed`);
     console.log(`  CA root: ${new X509Certificate(readFileSync(fleet.ca.files.root)).subject}`);
+    if (keepRunning) {
+      const again = newAgents();
+      shutdown.defer(() => Promise.all(again.map((a) => a.stop())).then(() => undefined));
+      await Promise.all(again.map((a) => a.start()));
+      console.log(`\n  ${DEVICES} devices online again with their stored identities; fleet at ${fleet.broker.deviceUrl}`);
+      console.log(`  keeping everything running; Ctrl-C stops it and removes ${work}`);
+      await new Promise<void>((resolve) => shutdown.signal.addEventListener('abort', () => resolve(), { once: true }));
+      return; // interrupted: the shutdown stops everything and exits
+    }
     console.log('\nDemo complete.');
+  } catch (e) {
+    // After Ctrl-C the steps in flight fail as their processes stop; the shutdown reports and exits. The
+    // terminal signals the whole process group, so a child (swtpm_setup, mosquitto) may die of it and
+    // fail a step before our own handler has run: let a pending signal land before calling it a failure.
+    if (!shutdown.interrupted) await new Promise((r) => setTimeout(r, 200));
+    if (!shutdown.interrupted) throw e;
   } finally {
-    for (const fn of cleanup.reverse()) await fn().catch(() => undefined);
-    rmSync(work, { recursive: true, force: true });
+    if (!shutdown.interrupted) await shutdown.close();
   }
 }
 
@@ -124,9 +163,10 @@ main().catch((e: unknown) => {
   process.exit(1);
 });
 
-async function waitUntil(check: () => boolean, timeoutMs: number): Promise<void> {
+async function waitUntil(check: () => boolean, timeoutMs: number, signal: AbortSignal): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!check()) {
+    if (signal.aborted) throw new Error('interrupted');
     if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms`);
     await new Promise((r) => setTimeout(r, 20));
   }

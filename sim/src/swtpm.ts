@@ -46,9 +46,13 @@ export function createManufacturer(dir: string, platform = 'tpm-fleet-sim'): Man
   return { dir, rootPem: () => read('swtpm-localca-rootca-cert.pem'), intermediatePem: () => read('issuercert.pem') };
 }
 
-/** Runs swtpm_setup: a new TPM state with RSA + ECC EKs and EK certificates signed by `manufacturer`. */
-export async function manufactureTpm(stateDir: string, manufacturer: Manufacturer): Promise<void> {
-  mkdirSync(stateDir, { recursive: true, mode: 0o700 });
+/**
+ * Runs swtpm_setup: a new TPM state with RSA + ECC EKs and EK certificates signed by `manufacturer`.
+ * `signal` stops swtpm_setup (SIGTERM). Its scratch files go under `stateDir`, not the system's temp
+ * directory, so removing `stateDir` removes them even when swtpm_setup was interrupted.
+ */
+export async function manufactureTpm(stateDir: string, manufacturer: Manufacturer, signal?: AbortSignal): Promise<void> {
+  mkdirSync(join(stateDir, '.tmp'), { recursive: true, mode: 0o700 });
   try {
     await run('swtpm_setup', [
       '--tpm2',
@@ -59,7 +63,7 @@ export async function manufactureTpm(stateDir: string, manufacturer: Manufacture
       '--config',
       join(manufacturer.dir, 'swtpm_setup.conf'),
       '--overwrite',
-    ]);
+    ], { env: { ...process.env, TMPDIR: join(stateDir, '.tmp') }, ...(signal ? { signal } : {}) });
   } catch (e) {
     const err = e as { stderr?: string; stdout?: string; message: string };
     throw new CodedError('SWTPM_SETUP_FAILED', `swtpm_setup failed: ${(err.stderr || err.stdout || err.message).trim()}`, { cause: e });
