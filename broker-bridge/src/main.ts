@@ -21,6 +21,7 @@
  *     with the bridge running it fails with REVOCATION_BRIDGE_RUNNING: use the operator MQTT command
  *     `<base>/operators/<id>/commands/revoke` instead). Signs the new CRL, writes the broker's CRL and
  *     ACL files and signals mosquitto (`broker` in bridge.json); the next `bridge run` publishes the CRL.
+ * bridge --help, bridge <command> --help, bridge --version.
  * Logs JSON lines to stdout.
  */
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
@@ -51,6 +52,7 @@ import { RevocationService, type RevocationServiceOptions } from './revocation/r
 import { TrustBundleSigner } from './trust/trust-bundle-signer.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
+import { BUILD_VERSION } from '../../common/build-version.js';
 
 const logger = pino({ base: { program: 'broker-bridge' } });
 
@@ -338,11 +340,45 @@ type Pkcs11Cli = { module: string; tokenLabel: string; pinEnv: string };
 const parseCli = (args: string[]) => parseArgs({ args, strict: true, options: cliOptions }).values;
 type CliValues = ReturnType<typeof parseCli>;
 
+/** `bridge --help` and `bridge <command> --help`: what each command does and takes (the comment above, kept in step). */
+const HELP: Readonly<Record<string, string>> = {
+  'ca init': 'bridge ca init --dir DIR --trust-domain TD [--pkcs11-module SO --pkcs11-token LABEL --pkcs11-pin-env VAR]\n  Creates the root and issuing CA (keep root-key.pem offline).',
+  'ca import': 'bridge ca import --dir DIR --trust-domain TD --root PEM --issuing PEM --issuing-key PEM\n  Imports an existing root and issuing CA.',
+  'cert issue':
+    'bridge cert issue --ca-dir DIR --kind server --dns NAME... [--ip ADDR...] --out PREFIX [--days N] [--force] [--json]\n' +
+    'bridge cert issue --ca-dir DIR --kind role --role bridge|station:ID|operator:ID|auditor:ID --out PREFIX [--days N] [--force] [--json]\n' +
+    '  From the issuing CA: PREFIX.crt (leaf + issuing CA), PREFIX.key (0600, never overwritten without --force); default 90 days.',
+  'broker-config':
+    'bridge broker-config --out DIR --host H --enroll-port P --device-port P --server-cert F --server-key F --client-ca F\n' +
+    '                     --persistence-dir DIR [--crl-file F] [--user NAME] [--base-topic fleet/v1] [--station ID]... [--operator ID]... [--auditor ID]...\n' +
+    '  Writes mosquitto.conf, enroll.acl, device.acl and makes the files mosquitto reads usable by its user.',
+  run: 'bridge run --config bridge.json\n  The bridge between the broker and the CA (see broker-bridge/README.md for bridge.json).',
+  revoke: 'bridge revoke --config bridge.json (--device ID | --serial HEX) --reason R\n  Offline revocation, while `bridge run` is stopped (else: the operator MQTT command).',
+};
+
+function helpText(): string {
+  return `usage: bridge <command> [options]   (bridge <command> --help, bridge --version)\n\n${Object.values(HELP).join('\n\n')}\n\nExit codes: 0 done, 1 failed, 2 usage or bad input (one line with a code). See broker-bridge/README.md.`;
+}
+
 async function main(): Promise<void> {
   const argv = process.argv.slice(2);
+  if (argv.length === 1 && (argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help')) {
+    process.stdout.write(`${helpText()}\n`);
+    return;
+  }
+  if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+    process.stdout.write(`${BUILD_VERSION}\n`);
+    return;
+  }
   const grouped = argv[0] === 'ca' || argv[0] === 'cert';
   const cmd = grouped ? `${argv[0]} ${argv[1] ?? ''}` : (argv[0] ?? '');
   const rest = argv.slice(grouped ? 2 : 1);
+  if (rest.includes('--help') || rest.includes('-h')) {
+    const help = HELP[cmd];
+    if (!help) fail(`unknown command "${cmd.trim()}"; commands: ${Object.keys(HELP).join(', ')}`);
+    process.stdout.write(`usage: ${help}\n`);
+    return;
+  }
   let v: CliValues;
   try {
     v = parseCli(rest);

@@ -8,6 +8,7 @@ import { importRegistrations } from './import.js';
 import { parseCommand, USAGE, type StationCommand } from './options.js';
 import { progressRenderer, type ProgressStream } from './progress.js';
 import { ExportFileSink, InventorySink, type RegistrationSink } from './sinks.js';
+import { BUILD_VERSION } from '../../common/build-version.js';
 
 /**
  * The station's commands, runnable in-process (tests) or from main.ts. Resolves the exit code:
@@ -23,6 +24,10 @@ export interface StationIo {
 
 export async function runStation(argv: readonly string[], io: StationIo): Promise<number> {
   try {
+    if (argv.length === 1 && (argv[0] === '--version' || argv[0] === '-V')) {
+      io.stdout.write(`${BUILD_VERSION}\n`);
+      return 0;
+    }
     const command = parseCommand(argv);
     if (command.kind === 'help') {
       io.stdout.write(`${USAGE}\n`);
