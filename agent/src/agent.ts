@@ -229,9 +229,8 @@ export class Agent {
 
   /** What the retained status tells the fleet the device holds (a campaign can wait for it). */
   #fleetAcknowledgement(): { crlNumber?: string; trustBundleVersion?: number } {
-    const n = this.#res?.revocation.crlNumber();
-    const v = this.#fleet?.trustVersion;
-    return { ...(n === undefined ? {} : { crlNumber: n.toString() }), ...(v === undefined ? {} : { trustBundleVersion: v }) };
+    const { crl, trustBundleVersion } = this.#fleetStatus();
+    return { ...(crl ? { crlNumber: crl.crlNumber } : {}), ...(trustBundleVersion === undefined ? {} : { trustBundleVersion }) };
   }
 
   #fleetStatus(): Pick<AgentStatus, 'crl' | 'trustBundleVersion'> {

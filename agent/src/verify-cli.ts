@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { parseArgs } from 'node:util';
 import { isCodedError } from '../../common/coded-error.js';
+import { pemBlocks, toPem } from '../../common/der.js';
 import { verifyFromSnapshot } from './peer-verify-snapshot.js';
 
 /**
@@ -20,7 +21,6 @@ export interface VerifyIo {
   readonly now: () => number;
 }
 
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[A-Za-z0-9+/=\s]+?-----END CERTIFICATE-----/g;
 /** A peer certificate file: a leaf and at most a few intermediates. */
 const MAX_CERT_FILE_BYTES = 64 * 1024;
 
@@ -79,7 +79,7 @@ async function readCerts(path: string): Promise<string[]> {
   }
   if (buf.length > MAX_CERT_FILE_BYTES) throw new Error(`${path} is larger than ${MAX_CERT_FILE_BYTES} bytes`);
   const text = buf.toString('utf8');
-  const certs = text.match(PEM_CERT);
-  if (!certs) throw new Error(`${path} holds no PEM certificate`);
-  return certs;
+  const certs = pemBlocks(text, 'CERTIFICATE');
+  if (certs.length === 0) throw new Error(`${path} holds no PEM certificate`);
+  return certs.map((der) => toPem(der, 'CERTIFICATE'));
 }

@@ -514,8 +514,7 @@ async function main(): Promise<void> {
       try {
         await inventory.open();
       } catch (e) {
-        const locked = /lock/i.test(String((e as Error).message) + String(((e as { cause?: Error }).cause)?.message ?? ''));
-        if (locked) {
+        if (isCodedError(e) && e.code === 'INVENTORY_LOCKED') {
           process.stderr.write(
             'bridge: REVOCATION_BRIDGE_RUNNING: the inventory is locked by a running bridge; stop it, or send the operator command <base>/operators/<id>/commands/revoke\n',
           );

@@ -272,16 +272,7 @@ export class RevocationService {
     });
   }
 
-  /**
-   * Every revoked identity the broker must deny: revoked devices, and the CN of each revoked role
-   * certificate while that role holds no newer, unrevoked, unexpired certificate in the registry (the
-   * broker's ACL knows CNs, not serials: denying the CN of a renewed role would lock out its new
-   * certificate too; the CRL refuses the old one at connect, and the renewed holder takes the session).
-   */
-  async revokedIdentities(): Promise<string[]> {
-    return [...this.#revokedDevices(), ...(await this.#revokedRoles())];
-  }
-
+  /** Revoked devices: the broker denies their ids (with the role CNs of #revokedRoles). */
   #revokedDevices(): string[] {
     return this.#o.inventory
       .listDevices()
@@ -298,6 +289,12 @@ export class RevocationService {
     }
   }
 
+  /**
+   * The CN of each revoked role certificate while that role holds no newer, unrevoked, unexpired
+   * certificate in the registry (the broker's ACL knows CNs, not serials: denying the CN of a renewed
+   * role would lock out its new certificate too; the CRL refuses the old one at connect, and the
+   * renewed holder takes the session).
+   */
   async #revokedRoles(): Promise<string[]> {
     const state = this.#state;
     const read = this.#o.issuedRegistry;
