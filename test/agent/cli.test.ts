@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { runProgram } from '../harness/cli.js';
 
 const run = promisify(execFile);
 
@@ -26,15 +27,7 @@ describe('agent CLI (dist/agent.mjs)', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  async function agent(args: string[]): Promise<{ code: number; out: string; err: string }> {
-    try {
-      const { stdout, stderr } = await run(process.execPath, ['dist/agent.mjs', ...args], { timeout: 20_000 });
-      return { code: 0, out: stdout, err: stderr };
-    } catch (e) {
-      const x = e as { code: number; stdout: string; stderr: string };
-      return { code: x.code, out: x.stdout, err: x.stderr };
-    }
-  }
+  const agent = (args: string[]) => runProgram('agent', args);
 
   it('--version prints the version stamped at build time (package version + commit)', async () => {
     const r = await agent(['--version']);

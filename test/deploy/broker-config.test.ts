@@ -12,6 +12,7 @@ import { lookupUser } from '../../broker-bridge/src/broker/broker-file-access.js
 import { withRevokedIdentities } from '../../broker-bridge/src/broker/mosquitto-config.js';
 import { CrlSigner } from '../../broker-bridge/src/ca/crl.js';
 import { FileKeyCa } from '../../broker-bridge/src/ca/file-key-ca.js';
+import { expectUserError as expectCliUserError, runProgram, type CliResult } from '../harness/cli.js';
 
 /**
  * `bridge broker-config` as an operator runs it, as root, with mosquitto dropping to user `mosquitto`:
@@ -26,26 +27,10 @@ const CLIENTID_PREFIXES_NOTICE = "The 'clientid_prefixes' option is now deprecat
 /** The only warnings mosquitto 2.0.11 logs for the generated config (see the device ACL's comment). */
 const EXPECTED_WARNINGS = [`Warning: ACL pattern '${BASE}/trust-bundle' does not contain '%c' or '%u'.`, `Warning: ACL pattern '${BASE}/crl/#' does not contain '%c' or '%u'.`];
 
-interface Result {
-  code: number;
-  out: string;
-  err: string;
-}
+const bridge = (args: string[]) => runProgram('bridge', args);
+const expectUserError = (r: CliResult, code: string) => expectCliUserError(r, 'bridge', code);
 
-const bridge = (args: string[]): Promise<Result> =>
-  run(process.execPath, ['dist/bridge.mjs', ...args]).then(
-    (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
-  );
-
-function expectUserError(r: Result, code: string): void {
-  expect(r.code, r.err).toBe(2);
-  expect(r.err.trim().split('\n'), r.err).toHaveLength(1);
-  expect(r.err.trim()).toMatch(new RegExp(`^bridge: ${code}: \\S`));
-  expect(r.err).not.toMatch(/\n\s+at /);
-}
-
-const tool = (cmd: string, args: string[]): Promise<Result> =>
+const tool = (cmd: string, args: string[]): Promise<CliResult> =>
   run(cmd, args).then(
     (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout ?? '', err: e.stderr ?? '' }),

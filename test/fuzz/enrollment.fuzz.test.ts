@@ -1,7 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decode, encode } from '../../common/protocol/messages.js';
-import { enrollClientId, inventoryDigest, startFleet, wire, type Fleet, type Wire } from './fleet.js';
-import { malformed, mutate, mutateBinaryField, newId, type FuzzInput, type WireMessage } from './mutators.js';
+import { enrollClientId, inventoryDigest, startFleet, wire, type Fleet } from './fleet.js';
+import { cloneMessage, malformed, mutate, mutateBinaryField, newId, type FuzzInput, type WireMessage } from './mutators.js';
 import { RSS_BOUND_MB, RunStats, checkReply, fail, foreignTopic, type Attempt } from './oracle.js';
 import { Rng, fuzzRuns, fuzzSeed } from './prng.js';
 
@@ -35,8 +35,7 @@ describe('fuzz: enrollment handler', () => {
     await fleet?.close();
   });
 
-  const clone = (m: Wire): WireMessage => JSON.parse(JSON.stringify(m)) as WireMessage;
-  const allCaptured = () => Object.values(fleet.captured).map(clone);
+  const allCaptured = () => Object.values(fleet.captured).map(cloneMessage);
 
   /** Enroll bodies that are well-formed but name another device, mode or token. */
   function semanticEnroll(rng: Rng, base: WireMessage): FuzzInput {
@@ -68,7 +67,7 @@ describe('fuzz: enrollment handler', () => {
     const usedIds: string[] = [];
     let digest = await inventoryDigest(inventory);
     for (let run = 0; run < RUNS; run++) {
-      const base = clone(rng.chance(0.5) ? fleet.captured.tokenEnroll : fleet.captured.reattestEnroll);
+      const base = cloneMessage(rng.chance(0.5) ? fleet.captured.tokenEnroll : fleet.captured.reattestEnroll);
       base.requestId = newId(rng);
       const r = rng.next();
       const input = r < 0.4 ? malformed(rng, base, 16 * 1024) : r < 0.85 ? mutate(rng, base, others, usedIds) : semanticEnroll(rng, base);
@@ -129,7 +128,7 @@ describe('fuzz: enrollment handler', () => {
       const challenge = decode('enrollChallenge', chReply.payload).body;
 
       const deep = run < deepRuns;
-      const base: WireMessage = deep ? wire(encode('enrollProof', newId(rng), clock.now(), await fleet.answer(challenge))) as WireMessage : clone(fleet.captured.proof);
+      const base: WireMessage = deep ? wire(encode('enrollProof', newId(rng), clock.now(), await fleet.answer(challenge))) as WireMessage : cloneMessage(fleet.captured.proof);
       base.requestId = newId(rng);
       if (!deep && rng.chance(0.9)) (base.body as Record<string, unknown>).challengeId = challenge.challengeId;
       // Real answers mostly get their binary evidence mutated: that is what the deep checks read.

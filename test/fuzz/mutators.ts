@@ -41,7 +41,9 @@ const LENGTHS = [0, 1, 2, 7, 8, 15, 16, 21, 22, 31, 32, 33, 63, 64, 65, 127, 128
 
 export const newId = (rng: Rng, len = 16) => rng.chars(len, ID_CHARS);
 
-const clone = (m: WireMessage): WireMessage => JSON.parse(JSON.stringify(m)) as WireMessage;
+/** A deep copy of a wire message (any JSON object: a captured message, or one from the fleet's `wire`). */
+export const cloneMessage = (m: { readonly [k: string]: unknown }): WireMessage => JSON.parse(JSON.stringify(m)) as WireMessage;
+const clone = cloneMessage;
 const body = (m: WireMessage): { [k: string]: Json } =>
   (m.body && typeof m.body === 'object' && !Array.isArray(m.body) ? m.body : (m.body = {})) as { [k: string]: Json };
 

@@ -25,7 +25,7 @@ import { FileBrokerEnforcement } from '../../broker-bridge/src/revocation/broker
 import { OperatorRevokeHandler } from '../../broker-bridge/src/revocation/operator-handler.js';
 import { RevocationService } from '../../broker-bridge/src/revocation/revocation-service.js';
 import { CapturingLogger, inventoryDigest } from './fleet.js';
-import { malformed, mutate, newId, type FuzzInput, type WireMessage } from './mutators.js';
+import { cloneMessage, malformed, mutate, newId, type FuzzInput, type WireMessage } from './mutators.js';
 import { RSS_BOUND_MB, RunStats, fail, type Attempt } from './oracle.js';
 import { Rng, fuzzRuns, fuzzSeed } from './prng.js';
 import { recordEnrolledDevice } from '../../broker-bridge/src/inventory/test-records.js';
@@ -303,7 +303,6 @@ describe('fuzz: operator revoke handler', () => {
     }
   }
 
-  const clone = (m: WireMessage): WireMessage => JSON.parse(JSON.stringify(m)) as WireMessage;
   /** The command as the shared mutators expect a message: `{ v, requestId, body }`. */
   const asEnvelope = (m: WireMessage): WireMessage => {
     const { v, requestId, ...body } = m;
@@ -382,7 +381,7 @@ describe('fuzz: operator revoke handler', () => {
         await newGeneration();
         usedIds.length = 0;
       }
-      const base = clone(rng.pick([captured.byDevice, captured.bySerial, captured.byExtra]));
+      const base = cloneMessage(rng.pick([captured.byDevice, captured.bySerial, captured.byExtra]));
       base.requestId = newId(rng, rng.range(1, 64));
       // Mostly a target the captured command did not use, so that valid mutations revoke something new.
       if (rng.chance(0.6)) {

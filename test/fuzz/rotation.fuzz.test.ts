@@ -2,8 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { decode, encode } from '../../common/protocol/messages.js';
 import type { Reply } from '../../broker-bridge/src/enrollment/enrollment-service.js';
 import type { StoredKey } from '../enrollment/scripted-device.js';
-import { inventoryDigest, startFleet, wire, type Fleet, type Wire } from './fleet.js';
-import { malformed, mutate, mutateBinaryField, newId, type FuzzInput, type WireMessage } from './mutators.js';
+import { inventoryDigest, startFleet, wire, type Fleet } from './fleet.js';
+import { cloneMessage, malformed, mutate, mutateBinaryField, newId, type FuzzInput, type WireMessage } from './mutators.js';
 import { RSS_BOUND_MB, RunStats, checkReply, fail, foreignTopic, type Attempt } from './oracle.js';
 import { Rng, fuzzRuns, fuzzSeed } from './prng.js';
 
@@ -44,8 +44,7 @@ describe('fuzz: rotation handler', () => {
     await fleet?.close();
   });
 
-  const clone = (m: Wire): WireMessage => JSON.parse(JSON.stringify(m)) as WireMessage;
-  const allCaptured = () => Object.values(fleet.captured).map(clone);
+  const allCaptured = () => Object.values(fleet.captured).map(cloneMessage);
   const knownSerials = () => [...fleet.inventory.listCertificates().map((c) => c.serial), 'ffff', '00', 'a'.repeat(64)];
 
   /** Well-formed messages naming another device or serial (cross-device and stale identities). */
@@ -109,7 +108,7 @@ describe('fuzz: rotation handler', () => {
     const usedIds: string[] = [];
     const digest = { value: await inventoryDigest(fleet.inventory) };
     for (let run = 0; run < RUNS; run++) {
-      const base = clone(fleet.captured.begin);
+      const base = cloneMessage(fleet.captured.begin);
       base.requestId = newId(rng);
       // Mostly dev-rot; sometimes another device consistently in topic and body, to reach its checks.
       const own = rng.chance(0.8) ? 'dev-rot' : rng.pick(DEVICES);
@@ -161,7 +160,7 @@ describe('fuzz: rotation handler', () => {
           }),
         ) as WireMessage;
       } else {
-        base = clone(fleet.captured.request);
+        base = cloneMessage(fleet.captured.request);
         if (rng.chance(0.9)) (base.body as Record<string, unknown>).rotationId = ch.rotationId;
       }
       base.requestId = newId(rng);
@@ -180,7 +179,7 @@ describe('fuzz: rotation handler', () => {
     const usedIds: string[] = [];
     const digest = { value: await inventoryDigest(fleet.inventory) };
     for (let run = 0; run < RUNS; run++) {
-      const base = clone(fleet.captured.confirm);
+      const base = cloneMessage(fleet.captured.confirm);
       base.requestId = newId(rng);
       const r = rng.next();
       const input = r < 0.4 ? malformed(rng, base, 1024) : r < 0.8 ? mutate(rng, base, others, usedIds) : semantic(rng, base);

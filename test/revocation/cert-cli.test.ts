@@ -18,32 +18,15 @@ import { readIssuedRegistry } from '../../broker-bridge/src/ca/issued-registry.j
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { startSoftHsm } from '../harness/index.js';
 import { recordEnrolledDevice } from '../../broker-bridge/src/inventory/test-records.js';
+import { expectUserError as expectCliUserError, runProgram, type CliResult } from '../harness/cli.js';
 
 x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
 const run = promisify(execFile);
 const BASE = 'fleet/v1';
 
-interface Result {
-  code: number;
-  out: string;
-  err: string;
-}
-
 /** The shipped bundle (dist/bridge.mjs, built by the global setup), as an operator runs it. */
-const bridge = (args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> =>
-  run(process.execPath, ['dist/bridge.mjs', ...args], { env: { ...process.env, ...env } }).then(
-    (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
-  );
-
-/** A user error: exit 2, exactly one stderr line `bridge: <CODE>: …`, no stack trace, nothing on stdout. */
-function expectUserError(r: Result, code: string): void {
-  expect(r.code, r.err).toBe(2);
-  expect(r.err.trim().split('\n'), r.err).toHaveLength(1);
-  expect(r.err.trim()).toMatch(new RegExp(`^bridge: ${code}: \\S`));
-  expect(r.err).not.toMatch(/\n\s+at /);
-  expect(r.out).toBe('');
-}
+const bridge = (args: string[], env?: NodeJS.ProcessEnv) => runProgram('bridge', args, env);
+const expectUserError = (r: CliResult, code: string) => expectCliUserError(r, 'bridge', code);
 
 const openssl = (args: string[]) =>
   run('openssl', args).then(

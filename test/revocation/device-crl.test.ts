@@ -1,7 +1,5 @@
-import { execFile } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Agent } from '../../agent/src/agent.js';
 import { systemClock } from '../../common/clock.js';
@@ -10,16 +8,11 @@ import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
 import { CertificateIssuer } from '../../broker-bridge/src/ca/issuer.js';
 import { deviceKey } from '../../broker-bridge/src/ca/test-util.js';
 import { eventually, recordingLogger, startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
+import { runProgram } from '../harness/cli.js';
 
-const run = promisify(execFile);
 
 /** `node dist/agent.mjs verify …`: exit code and output, never throws. */
-async function agentVerify(args: string[]): Promise<{ code: number; out: string; err: string }> {
-  return run(process.execPath, ['dist/agent.mjs', 'verify', ...args], { timeout: 20_000 }).then(
-    (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
-    (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
-  );
-}
+const agentVerify = (args: string[]) => runProgram('agent', ['verify', ...args]);
 
 /**
  * Devices cache the fleet's CRL (real swtpm, mosquitto, bridge, agents): every online agent holds the

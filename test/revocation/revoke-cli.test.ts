@@ -1,11 +1,9 @@
 import 'reflect-metadata';
 import * as x509 from '@peculiar/x509';
-import { execFile } from 'node:child_process';
 import { webcrypto } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../common/clock.js';
 import { pemBlocks } from '../../common/der.js';
@@ -13,9 +11,9 @@ import { generateMosquittoConfig } from '../../broker-bridge/src/broker/mosquitt
 import { createCa } from '../../broker-bridge/src/ca/ca-setup.js';
 import { LevelInventory } from '../../broker-bridge/src/inventory/level-inventory.js';
 import { recordEnrolledDevice } from '../../broker-bridge/src/inventory/test-records.js';
+import { runProgram } from '../harness/cli.js';
 
 x509.cryptoProvider.set(webcrypto as ReturnType<typeof x509.cryptoProvider.get>);
-const run = promisify(execFile);
 
 /** `bridge revoke` (the shipped bundle, dist/bridge.mjs) with the bridge stopped, and with its inventory locked. */
 describe('bridge revoke (offline)', () => {
@@ -69,11 +67,7 @@ describe('bridge revoke (offline)', () => {
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  const bridge = (args: string[]) =>
-    run(process.execPath, ['dist/bridge.mjs', ...args]).then(
-      (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
-      (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
-    );
+  const bridge = (args: string[]) => runProgram('bridge', args);
 
   it('revokes a device: inventory, CRL file with the serial and reason, ACL deny entry', async () => {
     const r = await bridge(['revoke', '--config', config, '--device', 'gw-1', '--reason', 'keyCompromise']);
