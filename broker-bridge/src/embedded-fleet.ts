@@ -23,6 +23,7 @@ import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimit } from './enrollment/r
 import { LevelInventory } from './inventory/level-inventory.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
+import { TimeService } from './telemetry/time-service.js';
 
 /**
  * A whole fleet side in one process, on loopback: fleet CA (key file or PKCS#11), inventory, mosquitto
@@ -197,7 +198,7 @@ export class EmbeddedFleet {
     const bridge = new Bridge({
       transport,
       topics: this.topics,
-      handlers: [enrollment, rotation, ingest, operator],
+      handlers: [enrollment, rotation, ingest, operator, new TimeService({ topics: this.topics, clock: o.clock })],
       trustBundle: () => this.trustBundleSigner.message(this.trustBundle),
       connectRetryMs: o.bridgeReconnectMs ?? 250,
       ...logger,

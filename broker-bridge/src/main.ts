@@ -52,6 +52,7 @@ import { RevocationService, type RevocationServiceOptions } from './revocation/r
 import { TrustBundleSigner } from './trust/trust-bundle-signer.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
+import { TimeService } from './telemetry/time-service.js';
 import { BUILD_VERSION } from '../../common/build-version.js';
 
 const logger = pino({ base: { program: 'broker-bridge' } });
@@ -472,7 +473,7 @@ async function main(): Promise<void> {
       const bridge = new Bridge({
         transport,
         topics,
-        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger })],
+        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock })],
         trustBundle: () => trustBundleSigner.message([root]),
         logger,
         ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),

@@ -196,6 +196,34 @@ export const deviceEventBody = object({
   count: optional(int({ min: 0, max: 1_000_000_000 })),
 });
 
+/** Commands the fleet may send a device (`command` topic). */
+export const DEVICE_COMMANDS = ['rotate-now', 'reattest'] as const;
+export type DeviceCommandName = (typeof DEVICE_COMMANDS)[number];
+
+/**
+ * Bridge → device (retained): one command. The envelope's requestId is the command id: the device runs
+ * each id once (it remembers the ids it ran) and ignores a command whose `expiresAt` has passed on its
+ * judged clock. `notBefore` spreads a wave of commands: the device acts at a random point between
+ * receipt and `notBefore + jitterSec`.
+ */
+export const deviceCommandBody = object({
+  command: oneOf(DEVICE_COMMANDS),
+  issuedAt: timestamp,
+  expiresAt: timestamp,
+  jitterSec: int({ min: 0, max: 86_400 }),
+  /** Who asked (an operator id), for the device's log and events. */
+  by: str({ max: 64, pattern: /^[A-Za-z0-9._:-]+$/ }),
+});
+
+/** Device → bridge: what time is it? `sentAt` (envelope) is the device clock at sending. */
+export const timeRequestBody = object({});
+
+/** Bridge → device: the bridge clock when it answered, echoing the request's device time. */
+export const timeReplyBody = object({
+  deviceSentAt: timestamp,
+  serverTime: timestamp,
+});
+
 export const rejectionError = object({
   code: oneOf(REJECTION_CODE_LIST),
   message: str({ max: 512 }),
@@ -221,6 +249,9 @@ export const MESSAGES = {
   rotateConfirmed: { schema: envelope(rotateConfirmedBody), maxBytes: 2 * 1024 },
   rotateRejected: { schema: rejectionSchema, maxBytes: 2 * 1024 },
   events: { schema: envelope(deviceEventBody), maxBytes: 2 * 1024 },
+  command: { schema: envelope(deviceCommandBody), maxBytes: 1024 },
+  timeRequest: { schema: envelope(timeRequestBody), maxBytes: 512 },
+  timeReply: { schema: envelope(timeReplyBody), maxBytes: 512 },
 } as const satisfies Record<DeviceTopic, { schema: Schema<unknown>; maxBytes: number }>;
 
 export type MessageOf<T extends DeviceTopic> = Infer<(typeof MESSAGES)[T]['schema']>;
@@ -238,6 +269,8 @@ export type RotateRequest = Infer<typeof rotateRequestBody>;
 export type RotateConfirm = Infer<typeof rotateConfirmBody>;
 export type RotateConfirmed = Infer<typeof rotateConfirmedBody>;
 export type DeviceEvent = Infer<typeof deviceEventBody>;
+export type DeviceCommand = Infer<typeof deviceCommandBody>;
+export type TimeReply = Infer<typeof timeReplyBody>;
 
 /** Validates an incoming payload for `topic` (size, JSON, schema). Throws SchemaError. */
 export function decode<T extends DeviceTopic>(topic: T, payload: Buffer | string): MessageOf<T> {

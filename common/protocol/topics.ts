@@ -49,6 +49,12 @@ export const DEVICE_TOPICS = {
   rotateConfirmed: 'rotate/confirmed', // bridge → device
   rotateRejected: 'rotate/rejected', // bridge → device (answer to begin, request or confirm)
   events: 'events', // device → bridge: outbox events, QoS1, in order, deduplicated by id
+  // Fleet → device commands (an operator's rotate-now / reattest), retained so an offline device gets
+  // the newest when it connects; the device runs each command id once and drops expired ones.
+  command: 'commands', // bridge → device, retained
+  // Clock check: the device asks, the bridge answers with its clock (agent check, skew reports).
+  timeRequest: 'time/request', // device → bridge
+  timeReply: 'time/reply', // bridge → device
 } as const;
 
 /** Answer topics that carry a rejection envelope instead of a body. */

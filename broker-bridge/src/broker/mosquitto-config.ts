@@ -175,7 +175,14 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     `user ${bridge}`,
     `topic readwrite ${topics.base}/#`,
     '',
-    ...(input.stationIdentities ?? []).flatMap((s) => [`user ${s}`, `topic read ${topics.base}/${FLEET_TOPICS.trustBundle}`, '']),
+    ...(input.stationIdentities ?? []).flatMap((s) => [
+      `user ${s}`,
+      `topic read ${topics.base}/${FLEET_TOPICS.trustBundle}`,
+      // Online registration: each station only its own command and reply topics.
+      `topic write ${topics.base}/stations/${s.split(':')[2] ?? '-'}/commands/+`,
+      `topic read ${topics.base}/stations/${s.split(':')[2] ?? '-'}/commands/+/reply`,
+      '',
+    ]),
     ...(input.operatorIdentities ?? []).flatMap((o) => [
       `user ${o}`,
       `topic read ${topics.base}/devices/+/${DEVICE_TOPICS.status}`,
@@ -196,6 +203,10 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     `pattern read ${dev(DEVICE_TOPICS.rotateAccepted)}`,
     `pattern read ${dev(DEVICE_TOPICS.rotateConfirmed)}`,
     `pattern read ${dev(DEVICE_TOPICS.rotateRejected)}`,
+    '# Fleet commands (rotate-now, reattest) and the clock check.',
+    `pattern read ${dev(DEVICE_TOPICS.command)}`,
+    `pattern write ${dev(DEVICE_TOPICS.timeRequest)}`,
+    `pattern read ${dev(DEVICE_TOPICS.timeReply)}`,
     '# Fleet-wide reads for every client on this listener: the trust bundle, and the CRL (parts of the',
     '# complete CRL and the delta; only the bridge writes). mosquitto warns that these two patterns lack',
     '# %u/%c: expected. `topic` lines before the first `user` line would not do: they bind only clients',
