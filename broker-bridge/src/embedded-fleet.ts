@@ -4,7 +4,7 @@ import type { Clock } from '../../common/clock.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
-import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
+import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID, type RequestHandler } from './bridge.js';
 import { EmbeddedBroker } from './broker/embedded-broker.js';
 import { BRIDGE_IDENTITY } from './broker/mosquitto-config.js';
 import { issueServiceCertificate } from './broker/service-cert.js';
@@ -64,13 +64,33 @@ export interface EmbeddedFleetOptions {
   readonly auditorIdentities?: readonly string[];
   /** Operators (`role:operator:<id>`) allowed to send revoke commands; `clientCertificate(id)` issues theirs. Default `role:operator:ops`. */
   readonly operatorIdentities?: readonly string[];
+  /** Factory stations (`role:station:<id>`) allowed to register devices online. Default `role:station:line1`. */
+  readonly stationIdentities?: readonly string[];
   /** CRL nextUpdate − thisUpdate. Default 24 h. */
   readonly crlNextUpdateSec?: number;
+  /**
+   * More services behind the bridge, built on each bridge start from the fleet's parts (their filters
+   * must not overlap the built-in ones).
+   */
+  readonly extraHandlers?: (ctx: FleetServiceContext) => readonly RequestHandler[];
+}
+
+/** What a service behind the embedded bridge may use. */
+export interface FleetServiceContext {
+  readonly inventory: LevelInventory;
+  readonly topics: Topics;
+  readonly clock: Clock;
+  readonly revocation: RevocationService;
+  readonly ekTrust: EkTrustStore;
+  /** Publishes through the bridge's connection (rejects BRIDGE_STOPPED while it is down). */
+  readonly publish: (topic: string, payload: Buffer, opts: { qos: 0 | 1; retain: boolean }) => Promise<void>;
+  readonly logger?: EnrollmentLogger;
 }
 
 
 export const DEFAULT_AUDITOR = 'role:auditor:watch';
 export const DEFAULT_OPERATOR = 'role:operator:ops';
+export const DEFAULT_STATION = 'role:station:line1';
 
 export class EmbeddedFleet {
   readonly topics: Topics;
@@ -154,6 +174,7 @@ export class EmbeddedFleet {
       crlPem: revocation.currentPem!,
       auditorIdentities: o.auditorIdentities ?? [DEFAULT_AUDITOR],
       operatorIdentities: o.operatorIdentities ?? [DEFAULT_OPERATOR],
+      stationIdentities: o.stationIdentities ?? [DEFAULT_STATION],
     });
     fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls, revocation);
     await fleet.startBridge();
@@ -198,7 +219,22 @@ export class EmbeddedFleet {
     const bridge = new Bridge({
       transport,
       topics: this.topics,
-      handlers: [enrollment, rotation, ingest, operator, new TimeService({ topics: this.topics, clock: o.clock })],
+      handlers: [
+        enrollment,
+        rotation,
+        ingest,
+        operator,
+        new TimeService({ topics: this.topics, clock: o.clock }),
+        ...(o.extraHandlers?.({
+          inventory: this.inventory,
+          topics: this.topics,
+          clock: o.clock,
+          revocation: this.revocation,
+          ekTrust: o.ekTrust,
+          publish: (topic, payload, opts) => this.#publish(topic, payload, opts),
+          ...logger,
+        }) ?? []),
+      ],
       trustBundle: () => this.trustBundleSigner.message(this.trustBundle),
       connectRetryMs: o.bridgeReconnectMs ?? 250,
       ...logger,
@@ -229,10 +265,14 @@ export class EmbeddedFleet {
     return this.revocation.revokeDevice(deviceId, reason);
   }
 
-  async #publishCrl(topic: string, payload: Buffer): Promise<void> {
+  #publishCrl(topic: string, payload: Buffer): Promise<void> {
+    return this.#publish(topic, payload, { qos: 1, retain: true });
+  }
+
+  async #publish(topic: string, payload: Buffer, opts: { qos: 0 | 1; retain: boolean }): Promise<void> {
     const t = this.#transport;
     if (!t) throw new CodedError('BRIDGE_STOPPED', 'the bridge is not running');
-    await t.publish(topic, payload, { qos: 1, retain: true });
+    await t.publish(topic, payload, opts);
   }
 
   async #readRetained(topic: string): Promise<Buffer | undefined> {
