@@ -17,6 +17,7 @@ import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
 import { eventBody, Outbox, type NewEvent } from './outbox.js';
 import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
 import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
+import { FleetCommands, type ScheduledCommand } from './fleet-commands.js';
 import { FleetUpdates } from './fleet-updates.js';
 import { verifyPeer, type PeerVerdict } from './peer-verify.js';
 import { RevocationCache } from './revocation-cache.js';
@@ -35,8 +36,9 @@ export type { AgentState } from './status.js';
  *   2. enrolls (token) or re-attests (no token) when there is no usable identity;
  *   3. judges the identity with the clock floor: expired or within grace of expiry → re-attest;
  *   4. keeps the mutual-TLS connection up (backoff, full jitter, forever), status retained, outbox drained;
- *   5. rotates at the jittered renewal point (policy.ts), or when asked (`rotateNow()`);
- *   6. sleeps until the next timing decision or until something wakes it (connection lost, rotateNow, stop).
+ *   5. runs a due fleet command (operator rotate-now / reattest, fleet-commands.ts), once per command id;
+ *   6. rotates at the jittered renewal point (policy.ts), or when asked (`rotateNow()`);
+ *   7. sleeps until the next timing decision or until something wakes it (connection lost, rotateNow, stop).
  * No network condition ends the loop. Non-retryable rejections and corrupt local state park it in
  * `error` (or `revoked`): the agent stays up, reports the code, and ends only on `stop()`.
  * No global state: a simulator runs many agents in one process.
@@ -162,6 +164,9 @@ export class Agent {
   #draining: Promise<void> | undefined;
   /** CRL and trust bundle from the fleet topics (made in #open, with the store). */
   #fleet: FleetUpdates | undefined;
+  /** Operator commands from the fleet (rotate-now, reattest), and the one due next. */
+  #commands: FleetCommands | undefined;
+  #command: ScheduledCommand | undefined;
   /** Set when the cached CRL lists the active identity; the next step parks the agent in `revoked`. */
   #revokedByCrl: { readonly serial: string; readonly reason?: string } | undefined;
   readonly #stepBackoff: Backoff;
@@ -374,6 +379,10 @@ export class Agent {
       this.#trust = await store.getTrustBundle();
       const fleet = this.#fleetUpdates(store, revocation, await store.getTrustBundleVersion());
       this.#fleet = fleet;
+      this.#command = undefined;
+      const commands = this.#fleetCommands(store);
+      this.#commands = commands;
+      await commands.open();
       const crlTime = revocation.thisUpdate();
       if (crlTime !== undefined) await this.#advanceFloor(crlTime);
       fleet.checkOwnCertificate();
@@ -505,15 +514,26 @@ export class Agent {
     // 4. Connected with it; after a rollback, tell the bridge to retire the refused certificate.
     if (!(await this.#connect(signal))) return;
     if (this.#retire) await this.#confirmSerial(this.#retire, signal);
-    // 5. Rotation when asked, due by time, or left half-done; after a failure not before its backoff
+    // 5. A fleet command that is due (operator rotate-now or reattest), once per command id.
+    const command = this.#command;
+    if (command && judged >= command.at) {
+      this.#command = undefined;
+      await this.#commands?.started(command.id);
+      this.#log('info', 'running a fleet command', { id: command.id, command: command.command, by: command.by });
+      if (command.command === 'reattest') return this.#attest('reattest', active.name, signal);
+      this.#rotateRequested = true;
+      this.#rotationNotBefore = 0;
+    }
+    // 6. Rotation when asked, due by time, or left half-done; after a failure not before its backoff
     // ran out (rotateNow() clears that).
     const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
     if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
-    // 6. Nothing to do until the next decision.
+    // 7. Nothing to do until the next decision.
     this.#phase = 'idle until the next decision';
     let wakeMs = nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs);
     const retryIn = this.#rotationNotBefore - this.#clock.now();
     if ((phase === 'renew' || this.#rotateRequested) && retryIn > 0) wakeMs = Math.min(wakeMs, retryIn);
+    if (this.#command) wakeMs = Math.min(wakeMs, Math.max(0, this.#command.at - judged));
     await this.#idle(wakeMs, signal, 'tick');
   }
 
@@ -792,6 +812,7 @@ export class Agent {
         await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(true), { qos: 1, retain: true });
         void this.#drainOutbox();
         await this.#fleet?.subscribe(t);
+        await this.#commands?.subscribe(t);
       },
       onDown: () => {
         if (this.#state === 'online') this.#set('connecting');
@@ -874,6 +895,23 @@ export class Agent {
   }
 
   // ---- fleet topics: CRL and trust bundle -------------------------------------------------------
+
+  #fleetCommands(store: AgentStore): FleetCommands {
+    return new FleetCommands(
+      {
+        topics: this.#topics,
+        deviceId: this.deviceId,
+        judgedNow: () => this.#judgeQuiet(),
+        random: this.#o.random ?? Math.random,
+        schedule: (c) => {
+          this.#command = c;
+          this.#poke();
+        },
+        log: (level, msg, fields) => this.#log(level, msg, fields),
+      },
+      store.sublevel('commands'),
+    );
+  }
 
   #fleetUpdates(store: AgentStore, cache: RevocationCache, trustVersion: number | undefined): FleetUpdates {
     return new FleetUpdates(
