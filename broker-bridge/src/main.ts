@@ -27,7 +27,7 @@
 import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import pino from 'pino';
+import { createProgramLogger } from '../../common/logger.js';
 import { systemClock } from '../../common/clock.js';
 import { isCodedError } from '../../common/coded-error.js';
 import { Topics } from '../../common/protocol/topics.js';
@@ -55,7 +55,14 @@ import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
 import { BUILD_VERSION } from '../../common/build-version.js';
 
-const logger = pino({ base: { program: 'broker-bridge' } });
+/** Logs on stderr: readable on a terminal, JSON lines otherwise; LOG_LEVEL / LOG_FORMAT honoured. */
+const logger = (() => {
+  try {
+    return createProgramLogger({ program: 'broker-bridge', version: BUILD_VERSION });
+  } catch (e) {
+    fail(e instanceof Error ? e.message : String(e), isCodedError(e) ? e.code : 'BRIDGE_USAGE');
+  }
+})();
 
 /** A user error: one line with a code on stderr, exit 2. */
 function fail(msg: string, code = 'BRIDGE_USAGE'): never {
