@@ -53,6 +53,7 @@ import { TrustBundleSigner } from './trust/trust-bundle-signer.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
+import { StationRegistrationHandler } from './registration/station-handler.js';
 import { BUILD_VERSION } from '../../common/build-version.js';
 
 /** Logs on stderr: readable on a terminal, JSON lines otherwise; LOG_LEVEL / LOG_FORMAT honoured. */
@@ -452,12 +453,13 @@ async function main(): Promise<void> {
       // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
       const rate = { perKey: cfg.rateLimit?.perDevice ?? DEFAULT_RATE_LIMITS.perDevice, global: cfg.rateLimit?.global ?? DEFAULT_RATE_LIMITS.global };
       const limiter = () => new RateLimiter({ ...rate, clock: systemClock });
-      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ...(cfg.challengeTtlSec ? { challengeTtlMs: cfg.challengeTtlSec * 1000 } : {}), ekTrust: {
-          roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')),
-          intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readFileSync(p, 'utf8')),
-          ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
-        },
-      });
+      // One manufacturer trust for enrollment and the stations' online registration.
+      const ekTrust = {
+        roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')),
+        intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readFileSync(p, 'utf8')),
+        ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
+      };
+      const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ...(cfg.challengeTtlSec ? { challengeTtlMs: cfg.challengeTtlSec * 1000 } : {}), ekTrust });
       const rotation = new RotationService({ ...common, limiter: limiter(), ...(cfg.rotationTtlSec ? { rotationTtlMs: cfg.rotationTtlSec * 1000 } : {}) });
       const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
       const transport = new MqttTransport({
@@ -480,7 +482,9 @@ async function main(): Promise<void> {
       const bridge = new Bridge({
         transport,
         topics,
-        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock })],
+        handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock }),
+          new StationRegistrationHandler({ topics, inventory, ekTrust, clock: systemClock, logger }),
+        ],
         trustBundle: () => trustBundleSigner.message([root]),
         logger,
         ...(cfg.sharedGroup ? { sharedGroup: cfg.sharedGroup } : {}),

@@ -5,8 +5,8 @@ import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import type { Tpm } from '../../native/lib/tpm.js';
 import { AuditLog, type AuditEntry } from './audit.js';
-import { stageBootstrapFile } from './bootstrap.js';
-import { StationError, toStationError } from './errors.js';
+import { writeBootstrapFile } from './bootstrap.js';
+import { BATCH_FATAL, StationError, toStationError } from './errors.js';
 import { readManifest, type ManifestEntry } from './manifest.js';
 import type { ProgressEvent } from './progress.js';
 import type { RegistrationSink } from './sinks.js';
@@ -15,8 +15,9 @@ import { DEFAULT_TOKEN_TTL_SEC, provisionDevice, type FleetEndpoints, type Provi
 /**
  * Batch provisioning from a manifest. Resumable and idempotent per device: a device whose bootstrap
  * file exists and whose last recorded outcome is `provisioned` is skipped; any other is provisioned
- * (again). A refused device never stops the batch; only a manifest error (before any TPM is touched)
- * or a failure to write the audit manifest does.
+ * (again). A refused device never stops the batch; only a manifest error (before any TPM is touched),
+ * a failure to write the audit manifest, or a registration target that would fail every device
+ * (BATCH_FATAL: the bridge unreachable or refusing this station; that device is audited first) does.
  *
  * Layout of outDir: `audit.jsonl`, and `devices/<deviceId>.json` (bootstrap configs, mode 0600).
  */
@@ -117,6 +118,7 @@ class DeviceRun {
       return this.#audit.append({ at: at(), deviceId, result: 'skipped', ...(prior.ekPublicHash ? { ekPublicHash: prior.ekPublicHash } : {}), bootstrapPath });
     }
     let outcome: AuditEntry;
+    let fatal: StationError | undefined;
     try {
       const p = await this.#withTpm(entry.tcti, (tpm) => provisionDevice(tpm, entry, this.#policy));
       await this.#serialized(() => this.#commit(p, bootstrapPath));
@@ -124,8 +126,11 @@ class DeviceRun {
     } catch (e) {
       const err = toStationError(e, `${deviceId} (${entry.tcti})`);
       outcome = { at: at(), deviceId, result: 'refused', code: err.code, message: err.message };
+      if (BATCH_FATAL.has(err.code)) fatal = err;
     }
-    return this.#audit.append(outcome);
+    const audited = this.#audit.append(outcome);
+    if (fatal) throw fatal;
+    return audited;
   }
 
   /** One context per TPM, closed before the next device: swtpm serves a single connection at a time. */
@@ -142,18 +147,18 @@ class DeviceRun {
   }
 
   /**
-   * The bootstrap file is staged on disk before the fleet learns the token, and takes its final name
-   * only after: an existing bootstrap file always belongs to a registered device.
+   * The token reaches the disk only after the fleet acknowledged the registration (the bridge's reply,
+   * the fsync'd export line, the inventory write): an existing bootstrap file always belongs to a
+   * registered device, and a refused device leaves no token behind. A write failing after the
+   * acknowledgment only strands a token nobody holds; the re-run mints one that supersedes it.
    */
   async #commit(p: Provisioned, bootstrapPath: string): Promise<void> {
-    const staged = stageBootstrapFile(bootstrapPath, p.bootstrap);
+    await this.#o.sink.register(p.device, p.token);
     try {
-      await this.#o.sink.register(p.device, p.token);
+      writeBootstrapFile(bootstrapPath, p.bootstrap);
     } catch (e) {
-      staged.discard();
-      throw e;
+      throw toStationError(e, `registered, but cannot write ${bootstrapPath}`);
     }
-    staged.commit();
   }
 
   #serialized<T>(fn: () => Promise<T>): Promise<T> {

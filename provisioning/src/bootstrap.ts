@@ -20,24 +20,22 @@ export interface BootstrapConfig {
 }
 
 /**
- * Writes `config` to `<path>.tmp`, mode 0600 and fsync'd, and returns a commit function that renames
- * it into place. Split in two so the station registers the device between the steps: the file is on
- * disk before the fleet knows the token, and appears under its final name only once the fleet does.
+ * Writes `config` to `path` atomically and durably: `<path>.tmp` (mode 0600, fsync'd), renamed into
+ * place, directory fsync'd. A crash leaves either no file or the whole file under its final name.
+ * The station calls it only after the fleet acknowledged the device's registration.
  */
-export function stageBootstrapFile(path: string, config: BootstrapConfig): { commit(): void; discard(): void } {
+export function writeBootstrapFile(path: string, config: BootstrapConfig): void {
   const tmp = `${path}.tmp`;
   // A leftover temp file from an interrupted run may carry another mode; start from nothing.
   rmSync(tmp, { force: true });
-  writeDurably(tmp, `${JSON.stringify(config, null, 2)}\n`);
-  return {
-    commit() {
-      renameSync(tmp, path);
-      fsyncDirectory(dirname(path));
-    },
-    discard() {
-      rmSync(tmp, { force: true });
-    },
-  };
+  try {
+    writeDurably(tmp, `${JSON.stringify(config, null, 2)}\n`);
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
+  fsyncDirectory(dirname(path));
 }
 
 function writeDurably(path: string, text: string): void {

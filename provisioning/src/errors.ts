@@ -14,9 +14,18 @@ export type StationErrorCode =
   | 'STATION_MANIFEST_INVALID'
   | 'STATION_CONFLICT'
   | 'STATION_IO'
-  | 'STATION_USAGE';
+  | 'STATION_USAGE'
+  /** The bridge refused one device (its code in `details.cause`) for a reason other than the above. */
+  | 'STATION_REGISTRATION_REFUSED'
+  /** The bridge or the broker refused a whole request (a wrong certificate, a protocol mismatch): stops the batch. */
+  | 'STATION_BRIDGE_REFUSED'
+  /** No acknowledgment from the bridge after every retry, or no connection: stops the batch. */
+  | 'STATION_BRIDGE_UNAVAILABLE';
 
 export class StationError extends CodedError<StationErrorCode> {}
+
+/** Failures that would fail every following device alike: a batch stops at the first. */
+export const BATCH_FATAL: ReadonlySet<StationErrorCode> = new Set(['STATION_BRIDGE_REFUSED', 'STATION_BRIDGE_UNAVAILABLE']);
 
 /** Maps whatever a step threw onto a station code, keeping the original as `cause`. */
 export function toStationError(e: unknown, context: string): StationError {

@@ -1,7 +1,8 @@
 /**
  * The factory station's command line (bundled as dist/station.mjs); see provisioning/README.md.
- *   station provision --manifest m.jsonl --out DIR --roots roots.pem … (--export FILE | --inventory DIR)
- *   station import --file registrations.jsonl --inventory DIR
+ *   station provision --manifest m.jsonl --out DIR --roots roots.pem … (--bridge URL --cert --key --ca | --export FILE | --inventory DIR)
+ *   station import --file registrations.jsonl (--bridge URL --cert --key --ca | --inventory DIR)
+ *   station <command> --help, station --version
  */
 import { runStation } from './cli.js';
 

@@ -1,8 +1,10 @@
 import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import type { DeviceRegistration, Inventory, TokenRecord } from '../../broker-bridge/src/inventory/inventory.js';
+import type { StationDevice, StationDeviceResult } from '../../common/protocol/station.js';
 import { fsyncDirectory } from './bootstrap.js';
-import { StationError, toStationError } from './errors.js';
+import type { BridgeClient } from './bridge-client.js';
+import { StationError, toStationError, type StationErrorCode } from './errors.js';
 import { decodeRegistrationLine, encodeRegistrationLine } from './registration-line.js';
 
 /**
@@ -31,6 +33,53 @@ export class InventorySink implements RegistrationSink {
       throw toStationError(e, `registering ${device.deviceId}`);
     }
   }
+}
+
+/**
+ * Through the running bridge (common/protocol/station.ts): resolves once the bridge acknowledged the
+ * device (registered, or already registered identically). A device the bridge refuses throws its
+ * station code (stationErrorOf); no acknowledgment after every retry throws
+ * STATION_BRIDGE_UNAVAILABLE, which stops the batch.
+ */
+export class BridgeSink implements RegistrationSink {
+  readonly #client: BridgeClient;
+
+  constructor(client: BridgeClient) {
+    this.#client = client;
+  }
+
+  async register(device: DeviceRegistration, token: TokenRecord): Promise<void> {
+    const [result] = await this.#client.register([stationDeviceOf(device, token)]);
+    if (!result) throw new StationError('STATION_BRIDGE_REFUSED', 'the bridge answered without a result');
+    if (!result.ok) throw stationErrorOf(result);
+  }
+}
+
+/** The register command's form of a registration: the token's hash and lifetime, never the token. */
+export function stationDeviceOf(device: DeviceRegistration, token: TokenRecord): StationDevice {
+  return {
+    deviceId: device.deviceId,
+    ekKind: device.ekKind,
+    ekCertificate: Buffer.from(device.ekCertificate, 'base64'),
+    ekPublicHash: device.ekPublicHash,
+    metadata: { ...device.metadata },
+    tokenHash: token.tokenHash,
+    tokenCreatedAt: token.createdAt,
+    tokenExpiresAt: token.expiresAt,
+  };
+}
+
+/** A device the bridge refused, as the station reports it; the bridge's code stays in `details.cause`. */
+export function stationErrorOf(r: Extract<StationDeviceResult, { ok: false }>): StationError {
+  const code: StationErrorCode =
+    r.code === 'REGISTRATION_CONFLICT'
+      ? 'STATION_CONFLICT'
+      : r.code === 'EK_UNTRUSTED' || r.code === 'EK_CERT_EXPIRED'
+        ? 'STATION_EK_UNTRUSTED'
+        : r.retryable
+          ? 'STATION_BRIDGE_UNAVAILABLE'
+          : 'STATION_REGISTRATION_REFUSED';
+  return new StationError(code, `the bridge refused ${r.deviceId}: ${r.code}: ${r.message}`, { details: { cause: r.code } });
 }
 
 /**

@@ -169,7 +169,7 @@ describe('factory station (real swtpm, real LevelDB)', () => {
     await fleetInv.open();
     try {
       const snapshot = async () => JSON.stringify({ d: fleetInv.listDevices(), a: (await fleetInv.listAudit()).length });
-      expect(await importRegistrations(exportPath, fleetInv)).toEqual({ lines: 3, imported: 3, unchanged: 0, superseded: 0, conflicts: [], invalid: [] });
+      expect(await importRegistrations(exportPath, fleetInv)).toEqual({ lines: 3, imported: 3, unchanged: 0, superseded: 0, conflicts: [], refused: [], invalid: [] });
       for (let i = 0; i < 3; i++) {
         const token = fleetInv.getToken(hashEnrollmentToken(bootstrapOf(outDir, `line-${i}`).token));
         expect(token).toMatchObject({ deviceId: `line-${i}`, ekPublicHash: fleetInv.getDevice(`line-${i}`)!.ekPublicHash });
@@ -239,10 +239,10 @@ describe('factory station (real swtpm, real LevelDB)', () => {
     const imp = io();
     const importArgs = ['import', '--file', join(files, 'reg.jsonl'), '--inventory', join(files, 'inv')];
     expect(await runStation(importArgs, imp.io)).toBe(0);
-    expect(imp.out.stdout).toBe('imported 3, unchanged 0, superseded 0, conflicts 0, invalid 0\n');
+    expect(imp.out.stdout).toBe('imported 3, unchanged 0, superseded 0, conflicts 0, refused 0, invalid 0\n');
     const again = io();
     expect(await runStation(importArgs, again.io)).toBe(0);
-    expect(again.out.stdout).toBe('imported 0, unchanged 3, superseded 0, conflicts 0, invalid 0\n');
+    expect(again.out.stdout).toBe('imported 0, unchanged 3, superseded 0, conflicts 0, refused 0, invalid 0\n');
     // While another process (here: this one) holds the inventory, import says so in one coded line.
     const holder = new LevelInventory(join(files, 'inv'));
     await holder.open();
@@ -250,7 +250,7 @@ describe('factory station (real swtpm, real LevelDB)', () => {
       const locked = io();
       expect(await runStation(importArgs, locked.io)).toBe(1);
       expect(locked.out.stdout).toBe('');
-      expect(locked.out.stderr).toMatch(/^station: \[INVENTORY_LOCKED\] the inventory .* is in use by another process/);
+      expect(locked.out.stderr).toMatch(/^station: INVENTORY_LOCKED: the inventory .* is in use by another process.*--bridge registers through a running bridge\)\n$/);
       expect(locked.out.stderr.trim().split('\n')).toHaveLength(1);
     } finally {
       await holder.close();
@@ -263,6 +263,8 @@ describe('factory station (real swtpm, real LevelDB)', () => {
     expect(await runStation(rogueArgs, refused.io)).toBe(1);
     expect(refused.out.stdout).toBe('provisioned 0, skipped 0, refused 3 of 3\n');
     expect(refused.out.stderr).toContain('cli-0 refused [STATION_EK_UNTRUSTED]');
+    // Nothing of a refused device reaches the disk: no bootstrap file, not even a temporary one.
+    expect(readdirSync(join(files, 'out-2', 'devices'))).toEqual([]);
   });
 });
 
