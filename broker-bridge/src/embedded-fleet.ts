@@ -21,6 +21,8 @@ import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollmen
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
 import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
+import { FleetMetrics } from './metrics/fleet-metrics.js';
+import { MetricsServer } from './metrics/metrics-server.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
@@ -73,6 +75,11 @@ export interface EmbeddedFleetOptions {
    * must not overlap the built-in ones).
    */
   readonly extraHandlers?: (ctx: FleetServiceContext) => readonly RequestHandler[];
+  /**
+   * Serve Prometheus metrics over HTTP (`GET /metrics`) on `host` (default 127.0.0.1) and `port` (0: a
+   * free one; `metricsUrl` tells which). Default: no metrics.
+   */
+  readonly metrics?: { readonly port: number; readonly host?: string };
 }
 
 /** What a service behind the embedded bridge may use. */
@@ -108,6 +115,9 @@ export class EmbeddedFleet {
   #bridge: Bridge | undefined;
   #transport: MqttTransport | undefined;
   #issuer: CertificateIssuer;
+  /** The fleet's metrics (with the `metrics` option); they live as long as the fleet, across bridge restarts. */
+  readonly metrics: FleetMetrics | undefined;
+  #metricsServer: MetricsServer | undefined;
 
   private constructor(
     o: EmbeddedFleetOptions,
@@ -116,8 +126,10 @@ export class EmbeddedFleet {
     inventory: LevelInventory,
     bridgeTls: { certPem: string; keyPem: string },
     revocation: RevocationService,
+    metrics: FleetMetrics | undefined,
   ) {
     this.revocation = revocation;
+    this.metrics = metrics;
     this.#o = o;
     this.topics = new Topics(o.baseTopic ?? 'fleet/v1');
     this.ca = ca;
@@ -150,7 +162,9 @@ export class EmbeddedFleet {
     const topics = new Topics(o.baseTopic ?? 'fleet/v1');
     let broker: EmbeddedBroker | undefined;
     let fleet: EmbeddedFleet | undefined;
-    const revocation = new RevocationService({
+    let revocation: RevocationService | undefined;
+    const metrics = o.metrics ? new FleetMetrics({ inventory, clock: o.clock, crl: { get current() { return revocation?.current; } } }) : undefined;
+    revocation = new RevocationService({
       inventory,
       crlSigner: new CrlSigner({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock }),
       clock: o.clock,
@@ -163,6 +177,7 @@ export class EmbeddedFleet {
       readRetained: (topic) => (fleet ? fleet.#readRetained(topic) : Promise.reject(new CodedError('BRIDGE_STOPPED', 'the bridge is not running'))),
       ...(o.crlNextUpdateSec === undefined ? {} : { nextUpdateSec: o.crlNextUpdateSec }),
       ...(o.logger ? { logger: o.logger } : {}),
+      ...(metrics ? { metrics } : {}),
     });
     await revocation.start({ publish: false }); // the bridge publishes it once connected
     broker = await EmbeddedBroker.start({
@@ -176,8 +191,23 @@ export class EmbeddedFleet {
       operatorIdentities: o.operatorIdentities ?? [DEFAULT_OPERATOR],
       stationIdentities: o.stationIdentities ?? [DEFAULT_STATION],
     });
-    fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls, revocation);
+    fleet = new EmbeddedFleet(o, ca, broker, inventory, bridgeTls, revocation, metrics);
     await fleet.startBridge();
+    if (metrics && o.metrics) {
+      const server = new MetricsServer({
+        source: metrics,
+        port: o.metrics.port,
+        ...(o.metrics.host === undefined ? {} : { host: o.metrics.host }),
+        ...(o.logger ? { onError: (err: unknown) => o.logger!.error({ err }, 'metrics scrape failed') } : {}),
+      });
+      try {
+        await server.start();
+      } catch (e) {
+        await fleet.stop();
+        throw e;
+      }
+      fleet.#metricsServer = server;
+    }
     return fleet;
   }
 
@@ -189,6 +219,7 @@ export class EmbeddedFleet {
     if (this.#bridge) return;
     const o = this.#o;
     const logger = o.logger ? { logger: o.logger } : {};
+    const metrics = this.metrics ? { metrics: this.metrics } : {};
     // One policy for enrollment and rotation, as in `bridge run`; separate rate budgets, so that enroll
     // requests anyone can send under a device's id (the enrollment listener) never cost that device
     // its rotations (which only the device itself can send, over mTLS).
@@ -204,8 +235,8 @@ export class EmbeddedFleet {
       trustBundlePems: this.trustBundle,
       ...logger,
     };
-    const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: o.ekTrust, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
-    const rotation = new RotationService({ ...common, limiter: limiter(), ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
+    const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: o.ekTrust, ...metrics, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
+    const rotation = new RotationService({ ...common, limiter: limiter(), ...metrics, ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
     const ingest = new IngestService({ inventory: this.inventory, clock: o.clock, topics: this.topics, ...logger });
     const transport = new MqttTransport({
       url: this.broker.deviceUrl,
@@ -332,7 +363,15 @@ export class EmbeddedFleet {
     return this.broker.startAgain();
   }
 
+  /** `http://127.0.0.1:<port>/metrics` while metrics are served (the `metrics` option). */
+  get metricsUrl(): string | undefined {
+    return this.#metricsServer?.url;
+  }
+
   async stop(): Promise<void> {
+    const server = this.#metricsServer;
+    this.#metricsServer = undefined;
+    await server?.stop();
     await this.revocation.stop();
     await this.stopBridge();
     await this.broker.stop();

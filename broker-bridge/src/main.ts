@@ -54,6 +54,9 @@ import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
 import { StationRegistrationHandler } from './registration/station-handler.js';
+import { FleetMetrics } from './metrics/fleet-metrics.js';
+import { MetricsServer } from './metrics/metrics-server.js';
+import { metricsConfigSchema, metricsListen } from './metrics/metrics-config.js';
 import { BUILD_VERSION } from '../../common/build-version.js';
 
 /** Logs on stderr: readable on a terminal, JSON lines otherwise; LOG_LEVEL / LOG_FORMAT honoured. */
@@ -129,6 +132,8 @@ const configSchema = object({
   rotationTtlSec: optional(int({ min: 10, max: 3600 })),
   /** Pause between attempts to reach the broker, at start and after a lost connection (default 1000 ms). */
   reconnectMs: optional(int({ min: 100, max: 60_000 })),
+  /** Prometheus endpoint: absent or port 0 = off; host default 127.0.0.1 (docs/metrics.md). */
+  metrics: optional(metricsConfigSchema),
 });
 
 /** bridge.json, validated; a bad file is the operator's input: one line naming the field, exit 2. */
@@ -151,7 +156,7 @@ function revocationService(
   cfg: ReturnType<typeof configSchema.parse>,
   backend: Awaited<ReturnType<typeof openBackend>>,
   inventory: LevelInventory,
-  io?: Pick<RevocationServiceOptions, 'publish' | 'readRetained'>,
+  io?: Pick<RevocationServiceOptions, 'publish' | 'readRetained' | 'metrics'>,
 ): RevocationService {
   return new RevocationService({
     inventory,
@@ -440,6 +445,12 @@ async function main(): Promise<void> {
       const inventory = new LevelInventory(join(cfg.dataDir, 'inventory'));
       await inventory.open();
       const topics = new Topics(cfg.baseTopic ?? 'fleet/v1');
+      const listen = metricsListen(cfg.metrics);
+      let revocationRef: RevocationService | undefined;
+      const metrics = listen
+        ? new FleetMetrics({ inventory, clock: systemClock, processMetrics: true, crl: { get current() { return revocationRef?.current; } } })
+        : undefined;
+      const m = metrics ? { metrics } : {};
       const common = {
         inventory,
         issuer,
@@ -449,6 +460,7 @@ async function main(): Promise<void> {
         chainPems: [issuer.issuingCertificatePem],
         trustBundlePems: [root],
         logger,
+        ...m,
       };
       // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
       const rate = { perKey: cfg.rateLimit?.perDevice ?? DEFAULT_RATE_LIMITS.perDevice, global: cfg.rateLimit?.global ?? DEFAULT_RATE_LIMITS.global };
@@ -473,7 +485,9 @@ async function main(): Promise<void> {
       const revocation = revocationService(cfg, backend, inventory, {
         publish: (topic, p) => (transport.connected ? transport.publish(topic, p, { qos: 1, retain: true }) : Promise.reject(new Error('not connected'))),
         readRetained: (topic) => readRetained(transport, topic),
+        ...m,
       });
+      revocationRef = revocation;
       // Before the broker connection: mosquitto cannot start without the CRL file this writes.
       await revocation.start({ publish: false });
       const trustBundleSigner = new TrustBundleSigner({ backend, signerChain: [issuer.issuingCertificatePem], stateFile: join(cfg.dataDir, 'trust-bundle-state.json'), clock: systemClock });
@@ -491,8 +505,10 @@ async function main(): Promise<void> {
         ...(cfg.reconnectMs ? { connectRetryMs: cfg.reconnectMs } : {}),
       });
       let stopping = false;
+      let metricsServer: MetricsServer | undefined;
       const stop = async () => {
         stopping = true;
+        await metricsServer?.stop();
         await revocation.stop();
         await bridge.stop();
         await inventory.close();
@@ -515,6 +531,15 @@ async function main(): Promise<void> {
         if (up) void revocation.republish().catch(() => undefined);
       });
       revocation.startTimer((cfg.revocationCheckSec ?? 60) * 1000);
+      if (metrics && listen) {
+        metricsServer = new MetricsServer({ source: metrics, ...listen, onError: (err) => logger.error({ err }, 'metrics scrape failed') });
+        try {
+          await metricsServer.start();
+        } catch (e) {
+          fail((e as Error).message, 'METRICS_LISTEN_FAILED');
+        }
+        logger.info({ url: metricsServer.url }, 'metrics served');
+      }
       logger.info({ broker: cfg.brokerUrl }, 'bridge running');
       return;
     }

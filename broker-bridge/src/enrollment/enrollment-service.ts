@@ -19,6 +19,7 @@ import {
   type TokenRecord,
 } from '../inventory/inventory.js';
 import type { EnrollmentPolicy, IssuanceConstraints } from './policy.js';
+import type { CertificateOperation, RequestMetrics } from '../metrics/request-metrics.js';
 import type { RateLimiter } from './rate-limiter.js';
 import {
   EnrollmentRejection,
@@ -77,6 +78,8 @@ export interface EnrollmentServiceOptions {
   readonly limiter?: RateLimiter;
   readonly challengeTtlMs?: number;
   readonly logger?: EnrollmentLogger;
+  /** Outcomes (by code) and issuance latency of enrollments and re-attestations. */
+  readonly metrics?: RequestMetrics;
 }
 
 interface PendingChallenge {
@@ -139,10 +142,14 @@ export class EnrollmentService {
 
   async #run(kind: 'enroll' | 'enrollProof', clientId: string, requestId: string, payload: Buffer): Promise<Reply> {
     const now = this.#o.clock.now();
+    // Which operation a refusal counts against, once the message tells (enroll until then).
+    const attempt: Attempt = { operation: 'enroll' };
     try {
-      return kind === 'enroll' ? await this.#enroll(clientId, payload, now) : await this.#proof(clientId, payload, now);
+      return kind === 'enroll' ? await this.#enroll(clientId, payload, now, attempt) : await this.#proof(clientId, payload, now, attempt);
     } catch (e) {
-      return rejectionReply(this.#o.topics.enrollment(clientId, 'enrollRejected'), requestId, now, this.#asRejection(e, { clientId, kind, requestId }));
+      const r = this.#asRejection(e, { clientId, kind, requestId });
+      this.#o.metrics?.result(attempt.operation, r.code);
+      return rejectionReply(this.#o.topics.enrollment(clientId, 'enrollRejected'), requestId, now, r);
     }
   }
 
@@ -168,12 +175,13 @@ export class EnrollmentService {
     return new EnrollmentRejection('INTERNAL', 'internal error', { retryAfterSec: 5 });
   }
 
-  async #enroll(clientId: string, payload: Buffer, now: number): Promise<Reply> {
+  async #enroll(clientId: string, payload: Buffer, now: number, attempt: Attempt): Promise<Reply> {
     const msg = decode('enroll', payload);
     const body: EnrollRequest = msg.body;
     // Believed only once the token (or, re-attesting, the registered EK and AK) confirms it.
     const deviceId = body.deviceId;
     const mode = body.mode ?? 'token';
+    attempt.operation = operationOf(mode);
     if (mode === 'token' && body.token === undefined) reject('BAD_REQUEST', 'enrollment needs a token');
     if (mode === 'reattest' && body.token !== undefined) reject('BAD_REQUEST', 'a re-attestation carries no token');
 
@@ -274,7 +282,7 @@ export class EnrollmentService {
     this.#byEnrollRequest.delete(requestKey(c.clientId, c.enrollRequestId));
   }
 
-  async #proof(clientId: string, payload: Buffer, now: number): Promise<Reply> {
+  async #proof(clientId: string, payload: Buffer, now: number, attempt: Attempt): Promise<Reply> {
     const msg = decode('enrollProof', payload);
     const body: EnrollProof = msg.body;
     const cached = this.#o.inventory.getResponse(clientId, msg.requestId);
@@ -286,6 +294,7 @@ export class EnrollmentService {
     const c = this.#challenges.get(body.challengeId);
     if (!c || c.clientId !== clientId) return reject('CHALLENGE_UNKNOWN', 'no such challenge for this client');
     const { deviceId } = c;
+    attempt.operation = operationOf(c.mode);
     if (c.expiresAt <= now) {
       this.#forget(c.challengeId);
       reject('CHALLENGE_EXPIRED', 'challenge expired');
@@ -322,6 +331,7 @@ export class EnrollmentService {
       ],
       at: now,
     });
+    this.#o.metrics?.result('enroll', 'ok');
     this.#log.info({ deviceId, serial: out.certificate.serial, notAfter: new Date(out.certificate.notAfter).toISOString() }, 'device enrolled');
     return out.reply;
   }
@@ -350,6 +360,7 @@ export class EnrollmentService {
       ],
       at: now,
     });
+    this.#o.metrics?.result('reattest', 'ok');
     this.#log.info({ deviceId, serial: out.certificate.serial, notAfter: new Date(out.certificate.notAfter).toISOString() }, 'device re-attested');
     return out.reply;
   }
@@ -364,6 +375,7 @@ export class EnrollmentService {
       backdateSec: constraints.backdateSec,
       trustDomain: constraints.trustDomain,
     });
+    this.#o.metrics?.issued(operationOf(c.mode), (this.#o.clock.now() - now) / 1000);
     const pem = toPem(issued.certificateDer, 'CERTIFICATE');
     const topic = this.#o.topics.enrollment(c.clientId, 'enrollAccepted');
     const payload = encode('enrollAccepted', requestId, now, {
@@ -387,6 +399,12 @@ export class EnrollmentService {
     return { certificate, response, reply: { topic, payload } satisfies Reply };
   }
 }
+
+interface Attempt {
+  operation: CertificateOperation;
+}
+
+const operationOf = (mode: 'token' | 'reattest'): CertificateOperation => (mode === 'reattest' ? 'reattest' : 'enroll');
 
 /** The requestId of a payload we may not be able to validate, for addressing the rejection. */
 export function peekRequestId(payload: Buffer): string {

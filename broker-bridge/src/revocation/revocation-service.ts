@@ -8,6 +8,7 @@ import { Topics, isDeviceId } from '../../../common/protocol/topics.js';
 import { REVOCATION_REASONS, type CrlResponse, type CrlSigner, type RevocationReason, type RevokedCertificate } from '../ca/crl.js';
 import type { IssuedRegistry } from '../ca/issued-registry.js';
 import type { Inventory } from '../inventory/inventory.js';
+import type { RevocationMetrics } from '../metrics/request-metrics.js';
 import type { BrokerEnforcement } from './broker-enforcement.js';
 import { RevocationError } from './errors.js';
 
@@ -73,6 +74,8 @@ export interface RevocationServiceOptions {
    * while the role holds no newer valid certificate; without it any well-formed serial is listed.
    */
   readonly issuedRegistry?: () => Promise<IssuedRegistry>;
+  /** Revocations and how long each took to reach devices and the broker. */
+  readonly metrics?: RevocationMetrics;
 }
 
 export interface RevocationResult {
@@ -236,6 +239,7 @@ export class RevocationService {
   }
 
   revokeDevice(deviceId: string, reason: string): Promise<RevocationResult> {
+    const requestedAt = this.#o.clock.now();
     return this.#serialize(async () => {
       if (typeof deviceId !== 'string' || !isDeviceId(deviceId)) throw new RevocationError('REVOCATION_BAD_REQUEST', 'invalid device id');
       const r = checkReason(reason);
@@ -247,7 +251,9 @@ export class RevocationService {
         throw e;
       }
       this.#o.logger?.info({ deviceId, reason: r, serials }, 'device revoked');
-      return { serials, ...(await this.#reissue(true, false)) };
+      const out = await this.#reissue(true, false);
+      this.#o.metrics?.revoked('device', serials.length, (this.#o.clock.now() - requestedAt) / 1000, out.enforced);
+      return { serials, ...out };
     });
   }
 
@@ -256,6 +262,7 @@ export class RevocationService {
     if (!SERIAL.test(s) || /^0+$/.test(s)) return Promise.reject(new RevocationError('REVOCATION_BAD_REQUEST', 'invalid serial number'));
     const cert = this.#o.inventory.getCertificate(s);
     if (cert) return this.revokeDevice(cert.deviceId, reason);
+    const requestedAt = this.#o.clock.now();
     return this.#serialize(async () => {
       const r = checkReason(reason);
       const state = this.#state ?? (this.#state = await this.#load());
@@ -268,7 +275,9 @@ export class RevocationService {
       }
       state.extra.push({ serial: s, at: this.#o.clock.now(), reason: r, ...(issued ?? {}) });
       this.#o.logger?.info({ serial: s, reason: r, ...(issued ? { commonName: issued.commonName } : {}) }, 'serial revoked');
-      return { serials: [s], ...(await this.#reissue(true, false)) };
+      const out = await this.#reissue(true, false);
+      this.#o.metrics?.revoked('serial', 1, (this.#o.clock.now() - requestedAt) / 1000, out.enforced);
+      return { serials: [s], ...out };
     });
   }
 

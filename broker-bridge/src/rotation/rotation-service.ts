@@ -23,6 +23,7 @@ import {
 import type { EnrollmentPolicy } from '../enrollment/policy.js';
 import type { RateLimiter } from '../enrollment/rate-limiter.js';
 import { InventoryError, type CertificateRecord, type DeviceRecord, type Inventory } from '../inventory/inventory.js';
+import type { RequestMetrics } from '../metrics/request-metrics.js';
 
 /**
  * The bridge's rotation handler: an enrolled device, over its own mutual-TLS session, gets a new
@@ -68,6 +69,8 @@ export interface RotationServiceOptions {
   /** How long a rotation nonce may be answered; default 120 000 ms. */
   readonly rotationTtlMs?: number;
   readonly logger?: EnrollmentLogger;
+  /** Outcomes (by code) and issuance latency of rotations; a refused confirm is not counted (the rotation already ended). */
+  readonly metrics?: RequestMetrics;
 }
 
 interface LiveRotation {
@@ -133,7 +136,9 @@ export class RotationService {
       if (kind === 'rotateRequest') return await this.#request(deviceId, payload, now);
       return await this.#confirm(deviceId, payload, now);
     } catch (e) {
-      return this.#rejection(deviceId, requestId, now, this.#asRejection(e, { deviceId, kind, requestId }));
+      const r = this.#asRejection(e, { deviceId, kind, requestId });
+      if (kind !== 'rotateConfirm') this.#o.metrics?.result('rotate', r.code);
+      return this.#rejection(deviceId, requestId, now, r);
     }
   }
 
@@ -227,9 +232,11 @@ export class RotationService {
     }
     // One answer per nonce, whatever it is: marked before the first await, so a concurrent answer under
     // another requestId finds it spent, and a repeat of this one gets the same reply.
-    const reply = this.#verified(deviceId, r, msg.requestId, body, now).catch((e: unknown) =>
-      this.#rejection(deviceId, msg.requestId, now, this.#asRejection(e, { deviceId, kind: 'rotateRequest', requestId: msg.requestId })),
-    );
+    const reply = this.#verified(deviceId, r, msg.requestId, body, now).catch((e: unknown) => {
+      const rejection = this.#asRejection(e, { deviceId, kind: 'rotateRequest', requestId: msg.requestId });
+      this.#o.metrics?.result('rotate', rejection.code);
+      return this.#rejection(deviceId, msg.requestId, now, rejection);
+    });
     r.answered = { requestId: msg.requestId, reply };
     return reply;
   }
@@ -253,6 +260,7 @@ export class RotationService {
       backdateSec: decision.constraints.backdateSec,
       trustDomain: decision.constraints.trustDomain,
     });
+    this.#o.metrics?.issued('rotate', (this.#o.clock.now() - now) / 1000);
     const pem = toPem(issued.certificateDer, 'CERTIFICATE');
     const topic = this.#o.topics.device(deviceId, 'rotateAccepted');
     const payload = encode('rotateAccepted', requestId, now, {
@@ -288,6 +296,7 @@ export class RotationService {
       ],
       at: now,
     });
+    this.#o.metrics?.result('rotate', 'ok');
     this.#log.info({ deviceId, serial: issued.serialNumber, previousSerial: current.serial, notAfter: issued.notAfter.toISOString() }, 'rotation certificate issued');
     return { topic, payload };
   }
