@@ -725,6 +725,7 @@ export class Agent {
       }
     }
     const committed = await res.store.rotationCommitted(p);
+    await this.#fleet?.writeSnapshot();
     await this.#advanceFloor(windowOf(fresh).notBefore);
     if (cost) this.#lastRotationSignatures = res.signatures() - cost.signaturesBefore + (this.#handshakes - cost.handshakesBefore);
     await this.#confirm(committed, signal);

@@ -98,6 +98,7 @@ export class FleetUpdates {
         clockFloor: this.#h.clockFloor(),
         graceSec: this.#h.crlGraceSec,
         crls: this.#h.cache.ders(),
+        identity: this.#h.identity()?.slot,
       });
     } catch (e) {
       this.#h.log('warn', 'could not write the verification snapshot', { code: (e as { code?: string }).code, err: (e as Error).message });

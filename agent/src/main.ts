@@ -2,6 +2,7 @@
  * Device agent CLI:
  *   agent [run] --bootstrap /etc/tpm-fleet/bootstrap.json --data /var/lib/tpm-fleet [--config /etc/tpm-fleet/agent.json]
  *   agent verify CERT.pem --data /var/lib/tpm-fleet [--chain FILE] [--json]   (verify-cli.ts)
+ *   agent check --bootstrap FILE --data DIR [--config FILE] [--json]          (check/check-cli.ts)
  * A long-running process: enrolls on first start (or re-attests when its identity expired), then stays
  * online over mTLS with the identity key inside the TPM, rotating it before expiry, forever. No network
  * condition ends it. A non-retryable rejection or corrupt local state leaves it up in state `error` or
@@ -11,14 +12,16 @@
  */
 import { parseArgs } from 'node:util';
 import pino from 'pino';
+import { systemClock } from '../../common/clock.js';
 import { Agent } from './agent.js';
 import { loadAgentConfig } from './agent-config.js';
 import { loadBootstrap } from './config.js';
+import { CHECK_HELP, runCheck } from './check/check-cli.js';
 import { runVerify } from './verify-cli.js';
 import { AGENT_VERSION } from './version.js';
 
 const DEFAULT_CONFIG = '/etc/tpm-fleet/agent.json';
-const USAGE = 'usage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json]';
+const USAGE = 'usage: agent [run] --bootstrap FILE --data DIR [--config FILE] | agent verify CERT.pem --data DIR [--chain FILE] [--json] | agent check --bootstrap FILE --data DIR [--config FILE] [--json]';
 const HELP = `${USAGE}
 
   run (default)   the device agent: enrolls with the bootstrap token (or re-attests), then stays online
@@ -30,9 +33,14 @@ const HELP = `${USAGE}
       --data DIR         the agent's data directory
       --chain FILE       intermediates the peer presented
       --json             one JSON object instead of 'CODE: reason'
+  check            is this device healthy: TPM, key and certificate, clock skew, CRL, broker listeners
+      --bootstrap FILE, --data DIR, --config FILE   as for run
+      --json             one JSON document instead of one line per check
+                   (agent check --help for details)
   --version, --help
 
-Exit codes: run: 0 stopped by a signal, 1 cannot start, 2 usage; verify: 0 valid, 1 not valid, 2 usage, 3 no data.
+Exit codes: run: 0 stopped by a signal, 1 cannot start, 2 usage; verify: 0 valid, 1 not valid, 2 usage, 3 no data;
+check: 0 all ok (warnings allowed), 1 a check failed, 2 usage or configuration error.
 See agent/README.md.`;
 
 const argv = process.argv.slice(2);
@@ -49,6 +57,19 @@ if (argv[0] === 'verify') {
     out: (l) => process.stdout.write(`${l}\n`),
     err: (l) => process.stderr.write(`${l}\n`),
     now: () => Date.now(),
+  });
+  process.exit(code);
+}
+if (argv[0] === 'check') {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    process.stdout.write(`${CHECK_HELP}\n`);
+    process.exit(0);
+  }
+  const code = await runCheck(argv.slice(1), {
+    out: (l) => process.stdout.write(`${l}\n`),
+    err: (l) => process.stderr.write(`${l}\n`),
+    clock: systemClock,
+    defaultConfig: DEFAULT_CONFIG,
   });
   process.exit(code);
 }

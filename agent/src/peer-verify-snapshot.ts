@@ -35,6 +35,12 @@ const stateSchema = object({
   graceSec: int({ min: 0, max: 10 * 366 * 86_400 }),
   /** File names, complete CRL first. */
   crls: array(str({ min: 1, max: 80, pattern: /^crl-[0-9a-f]{64}\.der$/ }), { min: 0, max: 2 }),
+  /**
+   * The identity in use, for `agent check` while the agent holds the store: its certificate and the
+   * public area of its TPM key (marshalled TPM2B_PUBLIC, base64; public, never the private blob).
+   * Absent before enrollment and in snapshots of agents that did not record it.
+   */
+  identity: optional(object({ certificate: pemText, serial: str({ min: 1, max: 64 }), keyPublic: str({ min: 8, max: 4096, pattern: /^[A-Za-z0-9+/]+=*$/ }) })),
 });
 
 export type SnapshotState = Infer<typeof stateSchema>;
@@ -45,12 +51,31 @@ export interface SnapshotMaterial {
   readonly clockFloor: number | undefined;
   readonly graceSec: number;
   readonly crls: readonly Buffer[];
+  /** The identity in use (an IdentitySlot fits); only its certificate, serial and public key blob are written. */
+  readonly identity?: { readonly certificate: string; readonly serial: string; readonly key: { readonly public: string } } | undefined;
 }
 
 export const SNAPSHOT_DIR = 'peer-verify';
 
-/** Writes the material (see the layout above). Serialize calls: the agent does, through its fleet queue. */
-export async function writeSnapshot(dataDir: string, m: SnapshotMaterial): Promise<void> {
+/** Writes in progress per data directory: each waits for the one before it. */
+const writing = new Map<string, Promise<void>>();
+
+/**
+ * Writes the material (see the layout above). Calls for one directory run one at a time, in call
+ * order, so the last call's material is what stays (a CRL update and a rotation may write at once;
+ * interleaved, one's clean-up could delete the other's CRL file).
+ */
+export function writeSnapshot(dataDir: string, m: SnapshotMaterial): Promise<void> {
+  const run = (writing.get(dataDir) ?? Promise.resolve()).catch(() => undefined).then(() => writeNow(dataDir, m));
+  writing.set(dataDir, run);
+  const forget = () => {
+    if (writing.get(dataDir) === run) writing.delete(dataDir);
+  };
+  run.then(forget, forget);
+  return run;
+}
+
+async function writeNow(dataDir: string, m: SnapshotMaterial): Promise<void> {
   const dir = join(dataDir, SNAPSHOT_DIR);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   const names: string[] = [];
@@ -67,6 +92,7 @@ export async function writeSnapshot(dataDir: string, m: SnapshotMaterial): Promi
     ...(m.clockFloor === undefined ? {} : { clockFloor: m.clockFloor }),
     graceSec: m.graceSec,
     crls: names,
+    ...(m.identity ? { identity: { certificate: m.identity.certificate, serial: m.identity.serial, keyPublic: m.identity.key.public } } : {}),
   };
   await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state), 0o644);
   for (const f of await readdir(dir)) {
@@ -80,11 +106,19 @@ export interface SnapshotVerifyResult extends PeerVerdict {
   readonly crlNumber?: string;
 }
 
+/** A snapshot read back: its state and a cache holding its CRLs, each re-verified against the CA certificates. */
+export interface LoadedSnapshot {
+  readonly state: SnapshotState;
+  readonly cache: RevocationCache;
+  /** max(systemNow, clock floor): the time the cache judges freshness at. */
+  readonly judgedAt: number;
+}
+
 /**
- * Answers whether `certPem` is valid at `systemNow` from the snapshot in `dataDir`. `chain` adds
- * intermediates the peer presented. Throws SnapshotError when there is no snapshot or it is unusable.
+ * Reads the snapshot in `dataDir` (see the layout above) and re-verifies every CRL into an in-memory
+ * cache judged at max(`systemNow`, clock floor). Throws SnapshotError when there is none or it is unusable.
  */
-export async function verifyFromSnapshot(dataDir: string, certPem: string, opts: { readonly systemNow: number; readonly chain?: readonly string[] }): Promise<SnapshotVerifyResult> {
+export async function readSnapshot(dataDir: string, systemNow: number): Promise<LoadedSnapshot> {
   const dir = join(dataDir, SNAPSHOT_DIR);
   let text: string;
   try {
@@ -98,7 +132,7 @@ export async function verifyFromSnapshot(dataDir: string, certPem: string, opts:
   } catch (e) {
     throw new SnapshotError('AGENT_VERIFY_SNAPSHOT_INVALID', `${join(dir, 'state.json')}: ${(e as Error).message}`, { cause: e });
   }
-  const judgedAt = Math.max(opts.systemNow, state.clockFloor ?? 0);
+  const judgedAt = Math.max(systemNow, state.clockFloor ?? 0);
   const cache = new RevocationCache(memoryDb(), { clock: { now: () => judgedAt }, graceSec: state.graceSec });
   await cache.open();
   const issuers = [...state.caCertificates, ...state.trustBundle];
@@ -112,6 +146,15 @@ export async function verifyFromSnapshot(dataDir: string, certPem: string, opts:
     const r = await cache.accept(der, issuers);
     if (!r.accepted) throw new SnapshotError('AGENT_VERIFY_SNAPSHOT_INVALID', `${join(dir, name)}: ${r.code}: ${r.reason}`);
   }
+  return { state, cache, judgedAt };
+}
+
+/**
+ * Answers whether `certPem` is valid at `systemNow` from the snapshot in `dataDir`. `chain` adds
+ * intermediates the peer presented. Throws SnapshotError when there is no snapshot or it is unusable.
+ */
+export async function verifyFromSnapshot(dataDir: string, certPem: string, opts: { readonly systemNow: number; readonly chain?: readonly string[] }): Promise<SnapshotVerifyResult> {
+  const { state, cache, judgedAt } = await readSnapshot(dataDir, opts.systemNow);
   const verdict = verifyPeer(certPem, { trustBundle: state.trustBundle, chain: [...(opts.chain ?? []), ...state.caCertificates], now: judgedAt, cache });
   const n = cache.crlNumber();
   return { ...verdict, judgedAt, ...(n === undefined ? {} : { crlNumber: n.toString() }) };
