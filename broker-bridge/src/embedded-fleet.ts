@@ -26,6 +26,7 @@ import { MetricsServer } from './metrics/metrics-server.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
+import { StationRegistrationHandler } from './registration/station-handler.js';
 
 /**
  * A whole fleet side in one process, on loopback: fleet CA (key file or PKCS#11), inventory, mosquitto
@@ -256,6 +257,7 @@ export class EmbeddedFleet {
         ingest,
         operator,
         new TimeService({ topics: this.topics, clock: o.clock }),
+        new StationRegistrationHandler({ topics: this.topics, inventory: this.inventory, ekTrust: o.ekTrust, clock: o.clock, ...logger }),
         ...(o.extraHandlers?.({
           inventory: this.inventory,
           topics: this.topics,

@@ -9,7 +9,6 @@ import { hashEnrollmentToken } from '../../common/enrollment-token.js';
 import { decodeStationRegisterReply, encodeStationRegister, stationTopics, type StationDevice } from '../../common/protocol/station.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
-import { StationRegistrationHandler } from '../../broker-bridge/src/registration/station-handler.js';
 import { Agent } from '../../agent/src/agent.js';
 import { parseBootstrap } from '../../agent/src/config.js';
 import { runStation, type StationIo } from '../../provisioning/src/cli.js';
@@ -45,7 +44,6 @@ describe('station registers devices online through the bridge', () => {
       trustDomain: 'test.fleet',
       ekTrust: { roots: [tpmA.manufacturerRootPem], intermediates: [tpmA.manufacturerIntermediatePem] },
       stationIdentities: ['role:station:line1', 'role:station:line2'],
-      extraHandlers: (ctx) => [new StationRegistrationHandler({ topics: ctx.topics, inventory: ctx.inventory, ekTrust: ctx.ekTrust, clock: ctx.clock, ...(ctx.logger ? { logger: ctx.logger } : {}) })],
     });
     for (const id of ['line1', 'line2'] as const) {
       const c = await fleet.clientCertificate(`role:station:${id}`);
