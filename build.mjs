@@ -9,6 +9,7 @@ const programs = {
   agent: 'agent/src/main.ts',
   bridge: 'broker-bridge/src/main.ts',
   station: 'provisioning/src/main.ts',
+  operator: 'operator/src/main.ts',
   demo: 'sim/src/demo.ts',
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',

@@ -27,6 +27,7 @@ import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
 import { StationRegistrationHandler } from './registration/station-handler.js';
+import { OperatorHandler } from './operator/operator-handler.js';
 
 /**
  * A whole fleet side in one process, on loopback: fleet CA (key file or PKCS#11), inventory, mosquitto
@@ -258,6 +259,7 @@ export class EmbeddedFleet {
         operator,
         new TimeService({ topics: this.topics, clock: o.clock }),
         new StationRegistrationHandler({ topics: this.topics, inventory: this.inventory, ekTrust: o.ekTrust, clock: o.clock, ...logger }),
+        new OperatorHandler({ topics: this.topics, inventory: this.inventory, clock: o.clock, publish: (t, p, opts) => this.#publish(t, p, opts), ...logger }),
         ...(o.extraHandlers?.({
           inventory: this.inventory,
           topics: this.topics,

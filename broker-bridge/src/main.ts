@@ -54,6 +54,7 @@ import { RotationService } from './rotation/rotation-service.js';
 import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
 import { StationRegistrationHandler } from './registration/station-handler.js';
+import { OperatorHandler } from './operator/operator-handler.js';
 import { FleetMetrics } from './metrics/fleet-metrics.js';
 import { MetricsServer } from './metrics/metrics-server.js';
 import { metricsConfigSchema, metricsListen } from './metrics/metrics-config.js';
@@ -498,6 +499,7 @@ async function main(): Promise<void> {
         topics,
         handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock }),
           new StationRegistrationHandler({ topics, inventory, ekTrust, clock: systemClock, logger }),
+          new OperatorHandler({ topics, inventory, clock: systemClock, publish: (topic, p, opts) => transport.publish(topic, p, opts), logger }),
         ],
         trustBundle: () => trustBundleSigner.message([root]),
         logger,

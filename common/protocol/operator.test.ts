@@ -1,6 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import {
+  OPERATOR_COMMANDS,
   OPERATOR_MESSAGES,
+  OPERATOR_PAGE_MAX,
+  decodeOperatorReply,
+  decodeOperatorRequest,
+  encodeOperatorAccepted,
+  encodeOperatorRequest,
   OPERATOR_REPLY_CODES,
   allOperatorCommands,
   decodeOperatorRevoke,
@@ -88,5 +94,56 @@ describe('operator protocol', () => {
     // A reply shape with a foreign code or a mixed shape is refused.
     expect(codeOf(() => decodeOperatorRevokeReply('{"v":1,"ok":false,"code":"NOPE","message":"","retryable":false}'))).toBe('SCHEMA_INVALID');
     expect(codeOf(() => decodeOperatorRevokeReply('{"v":1,"requestId":"r","ok":true,"serials":[],"crlNumber":"1","enforced":true,"code":"INTERNAL"}'))).toBe('SCHEMA_INVALID');
+  });
+
+  it('gives every command its own topic pair and filter', () => {
+    for (const c of OPERATOR_COMMANDS) {
+      const t = operatorTopics(topics, 'alice', c);
+      expect(t.command).toBe(`fleet/v1/operators/alice/commands/${c}`);
+      expect(parseOperatorCommand(topics, t.command)).toEqual({ operatorId: 'alice', command: c });
+      expect(parseOperatorCommand(topics, t.reply)).toBeUndefined();
+      expect(allOperatorCommands(topics, c)).toBe(`fleet/v1/operators/+/commands/${c}`);
+    }
+    expect(new Set(OPERATOR_COMMANDS.map((c) => allOperatorCommands(topics, c))).size).toBe(OPERATOR_COMMANDS.length);
+  });
+
+  it('decodes the query and device commands; refuses unknown fields, out-of-range bounds and bad states', () => {
+    const req = encodeOperatorRequest('devices', { requestId: 'q1', owner: 'plant-7', state: 'error', expiringWithinDays: 30, staleSec: 3600, limit: 10, cursor: 'gw-9', model: undefined });
+    expect(decodeOperatorRequest('devices', req)).toEqual({ v: 1, requestId: 'q1', owner: 'plant-7', state: 'error', expiringWithinDays: 30, staleSec: 3600, limit: 10, cursor: 'gw-9' });
+    const bad = (c: (typeof OPERATOR_COMMANDS)[number], o: object) => codeOf(() => decodeOperatorRequest(c, JSON.stringify({ v: 1, requestId: 'q', ...o })));
+    expect(bad('devices', { limit: OPERATOR_PAGE_MAX + 1 })).toBe('SCHEMA_INVALID');
+    expect(bad('devices', { limit: 0 })).toBe('SCHEMA_INVALID');
+    expect(bad('devices', { state: 'asleep' })).toBe('SCHEMA_INVALID');
+    expect(bad('devices', { cursor: 'a/b' })).toBe('SCHEMA_INVALID');
+    expect(bad('devices', { owner: '' })).toBe('SCHEMA_INVALID');
+    expect(bad('device', {})).toBe('SCHEMA_INVALID');
+    expect(bad('device', { deviceId: 'gw-1', extra: true })).toBe('SCHEMA_INVALID');
+    expect(bad('history', { deviceId: 'gw-1', limit: 201 })).toBe('SCHEMA_INVALID');
+    expect(bad('token-reissue', { deviceId: 'gw-1', ttlSec: 10 })).toBe('SCHEMA_INVALID');
+    expect(bad('rotate-now', { deviceId: 'gw-1', jitterSec: 86_401 })).toBe('SCHEMA_INVALID');
+    expect(bad('reattest', { deviceId: 'gw-1', ttlSec: 59 })).toBe('SCHEMA_INVALID');
+    expect(bad('reattest', { deviceId: 'gw-1', ttlSec: 60, jitterSec: 0 })).toBeUndefined();
+    expect(codeOf(() => decodeOperatorRequest('devices', Buffer.alloc(OPERATOR_MESSAGES.devices.maxBytes + 1, 0x20)))).toBe('SCHEMA_TOO_LARGE');
+  });
+
+  it('decodes accepted replies of each shape; open maps are bounded; refusals of new codes decode for every command', () => {
+    const row = { deviceId: 'gw-1', state: 'enrolled', owner: 'o', certSerial: '4a01', certNotAfter: 1, online: true, agentState: 'online' } as const;
+    expect(decodeOperatorReply('devices', encodeOperatorAccepted('devices', 'q', { devices: [row], nextCursor: 'gw-1' }))).toMatchObject({ ok: true, devices: [row], nextCursor: 'gw-1' });
+    const detail = { deviceId: 'gw-1', state: 'registered', metadata: { model: 'gw', owner: 'x' }, ekKind: 'ecc', ekPublicHash: 'ab', registeredAt: 5 } as const;
+    expect(decodeOperatorReply('device', encodeOperatorAccepted('device', 'q', { device: detail }))).toMatchObject({ ok: true, device: detail });
+    const tooMany = Object.fromEntries(Array.from({ length: 33 }, (_, i) => [`k${i}`, 'v']));
+    expect(codeOf(() => decodeOperatorReply('device', encodeOperatorAccepted('device', 'q', { device: { ...detail, metadata: tooMany } })))).toBe('SCHEMA_INVALID');
+    expect(codeOf(() => decodeOperatorReply('device', encodeOperatorAccepted('device', 'q', { device: { ...detail, metadata: { '1bad': 'v' } } })))).toBe('SCHEMA_INVALID');
+    expect(codeOf(() => decodeOperatorReply('device', encodeOperatorAccepted('device', 'q', { device: { ...detail, metadata: { m: 'x'.repeat(257) } } })))).toBe('SCHEMA_INVALID');
+    const history = { deviceId: 'gw-1', audit: [{ seq: 1, at: 2, type: 'device.registered', details: { ok: true, n: 1, s: 'x' } }], events: [], truncated: false };
+    expect(decodeOperatorReply('history', encodeOperatorAccepted('history', 'q', history))).toMatchObject(history);
+    const cmd = { deviceId: 'gw-1', command: 'rotate-now', commandId: 'abcdefgh12', issuedAt: 1, expiresAt: 2, jitterSec: 0, by: 'ops' } as const;
+    expect(decodeOperatorReply('rotate-now', encodeOperatorAccepted('rotate-now', 'q', cmd))).toMatchObject(cmd);
+    expect(codeOf(() => decodeOperatorReply('token-reissue', encodeOperatorAccepted('token-reissue', 'q', { deviceId: 'gw-1', token: 'short', tokenExpiresAt: 1 })))).toBe('SCHEMA_INVALID');
+    for (const c of OPERATOR_COMMANDS) {
+      for (const code of ['DEVICE_NOT_FOUND', 'DEVICE_NOT_ENROLLED', 'DEVICE_ALREADY_ENROLLED', 'DEVICE_REVOKED'] as const) {
+        expect(decodeOperatorReply(c, encodeOperatorRefusal('q', code))).toMatchObject({ ok: false, code, retryable: false });
+      }
+    }
   });
 });

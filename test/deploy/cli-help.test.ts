@@ -1,17 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import { runProgram } from '../harness/cli.js';
 
-const cli = (program: 'agent' | 'bridge' | 'station', args: string[]) => runProgram(program, args);
+const cli = (program: 'agent' | 'bridge' | 'station' | 'operator', args: string[]) => runProgram(program, args);
 
 /** Every program answers --help and --version on stdout with exit 0; unknown commands are usage errors (2, one coded line). */
 describe('--help and --version (the built programs)', () => {
-  it.each(['agent', 'bridge', 'station'] as const)('%s --version prints the build-stamped version', async (program) => {
+  it.each(['agent', 'bridge', 'station', 'operator'] as const)('%s --version prints the build-stamped version', async (program) => {
     const r = await cli(program, ['--version']);
     expect(r.code, r.err).toBe(0);
     expect(r.out.trim()).toMatch(/^\d+\.\d+\.\d+\+[0-9a-f]{7,}$|^\d+\.\d+\.\d+$/);
   });
 
-  it.each(['agent', 'bridge', 'station'] as const)('%s --help prints its usage', async (program) => {
+  it.each(['agent', 'bridge', 'station', 'operator'] as const)('%s --help prints its usage', async (program) => {
     const r = await cli(program, ['--help']);
     expect(r.code, r.err).toBe(0);
     expect(r.out).toMatch(/usage/);

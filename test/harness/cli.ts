@@ -14,7 +14,7 @@ export interface CliResult {
  * Runs a shipped bundle (`dist/<program>.mjs`, built by the global setup) as an operator would, and
  * returns its exit code and output; never throws for a non-zero exit.
  */
-export function runProgram(program: 'agent' | 'bridge' | 'station', args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
+export function runProgram(program: 'agent' | 'bridge' | 'station' | 'operator', args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<CliResult> {
   return run(process.execPath, [`dist/${program}.mjs`, ...args], { env: { ...process.env, ...env }, timeout: 60_000 }).then(
     (r) => ({ code: 0, out: r.stdout, err: r.stderr }),
     (e: { code: number; stdout: string; stderr: string }) => ({ code: e.code, out: e.stdout, err: e.stderr }),
