@@ -11,7 +11,8 @@
  * not start (config, store, TPM), 2 usage.
  */
 import { parseArgs } from 'node:util';
-import pino from 'pino';
+import type { Logger } from 'pino';
+import { createProgramLogger } from '../../common/logger.js';
 import { systemClock } from '../../common/clock.js';
 import { Agent } from './agent.js';
 import { loadAgentConfig } from './agent-config.js';
@@ -99,12 +100,19 @@ if (!values.bootstrap || !values.data) {
   process.exit(2);
 }
 
-let logger = pino({ base: { program: 'agent', version: AGENT_VERSION } });
+// Logs on stderr: readable on a terminal, JSON lines otherwise; LOG_LEVEL beats agent.json's logLevel.
+let logger: Logger;
+try {
+  logger = createProgramLogger({ program: 'agent', version: AGENT_VERSION });
+} catch (e) {
+  process.stderr.write(`agent: ${(e as { code?: string }).code ?? 'AGENT_USAGE'}: ${(e as Error).message}\n`);
+  process.exit(2);
+}
 let agent: Agent;
 try {
   // An explicit --config must exist; the default path is optional.
   const config = loadAgentConfig(values.config ?? DEFAULT_CONFIG, { optional: values.config === undefined });
-  logger = pino({ base: { program: 'agent', version: AGENT_VERSION }, level: config.logLevel });
+  logger = createProgramLogger({ program: 'agent', version: AGENT_VERSION, level: config.logLevel });
   agent = new Agent({ bootstrap: loadBootstrap(values.bootstrap), dataDir: values.data, config, logger });
 } catch (e) {
   const err = e as { code?: string; message?: string };

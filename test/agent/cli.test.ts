@@ -61,7 +61,7 @@ describe('agent CLI (dist/agent.mjs)', () => {
     writeFileSync(cfg, JSON.stringify({ v: 1, offlineBudget: { renewAtFraction: 0.95, jitterFraction: 0.1 } }));
     const r = await agent(['--bootstrap', boot, '--data', join(dir, 'data'), '--config', cfg]);
     expect(r.code).toBe(1);
-    const line = JSON.parse(r.out.trim().split('\n').at(-1)!) as { code: string; msg: string };
+    const line = JSON.parse(r.err.trim().split('\n').at(-1)!) as { code: string; msg: string };
     expect(line.code).toBe('AGENT_CONFIG_INVALID');
     expect(line.msg).toMatch(/renewAtFraction/);
     expect(line.msg).toMatch(/0\.95/);
@@ -72,10 +72,10 @@ describe('agent CLI (dist/agent.mjs)', () => {
     writeFileSync(boot, JSON.stringify(bootstrap()), { mode: 0o644 });
     const missing = await agent(['--bootstrap', boot, '--data', join(dir, 'data'), '--config', join(dir, 'nope.json')]);
     expect(missing.code).toBe(1);
-    expect(JSON.parse(missing.out.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_UNREADABLE' });
+    expect(JSON.parse(missing.err.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_UNREADABLE' });
     const open = await agent(['--bootstrap', boot, '--data', join(dir, 'data')]);
     expect(open.code).toBe(1);
-    expect(JSON.parse(open.out.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_PERMISSIONS' });
+    expect(JSON.parse(open.err.trim().split('\n').at(-1)!)).toMatchObject({ code: 'AGENT_CONFIG_PERMISSIONS' });
   });
 
   it('exits 1 (for a service manager to restart it) when the TPM cannot be opened', async () => {
@@ -87,7 +87,7 @@ describe('agent CLI (dist/agent.mjs)', () => {
     writeFileSync(boot, JSON.stringify({ ...bootstrap(), trustBundle: [pem] }), { mode: 0o600 });
     const r = await agent(['--bootstrap', boot, '--data', join(dir, 'data-notpm')]);
     expect(r.code).toBe(1);
-    const lines = r.out.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; code?: string });
+    const lines = r.err.trim().split('\n').map((l) => JSON.parse(l) as { msg: string; code?: string });
     expect(lines.filter((l) => l.msg === 'cannot start')).toHaveLength(1);
   });
 });

@@ -30,11 +30,11 @@ describe('agent process killed at each rotation step', () => {
   });
 
   function startAgent(bootstrap: string, dataDir: string, config: string): { child: ChildProcess; online: Promise<void>; exited: Promise<number | null>; out: () => string } {
-    const child = spawn(process.execPath, ['dist/agent.mjs', '--bootstrap', bootstrap, '--data', dataDir, '--config', config], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['dist/agent.mjs', '--bootstrap', bootstrap, '--data', dataDir, '--config', config], { stdio: ['ignore', 'inherit', 'pipe'] });
     children.push(child);
     let out = '';
     const online = new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (d: Buffer) => {
+      child.stderr!.on('data', (d: Buffer) => {
         out += d.toString();
         if (out.includes('"msg":"online"')) resolve();
       });

@@ -58,11 +58,11 @@ describe('agent process killed mid-enrollment', () => {
   }
 
   function startAgent(bootstrap: string, dataDir: string): { child: ChildProcess; online: Promise<void>; exited: Promise<number | null> } {
-    const child = spawn(process.execPath, ['dist/agent.mjs', '--bootstrap', bootstrap, '--data', dataDir], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(process.execPath, ['dist/agent.mjs', '--bootstrap', bootstrap, '--data', dataDir], { stdio: ['ignore', 'inherit', 'pipe'] });
     children.push(child);
     let out = '';
     const online = new Promise<void>((resolve, reject) => {
-      child.stdout!.on('data', (d: Buffer) => {
+      child.stderr!.on('data', (d: Buffer) => {
         out += d.toString();
         if (out.includes('"msg":"online"')) resolve();
       });
