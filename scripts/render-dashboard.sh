@@ -8,25 +8,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[render-dashboard] %s\n' "$*" >&2; }
+source scripts/lib/apt.sh
 
 # prometheus: evaluates the queries; chromium-headless-shell: the screenshot; fonts-dejavu-core: text.
 apt_packages=(prometheus chromium-headless-shell fonts-dejavu-core)
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [[ $(id -u) -eq 0 ]]; then
-    log "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    log "missing Debian packages: ${missing[*]}"
-    log "run as root: apt-get install -y ${missing[*]}"
-    exit 1
-  fi
-fi
+ensure_apt_packages "${apt_packages[@]}"
 # Debian's package may start its own Prometheus service; this script runs its own on a free port and
 # leaves that one alone.
 

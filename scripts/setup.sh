@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 stamps="$root/.setup-stamps"
 log() { printf '[setup] %s\n' "$*" >&2; }
+source "$root/scripts/lib/apt.sh"
 
 profile=run
 case "${1:-}" in
@@ -34,22 +35,7 @@ apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-dev
 if [[ $profile == test ]]; then
   apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2)
 fi
-missing=()
-for p in "${apt_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  if [[ $(id -u) -eq 0 ]]; then
-    log "installing Debian packages: ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  else
-    log "missing Debian packages: ${missing[*]}"
-    log "run as root: apt-get install -y ${missing[*]}"
-    exit 1
-  fi
-fi
+ensure_apt_packages "${apt_packages[@]}"
 
 # --- 2. npm dependencies ------------------------------------------------------------------------
 # `npm ci` installs exactly the lockfile and never writes it. package-lock.json records every

@@ -368,7 +368,7 @@ const HELP: Readonly<Record<string, string>> = {
     '                     --persistence-dir DIR [--crl-file F] [--user NAME] [--base-topic fleet/v1] [--station ID]... [--operator ID]... [--auditor ID]...\n' +
     '  Writes mosquitto.conf, enroll.acl, device.acl and makes the files mosquitto reads usable by its user.',
   run: 'bridge run --config bridge.json\n  The bridge between the broker and the CA (see broker-bridge/README.md for bridge.json).',
-  revoke: 'bridge revoke --config bridge.json (--device ID | --serial HEX) --reason R\n  Offline revocation, while `bridge run` is stopped (else: the operator MQTT command).',
+  revoke: 'bridge revoke --config bridge.json (--device ID | --serial HEX) --reason R [--json]\n  Offline revocation, while `bridge run` is stopped (else: the operator MQTT command). Prints the serials revoked and the CRL number.',
 };
 
 function helpText(): string {
@@ -566,7 +566,13 @@ async function main(): Promise<void> {
       try {
         await revocation.start();
         const r = v.device !== undefined ? await revocation.revokeDevice(v.device, reason) : await revocation.revokeSerial(v.serial!, reason);
-        logger.info({ serials: r.serials, crlNumber: r.crlNumber.toString(), enforced: r.enforced }, 'revoked');
+        // The result on stdout (the log is for what happened along the way).
+        const result = { serials: r.serials, crlNumber: r.crlNumber.toString(), enforced: r.enforced };
+        process.stdout.write(
+          v.json
+            ? `${JSON.stringify(result)}\n`
+            : `revoked ${r.serials.length ? r.serials.join(', ') : 'nothing new (already revoked)'}; CRL ${result.crlNumber}; broker ${r.enforced ? 'files rewritten and reloaded' : 'files not updated (none configured, or the update failed)'}\n`,
+        );
         if (cfg.broker && !r.enforced) process.exitCode = 4;
       } catch (e) {
         const c = e as { code?: string; message?: string };

@@ -1,7 +1,7 @@
-import { CodedError } from '../coded-error.js';
 import { DEVICE_COMMANDS, DEVICE_STATES, MAX_MESSAGE_BYTES, deviceStatusBody, type DeviceStatus } from './messages.js';
 import { array, bool, int, literal, object, oneOf, optional, parseMessage, SchemaError, str, type Infer, type Schema } from './schema.js';
 import { DEVICE_ID_PATTERN, type Topics } from './topics.js';
+import { ROLE_MEMBER_ID_PATTERN, commandTopicFamily } from './command-topics.js';
 
 /**
  * Operator commands: request/reply over MQTT on the mutual-TLS listener, version 1.
@@ -24,7 +24,7 @@ import { DEVICE_ID_PATTERN, type Topics } from './topics.js';
  */
 
 /** Operator ids go into topics and ACL lines: no MQTT wildcards, no '/'. */
-export const OPERATOR_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+export const OPERATOR_ID_PATTERN = ROLE_MEMBER_ID_PATTERN;
 
 export function isOperatorId(id: string): boolean {
   return OPERATOR_ID_PATTERN.test(id);
@@ -37,31 +37,24 @@ export function isOperatorId(id: string): boolean {
 export const OPERATOR_COMMANDS = ['revoke', 'devices', 'device', 'certificates', 'history', 'token-reissue', 'rotate-now', 'reattest'] as const;
 export type OperatorCommand = (typeof OPERATOR_COMMANDS)[number];
 
-const isOperatorCommand = (c: string): c is OperatorCommand => (OPERATOR_COMMANDS as readonly string[]).includes(c);
-
 export type OperatorTopicErrorCode = 'TOPIC_INVALID_OPERATOR_ID';
+
+const family = commandTopicFamily('operators', OPERATOR_COMMANDS, 'TOPIC_INVALID_OPERATOR_ID' satisfies OperatorTopicErrorCode, 'operator');
 
 /** The command topic of `operatorId` and its reply topic. Throws TOPIC_INVALID_OPERATOR_ID. */
 export function operatorTopics(topics: Topics, operatorId: string, command: OperatorCommand): { command: string; reply: string } {
-  if (!isOperatorId(operatorId)) throw new CodedError<OperatorTopicErrorCode>('TOPIC_INVALID_OPERATOR_ID', `invalid operator id ${JSON.stringify(operatorId)}`);
-  const topic = `${topics.base}/operators/${operatorId}/commands/${command}`;
-  return { command: topic, reply: `${topic}/reply` };
+  return family.topics(topics, operatorId, command);
 }
 
 /** Subscription filter matching `command` from every operator (the bridge's side). */
 export function allOperatorCommands(topics: Topics, command: OperatorCommand): string {
-  return `${topics.base}/operators/+/commands/${command}`;
+  return family.all(topics, command);
 }
 
 /** Splits an incoming command topic into operator id and command; undefined for anything else (replies included). */
 export function parseOperatorCommand(topics: Topics, topic: string): { operatorId: string; command: OperatorCommand } | undefined {
-  const prefix = `${topics.base}/operators/`;
-  if (!topic.startsWith(prefix)) return undefined;
-  const parts = topic.slice(prefix.length).split('/');
-  if (parts.length !== 3 || parts[1] !== 'commands') return undefined;
-  const [operatorId, , command] = parts as [string, string, string];
-  if (!isOperatorId(operatorId) || !isOperatorCommand(command)) return undefined;
-  return { operatorId, command };
+  const p = family.parse(topics, topic);
+  return p && { operatorId: p.id, command: p.command };
 }
 
 /** Operator request ids: shorter ones than the device protocol's are allowed (a person may type them). */

@@ -1,6 +1,6 @@
-import { CodedError } from '../coded-error.js';
 import { array, base64, bool, int, literal, object, oneOf, optional, parseMessage, SchemaError, str, type Infer, type Schema } from './schema.js';
 import { DEVICE_ID_PATTERN, type Topics } from './topics.js';
+import { ROLE_MEMBER_ID_PATTERN, commandTopicFamily } from './command-topics.js';
 
 /**
  * Factory station commands: request/reply over MQTT on the mutual-TLS listener, version 1.
@@ -31,7 +31,7 @@ import { DEVICE_ID_PATTERN, type Topics } from './topics.js';
  */
 
 /** Station ids go into topics and ACL lines: no MQTT wildcards, no '/'. */
-export const STATION_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+export const STATION_ID_PATTERN = ROLE_MEMBER_ID_PATTERN;
 export const STATION_ROLE_PREFIX = 'role:station:';
 
 export function isStationId(id: string): boolean {
@@ -48,31 +48,24 @@ export function stationIdOfCommonName(cn: string): string | undefined {
 export const STATION_COMMANDS = ['register'] as const;
 export type StationCommand = (typeof STATION_COMMANDS)[number];
 
-const isStationCommand = (c: string): c is StationCommand => (STATION_COMMANDS as readonly string[]).includes(c);
-
 export type StationTopicErrorCode = 'TOPIC_INVALID_STATION_ID';
+
+const family = commandTopicFamily('stations', STATION_COMMANDS, 'TOPIC_INVALID_STATION_ID' satisfies StationTopicErrorCode, 'station');
 
 /** The command topic of `stationId` and its reply topic. Throws TOPIC_INVALID_STATION_ID. */
 export function stationTopics(topics: Topics, stationId: string, command: StationCommand): { command: string; reply: string } {
-  if (!isStationId(stationId)) throw new CodedError<StationTopicErrorCode>('TOPIC_INVALID_STATION_ID', `invalid station id ${JSON.stringify(stationId)}`);
-  const topic = `${topics.base}/stations/${stationId}/commands/${command}`;
-  return { command: topic, reply: `${topic}/reply` };
+  return family.topics(topics, stationId, command);
 }
 
 /** Subscription filter matching `command` from every station (the bridge's side). */
 export function allStationCommands(topics: Topics, command: StationCommand): string {
-  return `${topics.base}/stations/+/commands/${command}`;
+  return family.all(topics, command);
 }
 
 /** Splits an incoming command topic into station id and command; undefined for anything else (replies included). */
 export function parseStationCommand(topics: Topics, topic: string): { stationId: string; command: StationCommand } | undefined {
-  const prefix = `${topics.base}/stations/`;
-  if (!topic.startsWith(prefix)) return undefined;
-  const parts = topic.slice(prefix.length).split('/');
-  if (parts.length !== 3 || parts[1] !== 'commands') return undefined;
-  const [stationId, , command] = parts as [string, string, string];
-  if (!isStationId(stationId) || !isStationCommand(command)) return undefined;
-  return { stationId, command };
+  const p = family.parse(topics, topic);
+  return p && { stationId: p.id, command: p.command };
 }
 
 /**
