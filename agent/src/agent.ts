@@ -17,6 +17,7 @@ import { LinkRefusedError, MqttLink, type LinkIdentity } from './mqtt-link.js';
 import { eventBody, Outbox, type NewEvent } from './outbox.js';
 import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } from './policy.js';
 import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
+import { EventAcks } from './event-acks.js';
 import { FleetCommands, type ScheduledCommand } from './fleet-commands.js';
 import { FleetUpdates } from './fleet-updates.js';
 import { verifyPeer, type PeerVerdict } from './peer-verify.js';
@@ -173,6 +174,8 @@ export class Agent {
   readonly #rotationBackoff: Backoff;
   readonly #refusalBackoff: Backoff;
   readonly #unusableBackoff: Backoff;
+  readonly #ackBackoff: Backoff;
+  readonly #eventAcks: EventAcks;
   /** After a rollback: the serial still in use and the refused one, for the bridge to retire. */
   #retire: { readonly serial: string; readonly previousSerial: string } | undefined;
 
@@ -186,6 +189,8 @@ export class Agent {
     this.#rotationBackoff = this.#newBackoff();
     this.#refusalBackoff = this.#newBackoff();
     this.#unusableBackoff = this.#newBackoff();
+    this.#ackBackoff = this.#newBackoff();
+    this.#eventAcks = new EventAcks(this.#topics, options.bootstrap.deviceId);
   }
 
   get state(): AgentState {
@@ -811,6 +816,7 @@ export class Agent {
       onUp: async (t) => {
         this.#handshakes++;
         await t.publish(this.#topics.device(this.deviceId, 'status'), this.#statusPayload(true), { qos: 1, retain: true });
+        await this.#eventAcks.subscribe(t);
         void this.#drainOutbox();
         await this.#fleet?.subscribe(t);
         await this.#commands?.subscribe(t);
@@ -988,9 +994,30 @@ export class Agent {
       const t = this.#device?.transport;
       if (!res || !t || res.outbox.pending() === 0) return;
       const topic = this.#topics.device(this.deviceId, 'events');
-      const r = await res.outbox.drain((ev) => t.publish(topic, encode('events', ev.id, this.#clock.now(), eventBody(ev)), { qos: 1 }));
+      const acks = this.#eventAcks;
+      const ackTimeoutMs = this.#o.responseTimeoutMs ?? 15_000;
+      // An event leaves the outbox when the bridge says it is in the inventory (event-acks.ts).
+      const r = await res.outbox.drain(async (ev) => {
+        const acked = acks.expect(ev.id, ackTimeoutMs);
+        acked.catch(() => undefined);
+        try {
+          await t.publish(topic, encode('events', ev.id, this.#clock.now(), eventBody(ev)), { qos: 1 });
+        } catch (e) {
+          acks.forget(ev.id);
+          throw e;
+        }
+        await acked;
+      });
       if (r.error !== undefined) {
         const code = isCodedError(r.error) ? r.error.code : undefined;
+        if (code === 'AGENT_EVENT_UNACKED') {
+          // Connected, but the bridge is away or lost it: try again after a pause, not only on reconnect.
+          const retryMs = this.#ackBackoff.next();
+          this.#log('info', 'events not acknowledged by the bridge; sending them again later', { sent: r.sent, retryMs });
+          setTimeout(() => void this.#drainOutbox(), retryMs).unref();
+          return;
+        }
+        this.#ackBackoff.reset();
         this.#log('info', 'outbox drain interrupted; the rest goes on the next connection', { sent: r.sent, code });
         if (code === 'TRANSPORT_PUBLISH_REFUSED') {
           this.#unusable = true; // see #supervise
@@ -998,6 +1025,7 @@ export class Agent {
         }
         return;
       }
+      this.#ackBackoff.reset();
       if (r.sent === 0) return;
     }
   }

@@ -11,7 +11,8 @@ import { abortError } from './backoff.js';
  * - Written before sent: `enqueue` resolves only after the event is persisted, with its `seq` and `id`.
  * - Sent in `seq` order; `seq` strictly increases across restarts (the next value is persisted with
  *   every write, and never lower than the last stored key + 1).
- * - Deleted only after `send` resolves (the agent's send is a QoS1 publish resolving on PUBACK), and
+ * - Deleted only after `send` resolves (the agent's send resolves when the bridge acknowledges the event
+ *   on `events/ack`, i.e. it is in the inventory; a broker's PUBACK does not survive its crash), and
  *   only for the acknowledged prefix: events are pipelined (up to `window` sends in flight, issued in
  *   order), and when send k fails the outbox stops issuing, waits for the sends in flight, deletes
  *   the acknowledged events before k and keeps k and everything after it — including later events

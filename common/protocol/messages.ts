@@ -196,6 +196,13 @@ export const deviceEventBody = object({
   count: optional(int({ min: 0, max: 1_000_000_000 })),
 });
 
+/**
+ * Bridge → device: the event whose id is the envelope's requestId is recorded in the inventory (`new`
+ * false: it was there already, a resend). Only then does the device's outbox delete it: a broker that
+ * acknowledged the publish (PUBACK) may still lose it (SIGKILL before it saved or forwarded it).
+ */
+export const eventsAckBody = object({ new: bool });
+
 /** Commands the fleet may send a device (`command` topic). */
 export const DEVICE_COMMANDS = ['rotate-now', 'reattest'] as const;
 export type DeviceCommandName = (typeof DEVICE_COMMANDS)[number];
@@ -249,6 +256,7 @@ export const MESSAGES = {
   rotateConfirmed: { schema: envelope(rotateConfirmedBody), maxBytes: 2 * 1024 },
   rotateRejected: { schema: rejectionSchema, maxBytes: 2 * 1024 },
   events: { schema: envelope(deviceEventBody), maxBytes: 2 * 1024 },
+  eventsAck: { schema: envelope(eventsAckBody), maxBytes: 512 },
   command: { schema: envelope(deviceCommandBody), maxBytes: 1024 },
   timeRequest: { schema: envelope(timeRequestBody), maxBytes: 512 },
   timeReply: { schema: envelope(timeReplyBody), maxBytes: 512 },

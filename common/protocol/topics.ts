@@ -49,6 +49,7 @@ export const DEVICE_TOPICS = {
   rotateConfirmed: 'rotate/confirmed', // bridge → device
   rotateRejected: 'rotate/rejected', // bridge → device (answer to begin, request or confirm)
   events: 'events', // device → bridge: outbox events, QoS1, in order, deduplicated by id
+  eventsAck: 'events/ack', // bridge → device: the event (requestId) is in the inventory; the outbox may drop it
   // Fleet → device commands (an operator's rotate-now / reattest), retained so an offline device gets
   // the newest when it connects; the device runs each command id once and drops expired ones.
   command: 'commands', // bridge → device, retained

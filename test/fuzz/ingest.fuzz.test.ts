@@ -14,8 +14,9 @@ import { Rng, fuzzRuns, fuzzSeed } from './prng.js';
 
 /**
  * Fuzzes the bridge's IngestService (`devices/<id>/status` and `devices/<id>/events`), called directly
- * with a real LevelInventory. Ingest never answers, so the oracle is: `handle` resolves undefined and
- * never throws; nothing is logged as an error; every warning carries a schema code, DEVICE_ID_MISMATCH
+ * with a real LevelInventory. The oracle: `handle` never throws; it answers exactly the valid events
+ * of known devices, with an acknowledgment of that event's id on that device's `events/ack` topic, and
+ * nothing else; nothing is logged as an error; every warning carries a schema code, DEVICE_ID_MISMATCH
  * or is the unknown-device drop (any other code would be an internal failure on device input); and a
  * message that is not a valid status/event of a known device (by the protocol schema, the topic's
  * device id, and the device being registered) leaves the inventory digest unchanged: fuzzed malformed
@@ -154,7 +155,11 @@ describe('fuzz: ingest handler', () => {
         } catch (e) {
           fail(a, `handle threw: ${(e as Error).stack ?? String(e)}`, logger);
         }
-        if (reply !== undefined) fail(a, `ingest answered on ${reply.topic}`, logger);
+        const target = topics.parseDevice(topic);
+        if (mayRecord && target?.topic === 'events') {
+          if (reply?.topic !== topics.device(target.deviceId, 'eventsAck')) fail(a, `a valid event was not acknowledged (reply on ${String(reply?.topic)})`, logger);
+          else if (decode('eventsAck', reply.payload).requestId !== (JSON.parse(input.payload.toString()) as { requestId: string }).requestId) fail(a, 'the acknowledgment names another event', logger);
+        } else if (reply !== undefined) fail(a, `ingest answered on ${reply.topic}`, logger);
         if (logger.errors.length > 0) fail(a, 'the handler logged an error', logger);
         for (const w of logger.warnings) {
           const code = w.obj.code as string | undefined;

@@ -195,6 +195,7 @@ export function generateMosquittoConfig(input: MosquittoConfigInput): { conf: st
     '# Patterns apply to every client: a device (username = its id) uses only its own topics.',
     `pattern readwrite ${dev(DEVICE_TOPICS.status)}`,
     `pattern write ${dev(DEVICE_TOPICS.events)}`,
+    `pattern read ${dev(DEVICE_TOPICS.eventsAck)}`,
     '# Rotation, over the device\'s own mutual-TLS session: requests out, answers in.',
     `pattern write ${dev(DEVICE_TOPICS.rotateBegin)}`,
     `pattern write ${dev(DEVICE_TOPICS.rotateRequest)}`,

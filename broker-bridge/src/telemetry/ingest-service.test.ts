@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../../../common/clock.js';
-import { encode, type DeviceEvent, type DeviceStatus } from '../../../common/protocol/messages.js';
+import { decode, encode, type DeviceEvent, type DeviceStatus } from '../../../common/protocol/messages.js';
 import { Topics } from '../../../common/protocol/topics.js';
 import { MemoryBroker, MemoryTransport } from '../../../common/transport/memory-transport.js';
 import { Bridge } from '../bridge.js';
@@ -164,7 +164,8 @@ describe('IngestService', () => {
     await publishEvent('dev-a', eventId(1), event(1));
     await settle(handledAll(7));
     expect((await inventory.listDeviceEvents('dev-a')).map((e) => e.id)).toEqual([eventId(1)]);
-    expect(bridgeTransport.stats().published).toBe(1);
+    // The bridge's publishes: the trust bundle, and the acknowledgment of the one event it recorded (none for the malformed ones).
+    expect(bridgeTransport.stats().published).toBe(2);
   });
 
   it('warns about unknown devices (rate-limited per device) and writes nothing', async () => {
@@ -224,7 +225,10 @@ describe('IngestService', () => {
     await service.handle(topics.device('dev-b', 'events'), encode('events', eventId(9), T0, event(9)));
     expect(calls).toEqual([`start ${eventId(1)}`, `start ${eventId(9)}`, `end ${eventId(9)}`]);
     release();
-    expect(await Promise.all(handled)).toEqual([undefined, undefined, undefined]);
+    // Each event is acknowledged once recorded, on the device's own events/ack topic, with its id.
+    const replies = await Promise.all(handled);
+    expect(replies.map((r) => r?.topic)).toEqual(Array(3).fill(topics.device('dev-a', 'eventsAck')));
+    expect(replies.map((r) => decode('eventsAck', r!.payload))).toMatchObject([1, 2, 3].map((seq) => ({ requestId: eventId(seq), body: { new: true } })));
     expect(calls.slice(3)).toEqual([`end ${eventId(1)}`, ...[2, 3].flatMap((s) => [`start ${eventId(s)}`, `end ${eventId(s)}`])]);
     expect((await inventory.listDeviceEvents('dev-a')).map((e) => e.seq)).toEqual([1, 2, 3]);
   });

@@ -1,5 +1,5 @@
 import type { Clock } from '../../../common/clock.js';
-import { decode, type DeviceEvent, type DeviceStatus } from '../../../common/protocol/messages.js';
+import { decode, encode, type DeviceEvent, type DeviceStatus } from '../../../common/protocol/messages.js';
 import type { Topics } from '../../../common/protocol/topics.js';
 import type { MessageMeta } from '../bridge.js';
 import type { EnrollmentLogger, Reply } from '../enrollment/enrollment-service.js';
@@ -9,9 +9,12 @@ import type { DeviceEventRecordInput, DeviceStatusSnapshot, Inventory } from '..
  * Ingests what devices report about themselves: every device's retained `status` and its outbox
  * `events` go into the inventory (last seen, current state and serial, per-device event history).
  *
- * The device id comes from the topic, which the broker's ACL lets only that device publish to. These
- * topics have no answer topic: nothing is ever replied (`handle` resolves undefined). A message from a
- * device the inventory does not know, a malformed payload or a failed write is dropped with a warning;
+ * The device id comes from the topic, which the broker's ACL lets only that device publish to. A status
+ * is never answered. An event, once it is in the inventory (new, or there already), is acknowledged on
+ * the device's `events/ack` topic with its id: only then does the device's outbox drop it, because a
+ * broker's PUBACK does not survive the broker's crash. A message from a
+ * device the inventory does not know, a malformed payload or a failed write is dropped with a warning
+ * (and an event is not acknowledged, so the device sends it again later);
  * warnings are limited per device (`warnIntervalMs`) so a flooding device cannot flood the log.
  *
  * Writes for one device happen in arrival order (the outbox sends in order; the history keeps it).
@@ -36,7 +39,7 @@ export class IngestService {
   readonly #log: EnrollmentLogger;
   readonly #warnIntervalMs: number;
   /** Per device: the tail of its write chain (removed when it settles idle). */
-  readonly #chains = new Map<string, Promise<void>>();
+  readonly #chains = new Map<string, Promise<Reply | undefined>>();
   readonly #warned = new Map<string, { at: number; held: number }>();
 
   constructor(options: IngestServiceOptions) {
@@ -49,7 +52,7 @@ export class IngestService {
     return [this.#o.topics.allDevices('status'), this.#o.topics.allDevices('events')];
   }
 
-  /** Records one status or event; never rejects, never answers. */
+  /** Records one status or event; never rejects; answers a recorded event with its acknowledgment. */
   async handle(topic: string, payload: Buffer, meta?: MessageMeta): Promise<Reply | undefined> {
     const parsed = this.#o.topics.parseDevice(topic);
     if (!parsed || (parsed.topic !== 'status' && parsed.topic !== 'events')) return undefined;
@@ -59,12 +62,12 @@ export class IngestService {
     const previous = this.#chains.get(deviceId) ?? Promise.resolve();
     const work = previous.then(() => this.#ingest(kind, deviceId, payload, receivedAt, meta?.retain === true));
     this.#chains.set(deviceId, work);
-    await work;
+    const reply = await work;
     if (this.#chains.get(deviceId) === work) this.#chains.delete(deviceId);
-    return undefined;
+    return reply;
   }
 
-  async #ingest(kind: 'status' | 'events', deviceId: string, payload: Buffer, receivedAt: number, retained: boolean): Promise<void> {
+  async #ingest(kind: 'status' | 'events', deviceId: string, payload: Buffer, receivedAt: number, retained: boolean): Promise<Reply | undefined> {
     try {
       // An empty retained message clears the topic: nothing to record.
       if (kind === 'status' && payload.length === 0) return;
@@ -74,11 +77,12 @@ export class IngestService {
         return;
       }
       if (kind === 'status') await this.#status(deviceId, payload, receivedAt, retained, device.status, device.lastSeenAt);
-      else await this.#event(deviceId, payload, receivedAt);
+      else return await this.#event(deviceId, payload, receivedAt);
     } catch (e) {
       const err = e as { code?: string; path?: string; message?: string };
       this.#warn(deviceId, { kind, code: err.code, ...(err.path ? { path: err.path } : {}) }, `device ${kind} not recorded: ${err.message ?? String(e)}`);
     }
+    return undefined;
   }
 
   async #status(
@@ -105,10 +109,14 @@ export class IngestService {
     await this.#o.inventory.recordStatus(deviceId, snapshot, at);
   }
 
-  async #event(deviceId: string, payload: Buffer, receivedAt: number): Promise<void> {
+  async #event(deviceId: string, payload: Buffer, receivedAt: number): Promise<Reply> {
     const msg = decode('events', payload);
     const input: DeviceEventRecordInput = { id: msg.requestId, type: msg.body.type, at: msg.body.at, seq: msg.body.seq, details: eventDetails(msg.body) };
-    await this.#o.inventory.recordEvents(deviceId, [input], receivedAt);
+    const recorded = await this.#o.inventory.recordEvents(deviceId, [input], receivedAt);
+    return {
+      topic: this.#o.topics.device(deviceId, 'eventsAck'),
+      payload: encode('eventsAck', msg.requestId, this.#o.clock.now(), { new: recorded.length > 0 }),
+    };
   }
 
   #warn(deviceId: string, fields: Record<string, unknown>, msg: string): void {
