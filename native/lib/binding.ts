@@ -45,6 +45,20 @@ export interface RawContext {
    */
   nvRead(nvIndex: number): Promise<Buffer | null>;
   /**
+   * TPM factories only. TPM2_NV_DefineSpace of `nvIndex` (0x01xxxxxx) with `attributes` (TPMA_NV) and
+   * `dataSize` bytes, empty authValue, no authPolicy, nameAlg SHA-256. hierarchy: TPM2_RH_PLATFORM
+   * 0x4000000C (the index then needs TPMA_NV_PLATFORMCREATE) | TPM2_RH_OWNER 0x40000001; its
+   * authorization is the hierarchy's (empty) auth value in a password session.
+   */
+  nvDefineSpace(hierarchy: number, nvIndex: number, attributes: number, dataSize: number): Promise<void>;
+  /**
+   * TPM factories only. Writes `data` (1..65535 bytes) from offset 0 in chunks of
+   * TPM2_PT_NV_BUFFER_MAX, authorized by the first write role the index allows: platform (PPWRITE),
+   * owner (OWNERWRITE), else the index itself (AUTHWRITE), each with an empty auth value. `lock`:
+   * then TPM2_NV_WriteLock with the same authorization (permanent with TPMA_NV_WRITEDEFINE).
+   */
+  nvWrite(nvIndex: number, data: Buffer, lock: boolean): Promise<void>;
+  /**
    * hierarchy: TPM2_RH_OWNER 0x40000001 | TPM2_RH_ENDORSEMENT 0x4000000B | TPM2_RH_NULL 0x40000007
    * (| TPM2_RH_PLATFORM 0x4000000C). template: marshalled TPM2B_PUBLIC. Returns the marshalled
    * TPM2B_PUBLIC and the Name (no size prefix). The handle is tracked until flushed.

@@ -8,10 +8,11 @@ import { TAG, encodeOid, encodeTime, encodeUnsignedInteger, expectTlv, readSingl
 import { KEY_USAGE, OID, type KeyUsageName } from './certificate-fields.js';
 
 /**
- * TEST-ONLY: builds X.509 certificates byte by byte (common/der.ts), so tests can make the EK
- * chains real vendors ship and the broken ones attackers would: empty subjects, the critical TCG
+ * FOR TESTS AND THE SIMULATOR: builds X.509 certificates byte by byte (common/der.ts), so tests can make
+ * the EK chains real vendors ship and the broken ones attackers would: empty subjects, the critical TCG
  * subjectAltName, explicit DEFAULT booleans (Intel PTT), any validity period, any extension. Generated
- * at test time, never checked in. Production code never imports this module.
+ * at run time, never checked in. The simulator's TPM factory (sim/src/factory.ts), a simulated TPM
+ * vendor, issues its EK certificates with it; the agent, bridge and station never import this module.
  */
 export interface TestKeyPair {
   readonly privateKey: KeyObject;

@@ -1,5 +1,6 @@
 import { loadBinding, type RawBinding, type RawContext } from './binding.js';
-import type { Attestation, CreatedKey, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmSignature } from './tpm.js';
+import { DerError, TAG, readSingle } from '../../common/der.js';
+import type { Attestation, CreatedKey, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmManufacturing, TpmSignature } from './tpm.js';
 import { TpmError, toTpmError } from './tpm-error.js';
 import { parseAttest } from './wire/attest.js';
 import { TpmWriter } from './wire/buffer-io.js';
@@ -32,10 +33,27 @@ const EK_SLOTS: Record<EkKind, readonly { nv: number; template: () => TpmPublic 
   ],
 };
 
+/**
+ * TPMA_NV of an EK certificate index as TPM vendors (and swtpm_setup) define it: written with platform
+ * authorization only, write-lockable for good, readable by platform, owner and anyone (empty auth),
+ * no dictionary-attack counting, deletable only by the platform. TPM 2.0 Part 2 §13.4.
+ */
+const EK_CERT_NV_ATTRIBUTES =
+  0x00000001 | // PPWRITE
+  0x00002000 | // WRITEDEFINE
+  0x00010000 | // PPREAD
+  0x00020000 | // OWNERREAD
+  0x00040000 | // AUTHREAD
+  0x02000000 | // NO_DA
+  0x40000000; // PLATFORMCREATE
+
+/** Larger than any EK certificate seen in the field (RSA-2048 with vendor extensions: ~1.5 KB). */
+const MAX_EK_CERT_BYTES = 4096;
+
 const PCR_BANK_ALG: Record<PcrBank, number> = { sha1: ALG.SHA1, sha256: ALG.SHA256, sha384: ALG.SHA384 };
 
 /** `Tpm` over tpm2-tss ESAPI through the native addon. */
-export class NativeTpm implements Tpm {
+export class NativeTpm implements Tpm, TpmManufacturing {
   readonly tcti: string;
   readonly #raw: RawContext;
   readonly #binding: RawBinding;
@@ -144,6 +162,26 @@ export class NativeTpm implements Tpm {
 
   async readEkCertificate(kind: EkKind): Promise<Buffer | null> {
     return (await this.#findEkSlot(kind))?.cert ?? null;
+  }
+
+  async writeEkCertificate(kind: EkKind, der: Buffer): Promise<void> {
+    const slot = EK_SLOTS[kind]?.[0];
+    if (!slot) throw new TpmError('TPM_BAD_ARGUMENT', `unknown EK kind ${String(kind)}`);
+    if (!Buffer.isBuffer(der) || der.length === 0 || der.length > MAX_EK_CERT_BYTES) {
+      throw new TpmError('TPM_BAD_ARGUMENT', `writeEkCertificate: der must be a Buffer of 1..${MAX_EK_CERT_BYTES} bytes`);
+    }
+    try {
+      readSingle(der, TAG.SEQUENCE, 'EK certificate');
+    } catch (e) {
+      if (!(e instanceof DerError)) throw e;
+      throw new TpmError('TPM_BAD_ARGUMENT', `writeEkCertificate: not one DER certificate: ${e.message}`, { cause: e });
+    }
+    try {
+      await this.#call('nvDefineSpace(EK certificate)', () => this.#raw.nvDefineSpace(HIERARCHY.PLATFORM, slot.nv, EK_CERT_NV_ATTRIBUTES, der.length));
+      await this.#call('nvWrite(EK certificate)', () => this.#raw.nvWrite(slot.nv, der, true));
+    } finally {
+      this.#ekSlot.delete(kind); // found again on next use: this index comes first for its kind
+    }
   }
 
   async createEk(kind: EkKind): Promise<TpmKey> {

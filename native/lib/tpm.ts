@@ -77,6 +77,29 @@ export interface Tpm {
   close(): Promise<void>;
 }
 
+/**
+ * What a TPM factory does once per TPM before it leaves the line: store the EK certificate that the
+ * manufacturer CA issued. Only TPM factories use this (the simulator's `TpmFactory`, sim/src/factory.ts);
+ * the agent and the station never write NV. It is not part of `Tpm`, so code that holds a device's
+ * `Tpm` has no way to write NV.
+ */
+export interface TpmManufacturing {
+  /**
+   * Defines the TCG low-range EK certificate index of `kind` (EK Credential Profile 2.0 §2.2.1.4:
+   * RSA-2048 0x01c00002, ECC P-256 0x01c0000a) under the platform hierarchy, with the attributes TPM
+   * vendors use (PPWRITE, WRITEDEFINE, PPREAD, OWNERREAD, AUTHREAD, NO_DA, PLATFORMCREATE, as
+   * swtpm_setup does), writes `der` and write-locks the index for good. After it, `readEkCertificate`
+   * and `createEk(kind)` (the template of that index: L-1 / L-2) see it, on this context and any other.
+   *
+   * Preconditions: platform authorization is empty (a TPM after TPM2_Startup before the platform
+   * firmware sets it: swtpm, a factory line) and the index is not defined yet. The certificate must
+   * certify the EK `createEk(kind)` derives; that is the caller's to ensure (the station checks it).
+   * Errors: TPM_BAD_ARGUMENT (not one DER SEQUENCE, or over 4096 bytes), TPM_RC_NV_DEFINED (the index
+   * exists), TPM_RC_BAD_AUTH / TPM_RC_HIERARCHY (no platform authorization), TPM_RC_NV_SPACE.
+   */
+  writeEkCertificate(kind: EkKind, der: Buffer): Promise<void>;
+}
+
 export type EkKind = 'rsa' | 'ecc';
 export type PcrBank = 'sha1' | 'sha256' | 'sha384';
 

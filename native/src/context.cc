@@ -213,6 +213,15 @@ uint32_t NvBufferMax(ContextState& st) {
   return st.nvBufferMax;
 }
 
+// TPM2_NV_ReadPublic: the index's attributes and size.
+TSS2_RC NvPublic(ESYS_CONTEXT* esys, ESYS_TR nv, TPMS_NV_PUBLIC* out) {
+  TPM2B_NV_PUBLIC* raw = nullptr;
+  TSS2_RC rc = Esys_NV_ReadPublic(esys, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &raw, nullptr);
+  EsysPtr<TPM2B_NV_PUBLIC> pub(raw);
+  if (rc == TSS2_RC_SUCCESS) *out = pub->nvPublic;
+  return rc;
+}
+
 class NvReadJob : public Job {
  public:
   explicit NvReadJob(Napi::Env env) : Job(env, "nvRead") {}
@@ -237,12 +246,11 @@ class NvReadJob : public Job {
 
  private:
   void ReadAll(ContextState& st, ESYS_TR nv) {
-    TPM2B_NV_PUBLIC* rawPub = nullptr;
-    TSS2_RC rc = Esys_NV_ReadPublic(st.esys, nv, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &rawPub, nullptr);
-    EsysPtr<TPM2B_NV_PUBLIC> pub(rawPub);
+    TPMS_NV_PUBLIC pub{};
+    TSS2_RC rc = NvPublic(st.esys, nv, &pub);
     if (!Check("Esys_NV_ReadPublic", rc)) return;
-    const uint16_t size = pub->nvPublic.dataSize;
-    const TPMA_NV attrs = pub->nvPublic.attributes;
+    const uint16_t size = pub.dataSize;
+    const TPMA_NV attrs = pub.attributes;
     // Authorize with the index itself (AUTHREAD, empty auth), falling back to the owner hierarchy.
     std::vector<ESYS_TR> auths;
     if (attrs & TPMA_NV_AUTHREAD) auths.push_back(nv);
@@ -274,6 +282,64 @@ class NvReadJob : public Job {
       offset = static_cast<uint16_t>(offset + got);
     }
     return TSS2_RC_SUCCESS;
+  }
+};
+
+// NV provisioning (TPM factories only): an index with empty auth and no policy, then its whole contents.
+class NvDefineSpaceJob : public Job {
+ public:
+  explicit NvDefineSpaceJob(Napi::Env env) : Job(env, "nvDefineSpace") {}
+  ESYS_TR hierarchy = ESYS_TR_NONE;
+  uint32_t index = 0, attributes = 0;
+  uint16_t size = 0;
+  void Run(ContextState& st) override {
+    TPM2B_AUTH auth{};
+    TPM2B_NV_PUBLIC pub{};
+    pub.nvPublic.nvIndex = index;
+    pub.nvPublic.nameAlg = TPM2_ALG_SHA256;
+    pub.nvPublic.attributes = attributes;
+    pub.nvPublic.dataSize = size;
+    ESYS_TR nv = ESYS_TR_NONE;
+    TSS2_RC rc = Esys_NV_DefineSpace(st.esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &auth, &pub, &nv);
+    if (!Check("Esys_NV_DefineSpace", rc)) return;
+    Esys_TR_Close(st.esys, &nv);
+  }
+};
+
+class NvWriteJob : public Job {
+ public:
+  explicit NvWriteJob(Napi::Env env) : Job(env, "nvWrite") {}
+  uint32_t index = 0;
+  Bytes data;
+  bool lock = false;
+  void Run(ContextState& st) override {
+    ESYS_TR nv = ESYS_TR_NONE;
+    if (!Check("Esys_TR_FromTPMPublic", Esys_TR_FromTPMPublic(st.esys, index, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &nv)))
+      return;
+    WriteAll(st, nv);
+    Esys_TR_Close(st.esys, &nv);
+  }
+
+ private:
+  void WriteAll(ContextState& st, ESYS_TR nv) {
+    TPMS_NV_PUBLIC pub{};
+    TSS2_RC rc = NvPublic(st.esys, nv, &pub);
+    if (!Check("Esys_NV_ReadPublic", rc)) return;
+    const TPMA_NV attrs = pub.attributes;
+    // The first write role the index allows; each has an empty authorization value here.
+    ESYS_TR auth = (attrs & TPMA_NV_PPWRITE) ? ESYS_TR_RH_PLATFORM : (attrs & TPMA_NV_OWNERWRITE) ? ESYS_TR_RH_OWNER : nv;
+    const uint32_t chunk = NvBufferMax(st);
+    size_t offset = 0;
+    while (offset < data.size()) {
+      TPM2B_MAX_NV_BUFFER buf{};
+      buf.size = static_cast<uint16_t>(std::min<size_t>(chunk, data.size() - offset));
+      std::memcpy(buf.buffer, data.data() + offset, buf.size);
+      rc = Esys_NV_Write(st.esys, auth, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &buf,
+                         static_cast<uint16_t>(offset));
+      if (!Check("Esys_NV_Write", rc)) return;
+      offset += buf.size;
+    }
+    if (lock) Check("Esys_NV_WriteLock", Esys_NV_WriteLock(st.esys, auth, nv, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE));
   }
 };
 
@@ -820,6 +886,8 @@ Napi::Function Context::Define(Napi::Env env) {
                          InstanceMethod<&Context::GetCapability>("getCapability"),
                          InstanceMethod<&Context::PcrRead>("pcrRead"),
                          InstanceMethod<&Context::NvRead>("nvRead"),
+                         InstanceMethod<&Context::NvDefineSpace>("nvDefineSpace"),
+                         InstanceMethod<&Context::NvWrite>("nvWrite"),
                          InstanceMethod<&Context::CreatePrimary>("createPrimary"),
                          InstanceMethod<&Context::Create>("create"),
                          InstanceMethod<&Context::Load>("load"),
@@ -886,6 +954,33 @@ Napi::Value Context::PcrRead(const Napi::CallbackInfo& info) {
 Napi::Value Context::NvRead(const Napi::CallbackInfo& info) {
   auto job = std::make_unique<NvReadJob>(info.Env());
   Args(info, "nvRead", *job).U32(0, &job->index);
+  return queue_.Submit(info.Env(), std::move(job));
+}
+
+Napi::Value Context::NvDefineSpace(const Napi::CallbackInfo& info) {
+  auto job = std::make_unique<NvDefineSpaceJob>(info.Env());
+  Args a(info, "nvDefineSpace", *job);
+  uint32_t hierarchy = 0;
+  if (a.U32(0, &hierarchy) && (hierarchy != TPM2_RH_PLATFORM && hierarchy != TPM2_RH_OWNER)) {
+    job->error.Misuse(kCodeBadArgument, "nvDefineSpace: hierarchy must be TPM2_RH_PLATFORM or TPM2_RH_OWNER");
+  }
+  HierarchyTr(hierarchy, &job->hierarchy);
+  a.U32(1, &job->index) && a.U32(2, &job->attributes) && a.U16(3, &job->size);
+  if (!a.Failed() && (job->index >> TPM2_HR_SHIFT) != TPM2_HT_NV_INDEX) {
+    job->error.Misuse(kCodeBadArgument, "nvDefineSpace: index must be 0x01xxxxxx");
+  }
+  return queue_.Submit(info.Env(), std::move(job));
+}
+
+Napi::Value Context::NvWrite(const Napi::CallbackInfo& info) {
+  auto job = std::make_unique<NvWriteJob>(info.Env());
+  Args a(info, "nvWrite", *job);
+  a.U32(0, &job->index) && a.Data(1, &job->data);
+  if (!a.Failed() && (job->data.empty() || job->data.size() > 0xFFFF)) {
+    job->error.Misuse(kCodeBadArgument, "nvWrite: data must be 1..65535 bytes");
+  }
+  if (!a.Failed() && !info[2].IsBoolean()) job->error.Misuse(kCodeBadArgument, "nvWrite: argument 3 must be a boolean");
+  if (!a.Failed()) job->lock = info[2].As<Napi::Boolean>().Value();
   return queue_.Submit(info.Env(), std::move(job));
 }
 

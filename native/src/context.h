@@ -86,6 +86,8 @@ class Context : public Napi::ObjectWrap<Context> {
   Napi::Value GetCapability(const Napi::CallbackInfo& info);
   Napi::Value PcrRead(const Napi::CallbackInfo& info);
   Napi::Value NvRead(const Napi::CallbackInfo& info);
+  Napi::Value NvDefineSpace(const Napi::CallbackInfo& info);  // TPM factories only
+  Napi::Value NvWrite(const Napi::CallbackInfo& info);        // TPM factories only
   Napi::Value CreatePrimary(const Napi::CallbackInfo& info);
   Napi::Value Create(const Napi::CallbackInfo& info);
   Napi::Value Load(const Napi::CallbackInfo& info);
