@@ -11,10 +11,13 @@ const programs = {
   station: 'provisioning/src/main.ts',
   operator: 'operator/src/main.ts',
   demo: 'sim/src/demo.ts',
+  sim: 'sim/src/sim.ts',
+  'sim-worker': 'sim/src/sim/worker.ts',
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',
   'bench-agent': 'test/bench/agent.ts',
   'bench-revocation': 'test/bench/revocation.ts',
+  'bench-factory': 'test/bench/factory.ts',
 };
 
 // Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.

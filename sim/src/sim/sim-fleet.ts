@@ -1,0 +1,331 @@
+import { fork, type ChildProcess } from 'node:child_process';
+import { mkdirSync, rmSync } from 'node:fs';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from '../../../agent/src/agent-config.js';
+import type { AgentState, AgentStatus } from '../../../agent/src/agent.js';
+import type { BootstrapConfig } from '../../../agent/src/config.js';
+import { DEFAULT_OPERATOR, EmbeddedFleet, type EmbeddedFleetOptions } from '../../../broker-bridge/src/embedded-fleet.js';
+import { systemClock } from '../../../common/clock.js';
+import { CodedError } from '../../../common/coded-error.js';
+import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
+import { OperatorClient } from '../../../operator/src/client.js';
+import { TpmFactory, type ManufacturedTpm } from '../factory.js';
+import type { SwtpmProcess } from '../swtpm.js';
+import type { FromWorker, ToWorker } from './ipc.js';
+
+/**
+ * The simulator's coordinator: a real fleet (EmbeddedFleet: CA, LevelDB inventory, mosquitto with the
+ * generated config, the bridge), N devices each with its own swtpm manufactured with EK certificates by
+ * the simulator's TPM manufacturer, registered as the factory station does, and a few worker processes
+ * hosting the devices' agents as library instances (worker.ts). It records every device's state timeline
+ * as the workers report it; scenarios drive it and check their invariants against the agents and the
+ * inventory.
+ */
+export interface SimFleetOptions {
+  readonly dir: string;
+  readonly devices: number;
+  /** Worker processes hosting agents; default one per CPU, at most 4, at most one per device. */
+  readonly workers?: number;
+  /** Device ids are `<prefix>-0000`…; default `sim`. */
+  readonly prefix?: string;
+  readonly agentConfig?: AgentRuntimeConfig;
+  readonly fleet?: Partial<Pick<EmbeddedFleetOptions, 'certificateLifetimeSec' | 'crlNextUpdateSec' | 'rateLimit' | 'challengeTtlMs' | 'rotationTtlMs'>>;
+  /** Progress lines (stderr in the CLI). */
+  readonly log?: (line: string) => void;
+}
+
+export type SimErrorCode = 'SIM_TIMEOUT' | 'SIM_WORKER_FAILED' | 'SIM_SETUP_FAILED';
+
+/** What the coordinator knows about one device. */
+export interface SimDevice {
+  readonly deviceId: string;
+  readonly tpm: SwtpmProcess;
+  readonly bootstrap: BootstrapConfig;
+  readonly dataDir: string;
+  readonly worker: number;
+  /** Every state the agent reported, with the real time it changed. */
+  readonly timeline: { state: AgentState; at: number; code?: string }[];
+  /** Fleet CRL numbers the agent took, with when. */
+  readonly crls: { crlNumber: bigint; at: number }[];
+  poweredOnAt?: number;
+  running: boolean;
+}
+
+/** Agents in the simulator retry quickly (the storm is what is measured, not default backoff caps). */
+export const SIM_AGENT_CONFIG: AgentRuntimeConfig = {
+  ...DEFAULT_AGENT_CONFIG,
+  backoff: { baseMs: 100, capMs: 5_000 },
+  tickMs: 500,
+  revocation: { ...DEFAULT_AGENT_CONFIG.revocation, reportDelayMs: 1_000 },
+};
+
+export class SimFleet {
+  readonly fleet: EmbeddedFleet;
+  readonly devices: ReadonlyMap<string, SimDevice>;
+  /** The simulator's TPM vendor: its CA signs every device's EK certificate. */
+  readonly factory: TpmFactory;
+  readonly #o: SimFleetOptions;
+  readonly #workers: ChildProcess[];
+  readonly #listeners = new Set<(m: FromWorker) => void>();
+  readonly #logs: { deviceId: string; level: string; msg: string; code?: string }[] = [];
+  #ref = 0;
+
+  private constructor(o: SimFleetOptions, fleet: EmbeddedFleet, factory: TpmFactory, devices: Map<string, SimDevice>, workers: ChildProcess[]) {
+    this.#o = o;
+    this.fleet = fleet;
+    this.factory = factory;
+    this.devices = devices;
+    this.#workers = workers;
+    for (const w of workers) w.on('message', (m: FromWorker) => this.#onMessage(m));
+  }
+
+  static async start(o: SimFleetOptions): Promise<SimFleet> {
+    const log = o.log ?? (() => undefined);
+    mkdirSync(o.dir, { recursive: true });
+    const prefix = o.prefix ?? 'sim';
+    const made: ManufacturedTpm[] = [];
+    let fleet: EmbeddedFleet | undefined;
+    const workers: ChildProcess[] = [];
+    try {
+      const t0 = Date.now();
+      const factory = await TpmFactory.create({ name: 'TPM Fleet Simulator' });
+      const ids = Array.from({ length: o.devices }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`);
+      made.push(...(await factory.manufactureMany(ids.length, (i) => join(o.dir, 'tpm', ids[i]!), { concurrency: Math.max(2, 2 * cpus().length) })));
+      log(`manufactured ${ids.length} TPMs with EK certificates in ${Date.now() - t0} ms`);
+
+      fleet = await EmbeddedFleet.start({
+        dir: join(o.dir, 'fleet'),
+        clock: systemClock,
+        trustDomain: 'sim.fleet.example',
+        ekTrust: factory.ekTrust(),
+        ...o.fleet,
+      });
+      const f = fleet;
+      const workerCount = Math.max(1, Math.min(o.workers ?? Math.min(4, cpus().length), ids.length));
+      const devices = new Map<string, SimDevice>();
+      await inParallel(ids, 8, async (id) => {
+        const i = ids.indexOf(id);
+        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, timeline: [], crls: [], running: false });
+      });
+      log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
+
+      const script = fileURLToPath(new URL('./sim-worker.mjs', import.meta.url));
+      for (let w = 0; w < workerCount; w++) {
+        const child = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+        workers.push(child);
+        await new Promise<void>((resolve, reject) => {
+          child.once('message', (m: FromWorker) => (m.type === 'ready' ? resolve() : reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} said ${m.type} first`))));
+          child.once('exit', (code) => reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} exited with ${code} at start`)));
+        });
+      }
+      const sim = new SimFleet(o, f, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers);
+      for (const w of workers) w.on('exit', (code, signal) => sim.#workerExited(w, code, signal));
+      return sim;
+    } catch (e) {
+      for (const w of workers) w.kill('SIGKILL');
+      await fleet?.stop().catch(() => undefined);
+      await Promise.all(made.map((m) => m.tpm.stop().catch(() => undefined)));
+      throw e;
+    }
+  }
+
+  /** Warnings and errors the agents logged (their codes make the failure table). */
+  get logs(): readonly { deviceId: string; level: string; msg: string; code?: string }[] {
+    return this.#logs;
+  }
+
+  /** Powers devices on (all by default): their agents start in their workers. */
+  powerOn(ids: readonly string[] = [...this.devices.keys()]): void {
+    const config = this.#o.agentConfig ?? SIM_AGENT_CONFIG;
+    for (const id of ids) {
+      const d = this.#device(id);
+      d.poweredOnAt = Date.now();
+      d.running = true;
+      this.#send(d.worker, { type: 'start', device: { deviceId: id, bootstrap: d.bootstrap, dataDir: d.dataDir, config } });
+    }
+  }
+
+  /** Stops a device's agent in an orderly way (offline status published). */
+  async powerOff(id: string): Promise<void> {
+    const d = this.#device(id);
+    const ref = ++this.#ref;
+    const done = this.#next((m) => m.type === 'stopped' && m.ref === ref, 30_000, `stop of ${id}`);
+    this.#send(d.worker, { type: 'stop', deviceId: id, ref });
+    await done;
+    d.running = false;
+  }
+
+  /** Every running agent's status, from all workers. */
+  async statuses(): Promise<Map<string, AgentStatus>> {
+    const out = new Map<string, AgentStatus>();
+    await Promise.all(
+      this.#workers.map(async (_, w) => {
+        const ref = ++this.#ref;
+        const reply = this.#next((m) => m.type === 'statuses' && m.ref === ref, 30_000, `statuses of worker ${w}`);
+        this.#send(w, { type: 'statuses', ref });
+        const m = (await reply) as Extract<FromWorker, { type: 'statuses' }>;
+        for (const s of m.statuses) out.set(s.deviceId, s);
+      }),
+    );
+    return out;
+  }
+
+  /** The latest state each device's agent reported (undefined: not started yet). */
+  state(id: string): AgentState | undefined {
+    return this.#device(id).timeline.at(-1)?.state;
+  }
+
+  /** First time at or after `since` that the device reported `state`. */
+  reached(id: string, state: AgentState, since = 0): number | undefined {
+    return this.#device(id).timeline.find((t) => t.state === state && t.at >= since)?.at;
+  }
+
+  /** When the device first held a CRL numbered `n` or higher. */
+  crlAt(id: string, n: bigint): number | undefined {
+    return this.#device(id).crls.find((c) => c.crlNumber >= n)?.at;
+  }
+
+  /** Resolves when `check` holds (checked on every worker message and every 250 ms). */
+  async until(check: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
+    if (await check()) return;
+    await new Promise<void>((resolve, reject) => {
+      let busy = false;
+      const test = async () => {
+        if (busy) return;
+        busy = true;
+        try {
+          if (await check()) finish();
+        } catch (e) {
+          finish(e);
+        } finally {
+          busy = false;
+        }
+      };
+      const timer = setInterval(() => void test(), 250);
+      const deadline = setTimeout(() => finish(new CodedError<SimErrorCode>('SIM_TIMEOUT', `timed out after ${timeoutMs} ms waiting for ${what}`)), timeoutMs);
+      const listener = () => void test();
+      this.#listeners.add(listener);
+      const finish = (e?: unknown) => {
+        clearInterval(timer);
+        clearTimeout(deadline);
+        this.#listeners.delete(listener);
+        if (e) reject(e);
+        else resolve();
+      };
+    });
+  }
+
+  /** An operator session (`role:operator:ops`, the embedded fleet's default operator). */
+  async operator(): Promise<OperatorClient> {
+    const c = await this.fleet.clientCertificate(DEFAULT_OPERATOR);
+    return OperatorClient.connect({
+      broker: this.fleet.broker.deviceUrl,
+      certPem: c.certPem,
+      keyPem: c.keyPem,
+      caPem: this.fleet.ca.rootCertificatePem,
+      operatorId: DEFAULT_OPERATOR.split(':')[2]!,
+      baseTopic: this.fleet.topics.base,
+      timeoutMs: 15_000,
+    });
+  }
+
+  /** Stops the workers (their agents publish offline status), the fleet and every swtpm; removes the directory. */
+  async stop(opts: { keepDir?: boolean } = {}): Promise<void> {
+    await Promise.all(
+      this.#workers.map(
+        (w, i) =>
+          new Promise<void>((resolve) => {
+            if (w.exitCode !== null || w.signalCode !== null) return resolve();
+            const kill = setTimeout(() => w.kill('SIGKILL'), 20_000);
+            w.once('exit', () => {
+              clearTimeout(kill);
+              resolve();
+            });
+            this.#send(i, { type: 'shutdown' });
+          }),
+      ),
+    );
+    await this.fleet.stop().catch(() => undefined);
+    await Promise.all([...this.devices.values()].map((d) => d.tpm.stop().catch(() => undefined)));
+    if (!opts.keepDir) rmSync(this.#o.dir, { recursive: true, force: true });
+  }
+
+  #device(id: string): SimDevice {
+    const d = this.devices.get(id);
+    if (!d) throw new CodedError<SimErrorCode>('SIM_SETUP_FAILED', `no device ${id}`);
+    return d;
+  }
+
+  #send(worker: number, m: ToWorker): void {
+    const w = this.#workers[worker]!;
+    if (!w.connected) throw new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${worker} is gone`);
+    w.send(m);
+  }
+
+  #next(match: (m: FromWorker) => boolean, timeoutMs: number, what: string): Promise<FromWorker> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.#listeners.delete(listener);
+        reject(new CodedError<SimErrorCode>('SIM_TIMEOUT', `no answer for ${what} within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const listener = (m: FromWorker) => {
+        if (!match(m)) return;
+        clearTimeout(timer);
+        this.#listeners.delete(listener);
+        resolve(m);
+      };
+      this.#listeners.add(listener);
+    });
+  }
+
+  #onMessage(m: FromWorker): void {
+    if (m.type === 'state') this.devices.get(m.deviceId)?.timeline.push({ state: m.state, at: m.at, ...(m.code ? { code: m.code } : {}) });
+    if (m.type === 'crl') this.devices.get(m.deviceId)?.crls.push({ crlNumber: BigInt(m.crlNumber), at: m.at });
+    if (m.type === 'log') this.#logs.push({ deviceId: m.deviceId, level: m.level, msg: m.msg, ...(m.code ? { code: m.code } : {}) });
+    for (const l of [...this.#listeners]) l(m);
+  }
+
+  #workerExited(w: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
+    const i = this.#workers.indexOf(w);
+    if (code !== 0 && code !== null) this.#o.log?.(`worker ${i} exited with ${code ?? signal}`);
+  }
+}
+
+/** Registers a device with its TPM's EK and a fresh one-time token, as the factory station does. */
+async function provision(fleet: EmbeddedFleet, deviceId: string, m: ManufacturedTpm): Promise<BootstrapConfig> {
+  const tpm = m.tpm;
+  const ekCert = m.ekCertificateDer;
+  const ekPublicHash = m.ekPublicHash;
+  const { token, tokenHash } = mintEnrollmentToken();
+  const now = Date.now();
+  const expiresAt = now + 86_400_000;
+  await fleet.inventory.registerDevice(
+    { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: { model: 'sim' }, registeredAt: now },
+    { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt },
+  );
+  return {
+    v: 1,
+    deviceId,
+    tcti: tpm.tcti,
+    baseTopic: fleet.topics.base,
+    enrollUrl: fleet.broker.enrollUrl,
+    deviceUrl: fleet.broker.deviceUrl,
+    trustBundle: fleet.trustBundle,
+    token,
+    tokenExpiresAt: expiresAt,
+  };
+}
+
+/** Runs `fn` over `items`, at most `limit` at a time. */
+export async function inParallel<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) {
+      const item = items[next++]!;
+      await fn(item);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
+}

@@ -1,0 +1,2 @@
+// The fuzz suites' PRNG is shared with the simulator: common/prng.ts.
+export * from '../../common/prng.js';
