@@ -74,7 +74,8 @@ export interface Inventory {
   completeReattestation(input: CompleteReattestation): Promise<void>;
 
   /**
-   * Marks the device revoked (refused rotation and re-attestation from then on) and every one of its
+   * Marks the device revoked (refused rotation and re-attestation from then on) and offline (the broker
+   * takes every right from its session, so its last will cannot say so), and every one of its
    * unrevoked certificates revoked with `reason`; audit event. Returns the serials revoked now.
    * Idempotent: a repeat writes nothing and returns []. Rejects INVENTORY_NOT_FOUND for an unknown
    * device. (CRLs and broker enforcement build on this.)
@@ -88,7 +89,8 @@ export interface Inventory {
    * bridge restart says nothing about when the device was last seen). The device's reported serial is
    * kept in `status.certSerial` only: `certSerial` stays what the fleet issued and confirmed. Called
    * for every status message: one small write, none for a redelivered identical offline status.
-   * Accepted for revoked devices (their last words matter). Rejects INVENTORY_NOT_FOUND.
+   * Accepted for revoked devices (their last words matter), which stay `online: false`. Rejects
+   * INVENTORY_NOT_FOUND.
    */
   recordStatus(deviceId: string, status: DeviceStatusSnapshot, at: number): Promise<void>;
 

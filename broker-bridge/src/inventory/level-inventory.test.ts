@@ -280,7 +280,7 @@ describe('LevelInventory', () => {
       await inv.completeRotation(rotation('d1', 'rot-req-1', 'a1', e));
       await inv.confirmRotation('d1', 'a1', 5000);
       expect((await inv.revokeDevice('d1', 'key compromise', 6000)).sort()).toEqual(['a1', e].sort());
-      expect(inv.getDevice('d1')).toMatchObject({ revokedAt: 6000, revocationReason: 'key compromise' });
+      expect(inv.getDevice('d1')).toMatchObject({ revokedAt: 6000, revocationReason: 'key compromise', online: false });
       for (const c of inv.listCertificates('d1')) expect(c).toMatchObject({ revokedAt: 6000, revocationReason: 'key compromise' });
       const before = await digest();
       expect(await inv.revokeDevice('d1', 'again', 7000)).toEqual([]);
@@ -324,7 +324,8 @@ describe('LevelInventory', () => {
       await expect(inv.recordStatus('nope', online, 1)).rejects.toMatchObject({ code: 'INVENTORY_NOT_FOUND' });
       await inv.revokeDevice('d1', 'r', 4000);
       await inv.recordStatus('d1', { state: 'revoked', online: true, errorCode: 'DEVICE_REVOKED' }, 5000);
-      expect(inv.getDevice('d1')).toMatchObject({ lastSeenAt: 5000, status: { state: 'revoked' } });
+      // Its last words are kept, but a revoked device is never online again (the broker refuses it).
+      expect(inv.getDevice('d1')).toMatchObject({ lastSeenAt: 5000, online: false, status: { state: 'revoked', online: true } });
     });
 
     it('records events once per id, in arrival order, with audit for security events', async () => {

@@ -340,7 +340,8 @@ export class LevelInventory implements Inventory {
         .filter((c) => c.revokedAt === undefined)
         .map((c): CertificateRecord => ({ ...c, revokedAt: at, revocationReason: reason }));
       if (device.revokedAt !== undefined && revoked.length === 0) return [];
-      const updated: DeviceRecord = device.revokedAt === undefined ? { ...device, revokedAt: at, revocationReason: reason } : device;
+      // Offline from now on: the broker takes every right from its session, last will included.
+      const updated: DeviceRecord = device.revokedAt === undefined ? { ...device, revokedAt: at, revocationReason: reason, online: false } : device;
       const audit = this.#auditOps([
         { at, type: 'device.revoked', deviceId, details: { reason, serials: revoked.map((c) => c.serial).join(',') } },
       ]);
@@ -364,7 +365,9 @@ export class LevelInventory implements Inventory {
       const redelivered = !status.online && device.online === false && JSON.stringify(device.status) === JSON.stringify(status);
       if (redelivered) return;
       const seen = status.online || device.online === true;
-      const updated: DeviceRecord = { ...device, status, online: status.online, ...(seen ? { lastSeenAt: at } : {}) };
+      // A revoked device's last words are kept, but it is never online again: the broker refuses it.
+      const online = status.online && device.revokedAt === undefined;
+      const updated: DeviceRecord = { ...device, status, online, ...(seen ? { lastSeenAt: at } : {}) };
       await this.#devicesDb.put(deviceId, updated as never);
       this.#devices.set(deviceId, updated);
     });

@@ -1,3 +1,7 @@
+import { readFileSync } from 'node:fs';
+import { normalizeSerial, parseCrl } from '../../../../agent/src/crl-der.js';
+import { pemBlocks } from '../../../../common/der.js';
+import type { SimFleet } from '../sim-fleet.js';
 import { countCodes, invariant, pick, type Scenario } from '../scenario.js';
 import { bringOnline } from './common.js';
 
@@ -44,6 +48,7 @@ export const revocation: Scenario = {
       latenciesMs,
       invariants: [
         invariant('revoked devices cut off', victims.filter((id) => !cut(id)).map((id) => `${id} is ${sim.state(id)}, online ${String(inv.getDevice(id)?.online)}`), `${victims.length} in state revoked, offline`),
+        invariant('the broker refuses them', brokerRefusals(sim, victims), "the broker's CRL lists every certificate of theirs; its ACL denies them everything"),
         invariant('revoked in the inventory', victims.filter((id) => inv.getDevice(id)?.revokedAt === undefined || inv.listCertificates(id).some((c) => c.revokedAt === undefined)), 'device and every certificate revoked'),
         invariant('every other device holds the new CRL and stays online', others.filter((id) => !informed(id)).map((id) => `${id}: ${sim.state(id)}, CRL ${sim.devices.get(id)!.crls.at(-1)?.crlNumber ?? 'none'}`), `${others.length} devices on CRL ${crlNumber}`),
       ],
@@ -51,3 +56,15 @@ export const revocation: Scenario = {
     };
   },
 };
+
+/** What the broker enforces, read from its own files: the CRL mosquitto checks and the device ACL. */
+function brokerRefusals(sim: SimFleet, victims: readonly string[]): string[] {
+  const b = sim.fleet.broker;
+  const crl = b.crlFile ? parseCrl(pemBlocks(readFileSync(b.crlFile, 'utf8'), 'X509 CRL')[0]!) : undefined;
+  const listed = new Set(crl?.entries.map((e) => e.serial) ?? []);
+  const acl = readFileSync(b.deviceAclFile, 'utf8');
+  return victims.flatMap((id) => [
+    ...sim.fleet.inventory.listCertificates(id).filter((c) => !listed.has(normalizeSerial(c.serial))).map((c) => `${id}: serial ${c.serial} not in the broker's CRL`),
+    ...(acl.includes(`user ${id}\ntopic deny #\n`) ? [] : [`${id}: no deny entry in the broker's ACL`]),
+  ]);
+}
