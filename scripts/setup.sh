@@ -30,10 +30,11 @@ mkdir -p "$stamps"
 apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-device0 mosquitto g++ make python3)
 # The tests and benchmarks besides: mosquitto-clients: an independent MQTT client; softhsm2: PKCS#11
 # token for the CA key; tpm2-tools: checks and the benchmark baseline; openssl: independent
-# verification; procps: pgrep; tmux: tests on a real TTY; docker.io + debootstrap + iproute2: the
+# verification; procps: pgrep; tmux: tests on a real TTY; chromium-headless-shell + fonts-dejavu-core:
+# the simulator report rendered in a real browser; docker.io + debootstrap + iproute2: the
 # container test backend (docs/testing.md).
 if [[ $profile == test ]]; then
-  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2)
+  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core)
 fi
 ensure_apt_packages "${apt_packages[@]}"
 
