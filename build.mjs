@@ -18,6 +18,7 @@ const programs = {
   'bench-agent': 'test/bench/agent.ts',
   'bench-revocation': 'test/bench/revocation.ts',
   'bench-factory': 'test/bench/factory.ts',
+  'bench-enroll-cpu': 'test/bench/enroll-cpu.ts',
 };
 
 // Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.

@@ -1,6 +1,9 @@
 import { X509Certificate } from 'node:crypto';
+import { TAG, bytesOf, expectTlv, readSingle, readTlv } from '../../common/der.js';
 import { CodedError } from '../../common/coded-error.js';
 import { OID, readCertificateFields, type CertificateFields, type KeyUsageName } from './certificate-fields.js';
+import { ECC_CURVE } from './wire/constants.js';
+import { curveInfo, eccSpki } from './wire/public.js';
 
 /**
  * Verifies an EK certificate against the TPM manufacturer roots a fleet trusts. Used by the factory
@@ -139,8 +142,9 @@ export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now:
   const leaf = toCert(x509, false, true);
   if (!leaf.fields) throw new EkCertificateError('EK_CERT_INVALID', `${leaf.label} is malformed: ${leaf.fieldsError}`);
   let ekSpki: Buffer;
+  let ekKeyType: string | undefined;
   try {
-    ekSpki = x509.publicKey.export({ type: 'spki', format: 'der' });
+    ({ spki: ekSpki, keyType: ekKeyType } = certifiedKey(x509));
   } catch (e) {
     throw new EkCertificateError('EK_CERT_INVALID', `${leaf.label} holds a public key node:crypto cannot read`, { cause: e });
   }
@@ -161,7 +165,7 @@ export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now:
       }
       const path = [...chain, issuer];
       if (issuer.isRoot) {
-        const failure = checkPath(path, now, policy);
+        const failure = checkPath(path, ekKeyType, now, policy);
         if (!failure) {
           return {
             certificate: x509,
@@ -189,7 +193,7 @@ export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now:
 }
 
 /** The first constraint `path` (leaf first, trusted root last) breaks, or undefined when it is valid. */
-function checkPath(path: readonly Cert[], now: number, policy: EkValidityPolicy): Failure | undefined {
+function checkPath(path: readonly Cert[], keyType: string | undefined, now: number, policy: EkValidityPolicy): Failure | undefined {
   const untrusted = (message: string): Failure => ({ code: 'EK_UNTRUSTED', message });
   // §6.1.4 (l), (m): walk from the root down; `remaining` is how many more non-self-issued
   // intermediates may follow. The root's own pathLenConstraint counts too (as in OpenSSL).
@@ -217,7 +221,6 @@ function checkPath(path: readonly Cert[], now: number, policy: EkValidityPolicy)
   if (f.extKeyUsage && !f.extKeyUsage.includes(OID.tcgKpEkCertificate)) {
     return untrusted(`${leaf.label} has an extKeyUsage without tcg-kp-EKCertificate (${OID.tcgKpEkCertificate})`);
   }
-  const keyType = leaf.x509.publicKey.asymmetricKeyType;
   const wanted: KeyUsageName | undefined = keyType === 'rsa' ? 'keyEncipherment' : keyType === 'ec' ? 'keyAgreement' : undefined;
   if (!wanted) return untrusted(`${leaf.label} certifies a ${keyType ?? 'unknown'} key, not an RSA or ECC EK`);
   if (!f.keyUsage) return untrusted(`${leaf.label} has no keyUsage extension (the EK profile requires ${wanted})`);
@@ -267,19 +270,41 @@ function signedBy(child: Cert, issuer: Cert): boolean {
   }
 }
 
-const parsedTrust = new WeakMap<EkTrustStore, readonly Cert[]>();
+interface ParsedTrust {
+  /** The arrays the certificates were parsed from, element by element (see trustedCertificates). */
+  readonly roots: readonly (string | Buffer)[];
+  readonly intermediates: readonly (string | Buffer)[];
+  readonly certs: readonly Cert[];
+}
 
-/** Roots then intermediates, parsed once per trust store object (they are read-only). */
+const parsedTrust = new WeakMap<EkTrustStore, ParsedTrust>();
+
+const sameInputs = (a: readonly (string | Buffer)[], b: readonly (string | Buffer)[]) =>
+  a.length === b.length &&
+  a.every((x, i) => {
+    const y = b[i];
+    if (typeof x === 'string' || typeof y === 'string') return x === y;
+    return x === y || (y !== undefined && x.equals(y));
+  });
+
+/**
+ * Roots then intermediates, parsed once per trust store. Keyed by the store object, and used only
+ * while the store still lists exactly the certificates they were parsed from: the types say
+ * read-only, but a caller that mutates the arrays (or a Buffer in them) gets a fresh parse, never a
+ * stale anchor. The check is a pointer comparison per entry for unchanged strings.
+ */
 function trustedCertificates(trust: EkTrustStore): readonly Cert[] {
-  let certs = parsedTrust.get(trust);
-  if (!certs) {
-    const roots = parseCertificates(trust.roots);
-    const rootDer = roots.map((r) => r.raw);
-    // A certificate listed as both root and intermediate is a root.
-    const intermediates = parseCertificates(trust.intermediates ?? []).filter((i) => !rootDer.some((r) => r.equals(i.raw)));
-    certs = [...roots.map((r) => toCert(r, true, false)), ...intermediates.map((i) => toCert(i, false, false))];
-    parsedTrust.set(trust, certs);
-  }
+  const intermediatesIn = trust.intermediates ?? [];
+  const cached = parsedTrust.get(trust);
+  if (cached && sameInputs(cached.roots, trust.roots) && sameInputs(cached.intermediates, intermediatesIn)) return cached.certs;
+  const roots = parseCertificates(trust.roots);
+  const rootDer = roots.map((r) => r.raw);
+  // A certificate listed as both root and intermediate is a root.
+  const intermediates = parseCertificates(intermediatesIn).filter((i) => !rootDer.some((r) => r.equals(i.raw)));
+  const certs = [...roots.map((r) => toCert(r, true, false)), ...intermediates.map((i) => toCert(i, false, false))];
+  // Snapshots (Buffers copied), so later changes to the caller's arrays or Buffers are seen as changes.
+  const snapshot = (a: readonly (string | Buffer)[]) => a.map((x) => (typeof x === 'string' ? x : Buffer.from(x)));
+  parsedTrust.set(trust, { roots: snapshot(trust.roots), intermediates: snapshot(intermediatesIn), certs });
   return certs;
 }
 
@@ -291,15 +316,49 @@ function toCert(x509: X509Certificate, isRoot: boolean, isEk: boolean): Cert {
   } catch (e) {
     fieldsError = (e as Error).message;
   }
+  let label: string | undefined;
   return {
     x509,
     fields,
     fieldsError,
     isRoot,
-    label: labelOf(x509, isEk, isRoot),
+    // Only messages read it: not built for every EK certificate that verifies.
+    get label() {
+      return (label ??= labelOf(x509, isEk, isRoot));
+    },
     notBefore: Date.parse(x509.validFrom),
     notAfter: Date.parse(x509.validTo),
   };
+}
+
+const SPKI_CURVES: readonly number[] = [ECC_CURVE.NIST_P256, ECC_CURVE.NIST_P384, ECC_CURVE.NIST_P521];
+
+/**
+ * The certified key's DER SubjectPublicKeyInfo, as node:crypto exports it, and its type. A NIST-curve
+ * key in that canonical encoding (named curve, uncompressed point: what EK certificates carry) is
+ * taken from the certificate's bytes once eccSpki has validated the point, which is what decoding it
+ * would check; decoding into a KeyObject and exporting it again costs ~0.3-0.5 ms on P-384. Any
+ * other encoding or key type goes through node:crypto as before.
+ */
+function certifiedKey(x509: X509Certificate): { spki: Buffer; keyType: string | undefined } {
+  const raw = spkiBytes(x509.raw);
+  for (const curveId of SPKI_CURVES) {
+    const { spkiPrefix, size } = curveInfo(curveId);
+    if (raw.length !== spkiPrefix.length + 1 + 2 * size || !raw.subarray(0, spkiPrefix.length).equals(spkiPrefix) || raw[spkiPrefix.length] !== 0x04) continue;
+    const point = raw.subarray(spkiPrefix.length + 1);
+    return { spki: eccSpki(curveId, point.subarray(0, size), point.subarray(size)), keyType: 'ec' };
+  }
+  const key = x509.publicKey;
+  return { spki: key.export({ type: 'spki', format: 'der' }), keyType: key.asymmetricKeyType };
+}
+
+/** The subjectPublicKeyInfo TLV of a certificate whose structure node:crypto and readCertificateFields accepted. */
+function spkiBytes(der: Buffer): Buffer {
+  const tbs = expectTlv(der, readSingle(der, TAG.SEQUENCE, 'Certificate').contentStart, der.length, TAG.SEQUENCE, 'TBSCertificate');
+  let p = tbs.contentStart;
+  if (der[p] === 0xa0) p = readTlv(der, p, tbs.end).end; // [0] version
+  for (let i = 0; i < 5; i++) p = readTlv(der, p, tbs.end).end; // serialNumber, signature, issuer, validity, subject
+  return bytesOf(der, expectTlv(der, p, tbs.end, TAG.SEQUENCE, 'subjectPublicKeyInfo'));
 }
 
 /** Node renders a multi-RDN name one attribute per line, and an empty name as '' or undefined. */
