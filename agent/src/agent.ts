@@ -168,6 +168,8 @@ export class Agent {
   /** Operator commands from the fleet (rotate-now, reattest), and the one due next. */
   #commands: FleetCommands | undefined;
   #command: ScheduledCommand | undefined;
+  /** A rotate-now command whose rotation has not stored its pending record yet. */
+  #commandRotation: string | undefined;
   /** Set when the cached CRL lists the active identity; the next step parks the agent in `revoked`. */
   #revokedByCrl: { readonly serial: string; readonly reason?: string } | undefined;
   readonly #stepBackoff: Backoff;
@@ -385,9 +387,16 @@ export class Agent {
       const fleet = this.#fleetUpdates(store, revocation, await store.getTrustBundleVersion());
       this.#fleet = fleet;
       this.#command = undefined;
+      this.#commandRotation = undefined;
       const commands = this.#fleetCommands(store);
       this.#commands = commands;
       await commands.open();
+      // Killed while a command's action was under way: its own pending record finishes it; the command is done.
+      const scheduled = this.#command as ScheduledCommand | undefined; // set by open() through the host
+      if (scheduled && (await store.getPending())) {
+        await commands.started(scheduled.id);
+        this.#command = undefined;
+      }
       const crlTime = revocation.thisUpdate();
       if (crlTime !== undefined) await this.#advanceFloor(crlTime);
       fleet.checkOwnCertificate();
@@ -519,15 +528,22 @@ export class Agent {
     // 4. Connected with it; after a rollback, tell the bridge to retire the refused certificate.
     if (!(await this.#connect(signal))) return;
     if (this.#retire) await this.#confirmSerial(this.#retire, signal);
-    // 5. A fleet command that is due (operator rotate-now or reattest), once per command id.
+    // 5. A fleet command that is due (operator rotate-now or reattest), once per command id. It is
+    // marked done only once its action ran: a crash before the action stored its own record leaves the
+    // command scheduled (run again after the restart); a crash after it leaves a pending record, which
+    // #open takes as the command under way.
     const command = this.#command;
     if (command && judged >= command.at) {
       this.#command = undefined;
-      await this.#commands?.started(command.id);
       this.#log('info', 'running a fleet command', { id: command.id, command: command.command, by: command.by });
-      if (command.command === 'reattest') return this.#attest('reattest', active.name, signal);
+      if (command.command === 'reattest') {
+        await this.#attest('reattest', active.name, signal);
+        await this.#commands?.started(command.id);
+        return;
+      }
       this.#rotateRequested = true;
       this.#rotationNotBefore = 0;
+      this.#commandRotation = command.id;
     }
     // 6. Rotation when asked, due by time, or left half-done; after a failure not before its backoff
     // ran out (rotateNow() clears that).
@@ -666,7 +682,7 @@ export class Agent {
       tpm: res.tpm,
       srk: res.srk,
       ak: res.ak,
-      store: res.store,
+      store: this.#commandRotation === undefined ? res.store : this.#storeMarkingCommand(res.store, this.#commandRotation),
       link: this.#deviceLink(),
       topics: this.#topics,
       deviceId: this.deviceId,
@@ -678,6 +694,28 @@ export class Agent {
       signal,
       log: (msg, fields) => this.#log('info', msg, fields),
     };
+  }
+
+  /**
+   * The store for a rotation a fleet command asked for: once the rotation's pending record is stored
+   * (from then on it survives a crash by itself), the command is marked done, so it runs exactly once.
+   */
+  #storeMarkingCommand(store: AgentStore, id: string): AgentStore {
+    return new Proxy(store, {
+      get: (target, key) => {
+        if (key === 'putPending') {
+          return async (p: Parameters<AgentStore['putPending']>[0]) => {
+            await target.putPending(p);
+            if (this.#commandRotation === id) {
+              this.#commandRotation = undefined;
+              await this.#commands?.started(id);
+            }
+          };
+        }
+        const v: unknown = Reflect.get(target, key, target);
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
   }
 
   async #rotate(active: ActiveIdentity, resume: PendingRotation | undefined, signal: AbortSignal): Promise<void> {
