@@ -189,10 +189,15 @@ export class EnrollmentService {
     if (existing && existing.clientId === clientId && existing.expiresAt > now) {
       return { topic: this.#o.topics.enrollment(clientId, 'enrollChallenge'), payload: existing.payload };
     }
-    // Keyed by what only the device has (its token; re-attesting, its EK), never by the device id a
-    // client can claim: junk requests under a device's id cost that device nothing (they land in their
-    // own buckets and the global one).
-    enforceRateLimit(this.#o.limiter, body.token !== undefined ? `token:${hashEnrollmentToken(body.token)}` : `ek:${sha256Hex(body.ekPublic)}`);
+    // Keyed by what only the device has, never by what others can know: its token; re-attesting, its
+    // EK together with its AK. The EK alone is not enough: anyone can rebuild the EK public from the
+    // EK certificate and would drain that device's bucket (found by the simulator's attacks scenario);
+    // the AK public appears in no certificate. Junk requests under a device's id or EK cost that device
+    // nothing: they land in their own buckets and the global one.
+    enforceRateLimit(
+      this.#o.limiter,
+      body.token !== undefined ? `token:${hashEnrollmentToken(body.token)}` : `ek:${sha256Hex(body.ekPublic)}:ak:${sha256Hex(body.akPublic)}`,
+    );
 
     let tokenHash: string | undefined;
     let token: TokenRecord | undefined;
