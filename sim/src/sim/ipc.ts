@@ -33,4 +33,4 @@ export type FromWorker =
   | { readonly type: 'statuses'; readonly ref: number; readonly statuses: readonly AgentStatus[] }
   /** The agent holds a newer fleet CRL (polled every 50 ms by the worker). */
   | { readonly type: 'crl'; readonly deviceId: string; readonly crlNumber: string; readonly at: number }
-  | { readonly type: 'log'; readonly deviceId: string; readonly level: 'warn' | 'error'; readonly msg: string; readonly code?: string };
+  | { readonly type: 'log'; readonly deviceId: string; readonly level: 'info' | 'warn' | 'error'; readonly msg: string; readonly code?: string };

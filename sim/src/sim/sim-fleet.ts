@@ -7,6 +7,7 @@ import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from '../../../agent/sr
 import type { AgentState, AgentStatus } from '../../../agent/src/agent.js';
 import type { BootstrapConfig } from '../../../agent/src/config.js';
 import { DEFAULT_OPERATOR, EmbeddedFleet, type EmbeddedFleetOptions } from '../../../broker-bridge/src/embedded-fleet.js';
+import { DefaultEnrollmentPolicy, type EnrollmentPolicy, type PolicyDecision, type PolicyRequest } from '../../../broker-bridge/src/enrollment/policy.js';
 import { systemClock } from '../../../common/clock.js';
 import { CodedError } from '../../../common/coded-error.js';
 import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
@@ -44,7 +45,10 @@ export interface SimDevice {
   readonly tpm: SwtpmProcess;
   readonly bootstrap: BootstrapConfig;
   readonly dataDir: string;
+  /** Index of the worker process hosting the device's agent. */
   readonly worker: number;
+  /** The device's clock runs this far from real time (set at power-on; kept for power-ons after a crash). */
+  clockOffsetMs: number;
   /** Every state the agent reported, with the real time it changed. */
   readonly timeline: { state: AgentState; at: number; code?: string }[];
   /** Fleet CRL numbers the agent took, with when. */
@@ -61,24 +65,62 @@ export const SIM_AGENT_CONFIG: AgentRuntimeConfig = {
   revocation: { ...DEFAULT_AGENT_CONFIG.revocation, reportDelayMs: 1_000 },
 };
 
+/** How the simulated fleet issues certificates (the bridge's policy); see SimFleet.setCertificatePolicy. */
+export interface SimCertificatePolicy {
+  readonly lifetimeSec: number;
+  /** notBefore = issuance − backdate (the bridge's default is 300 s, for device clocks a little behind). */
+  readonly backdateSec: number;
+}
+
+const TRUST_DOMAIN = 'sim.fleet.example';
+
+/**
+ * The bridge's default policy with a lifetime a scenario may change while the fleet runs: certificates
+ * issued from then on carry it (a scenario whose certificates must expire within the run).
+ */
+class SimEnrollmentPolicy implements EnrollmentPolicy {
+  #current: SimCertificatePolicy;
+  #policy: DefaultEnrollmentPolicy;
+
+  constructor(p: SimCertificatePolicy) {
+    this.#current = p;
+    this.#policy = new DefaultEnrollmentPolicy({ trustDomain: TRUST_DOMAIN, ...p });
+  }
+
+  get current(): SimCertificatePolicy {
+    return this.#current;
+  }
+
+  set(p: SimCertificatePolicy): void {
+    this.#policy = new DefaultEnrollmentPolicy({ trustDomain: TRUST_DOMAIN, ...p }); // validates first
+    this.#current = p;
+  }
+
+  decide(request: PolicyRequest): PolicyDecision {
+    return this.#policy.decide(request);
+  }
+}
+
 export class SimFleet {
   readonly fleet: EmbeddedFleet;
   readonly devices: ReadonlyMap<string, SimDevice>;
   /** The simulator's TPM vendor: its CA signs every device's EK certificate. */
   readonly factory: TpmFactory;
   readonly #o: SimFleetOptions;
+  readonly #policy: SimEnrollmentPolicy;
   readonly #workers: ChildProcess[];
   readonly #listeners = new Set<(m: FromWorker) => void>();
   readonly #logs: { deviceId: string; level: string; msg: string; code?: string }[] = [];
   #ref = 0;
 
-  private constructor(o: SimFleetOptions, fleet: EmbeddedFleet, factory: TpmFactory, devices: Map<string, SimDevice>, workers: ChildProcess[]) {
+  private constructor(o: SimFleetOptions, fleet: EmbeddedFleet, policy: SimEnrollmentPolicy, factory: TpmFactory, devices: Map<string, SimDevice>, workers: ChildProcess[]) {
     this.#o = o;
     this.fleet = fleet;
+    this.#policy = policy;
     this.factory = factory;
     this.devices = devices;
     this.#workers = workers;
-    for (const w of workers) w.on('message', (m: FromWorker) => this.#onMessage(m));
+    workers.forEach((w) => this.#watch(w));
   }
 
   static async start(o: SimFleetOptions): Promise<SimFleet> {
@@ -95,34 +137,26 @@ export class SimFleet {
       made.push(...(await factory.manufactureMany(ids.length, (i) => join(o.dir, 'tpm', ids[i]!), { concurrency: Math.max(2, 2 * cpus().length) })));
       log(`manufactured ${ids.length} TPMs with EK certificates in ${Date.now() - t0} ms`);
 
+      const policy = new SimEnrollmentPolicy({ lifetimeSec: o.fleet?.certificateLifetimeSec ?? DEFAULT_LIFETIME_SEC, backdateSec: DEFAULT_BACKDATE_SEC });
       fleet = await EmbeddedFleet.start({
         dir: join(o.dir, 'fleet'),
         clock: systemClock,
-        trustDomain: 'sim.fleet.example',
+        trustDomain: TRUST_DOMAIN,
         ekTrust: factory.ekTrust(),
         ...o.fleet,
+        policy,
       });
       const f = fleet;
       const workerCount = Math.max(1, Math.min(o.workers ?? Math.min(4, cpus().length), ids.length));
       const devices = new Map<string, SimDevice>();
       await inParallel(ids, 8, async (id) => {
         const i = ids.indexOf(id);
-        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, timeline: [], crls: [], running: false });
+        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
       });
       log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
 
-      const script = fileURLToPath(new URL('./sim-worker.mjs', import.meta.url));
-      for (let w = 0; w < workerCount; w++) {
-        const child = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
-        workers.push(child);
-        await new Promise<void>((resolve, reject) => {
-          child.once('message', (m: FromWorker) => (m.type === 'ready' ? resolve() : reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} said ${m.type} first`))));
-          child.once('exit', (code) => reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} exited with ${code} at start`)));
-        });
-      }
-      const sim = new SimFleet(o, f, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers);
-      for (const w of workers) w.on('exit', (code, signal) => sim.#workerExited(w, code, signal));
-      return sim;
+      for (let w = 0; w < workerCount; w++) await spawnWorker(w, (child) => workers.push(child));
+      return new SimFleet(o, f, policy, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers);
     } catch (e) {
       for (const w of workers) w.kill('SIGKILL');
       await fleet?.stop().catch(() => undefined);
@@ -136,15 +170,76 @@ export class SimFleet {
     return this.#logs;
   }
 
-  /** Powers devices on (all by default): their agents start in their workers. */
-  powerOn(ids: readonly string[] = [...this.devices.keys()]): void {
+  /**
+   * Powers devices on (all by default): their agents start in their workers. `clockOffsetMs` sets the
+   * devices' clocks this far from real time (kept for later power-ons); otherwise they keep theirs.
+   */
+  powerOn(ids: readonly string[] = [...this.devices.keys()], opts: { clockOffsetMs?: number } = {}): void {
     const config = this.#o.agentConfig ?? SIM_AGENT_CONFIG;
     for (const id of ids) {
       const d = this.#device(id);
+      if (opts.clockOffsetMs !== undefined) d.clockOffsetMs = opts.clockOffsetMs;
       d.poweredOnAt = Date.now();
       d.running = true;
-      this.#send(d.worker, { type: 'start', device: { deviceId: id, bootstrap: d.bootstrap, dataDir: d.dataDir, config } });
+      const clock = d.clockOffsetMs === 0 ? {} : { clockOffsetMs: d.clockOffsetMs };
+      this.#send(d.worker, { type: 'start', device: { deviceId: id, bootstrap: d.bootstrap, dataDir: d.dataDir, config, ...clock } });
     }
+  }
+
+  /** Worker processes hosting the agents (indices 0…n−1). */
+  get workerCount(): number {
+    return this.#workers.length;
+  }
+
+  /** The devices whose agents worker `w` hosts. */
+  devicesOf(w: number): string[] {
+    return [...this.devices.values()].filter((d) => d.worker === w).map((d) => d.deviceId);
+  }
+
+  /**
+   * SIGKILLs worker `w`: every agent in it dies wherever it was (a power cut of a group of devices; no
+   * offline status, no TPM flush, no store close). Their timelines get `stopped` with code SIM_CRASHED.
+   * The worker stays dead until `respawnWorker(w)`.
+   */
+  async crashWorker(w: number): Promise<string[]> {
+    const child = this.#workers[w];
+    if (!child) throw new CodedError<SimErrorCode>('SIM_SETUP_FAILED', `no worker ${w}`);
+    if (child.exitCode === null && child.signalCode === null) {
+      const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+      child.kill('SIGKILL');
+      await exited;
+    }
+    const at = Date.now();
+    const ids = this.devicesOf(w).filter((id) => this.#device(id).running);
+    for (const id of ids) {
+      const d = this.#device(id);
+      d.running = false;
+      d.timeline.push({ state: 'stopped', at, code: 'SIM_CRASHED' });
+    }
+    return ids;
+  }
+
+  /** A fresh process for worker `w` (after `crashWorker`); its devices stay off until powered on. */
+  async respawnWorker(w: number): Promise<void> {
+    const old = this.#workers[w];
+    if (!old) throw new CodedError<SimErrorCode>('SIM_SETUP_FAILED', `no worker ${w}`);
+    if (old.exitCode === null && old.signalCode === null) throw new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} is still running`);
+    const child = await spawnWorker(w, () => undefined);
+    this.#workers[w] = child;
+    this.#watch(child);
+  }
+
+  /** What the bridge issues now (lifetime, backdate). */
+  get certificatePolicy(): SimCertificatePolicy {
+    return this.#policy.current;
+  }
+
+  /**
+   * Changes the lifetime (and backdate) of certificates the bridge issues from now on, for scenarios
+   * whose certificates must expire within the run. Certificates already issued keep theirs.
+   */
+  setCertificatePolicy(p: SimCertificatePolicy): void {
+    this.#policy.set(p);
   }
 
   /** Stops a device's agent in an orderly way (offline status published). */
@@ -157,11 +252,12 @@ export class SimFleet {
     d.running = false;
   }
 
-  /** Every running agent's status, from all workers. */
+  /** Every running agent's status, from all live workers. */
   async statuses(): Promise<Map<string, AgentStatus>> {
     const out = new Map<string, AgentStatus>();
     await Promise.all(
-      this.#workers.map(async (_, w) => {
+      this.#workers.map(async (child, w) => {
+        if (!child.connected) return;
         const ref = ++this.#ref;
         const reply = this.#next((m) => m.type === 'statuses' && m.ref === ref, 30_000, `statuses of worker ${w}`);
         this.#send(w, { type: 'statuses', ref });
@@ -287,10 +383,29 @@ export class SimFleet {
     for (const l of [...this.#listeners]) l(m);
   }
 
-  #workerExited(w: ChildProcess, code: number | null, signal: NodeJS.Signals | null): void {
-    const i = this.#workers.indexOf(w);
-    if (code !== 0 && code !== null) this.#o.log?.(`worker ${i} exited with ${code ?? signal}`);
+  #watch(w: ChildProcess): void {
+    w.on('message', (m: FromWorker) => this.#onMessage(m));
+    w.on('exit', (code) => {
+      const i = this.#workers.indexOf(w);
+      if (code !== 0 && code !== null) this.#o.log?.(`worker ${i} exited with ${code}`);
+    });
   }
+}
+
+/** The bridge's defaults: 30-day certificates, notBefore backdated 300 s. */
+const DEFAULT_LIFETIME_SEC = 30 * 86_400;
+const DEFAULT_BACKDATE_SEC = 300;
+
+/** Forks a worker and waits for its `ready`; `started` gets the child at once (so a failing start can be cleaned up). */
+async function spawnWorker(w: number, started: (child: ChildProcess) => void): Promise<ChildProcess> {
+  const script = fileURLToPath(new URL('./sim-worker.mjs', import.meta.url));
+  const child = fork(script, [], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  started(child);
+  await new Promise<void>((resolve, reject) => {
+    child.once('message', (m: FromWorker) => (m.type === 'ready' ? resolve() : reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} said ${m.type} first`))));
+    child.once('exit', (code, signal) => reject(new CodedError<SimErrorCode>('SIM_WORKER_FAILED', `worker ${w} exited with ${code ?? signal} at start`)));
+  });
+  return child;
 }
 
 /** Registers a device with its TPM's EK and a fresh one-time token, as the factory station does. */

@@ -19,7 +19,12 @@ function loggerFor(deviceId: string): AgentLogger {
     const c = code(o);
     send({ type: 'log', deviceId, level, msg, ...(typeof c === 'string' ? { code: c } : {}) });
   };
-  return { info() {}, warn: forward('warn'), error: forward('error') };
+  // Info lines matter only when they carry a code (a refusal the agent waits out, e.g. RATE_LIMITED).
+  const info = (o: object, msg: string) => {
+    const c = code(o);
+    if (typeof c === 'string') send({ type: 'log', deviceId, level: 'info', msg, code: c });
+  };
+  return { info, warn: forward('warn'), error: forward('error') };
 }
 
 function start(d: SimDeviceSpec): void {
