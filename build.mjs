@@ -19,6 +19,7 @@ const programs = {
   'bench-revocation': 'test/bench/revocation.ts',
   'bench-factory': 'test/bench/factory.ts',
   'bench-enroll-cpu': 'test/bench/enroll-cpu.ts',
+  bench: 'test/bench/all.ts',
 };
 
 // Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.
