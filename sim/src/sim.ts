@@ -1,5 +1,5 @@
 /**
- * `npm run sim -- --devices N --scenario NAME [--workers W] [--seed S] [--json] [--keep] [--report FILE]`:
+ * `npm run sim -- --devices N --scenario NAME [--workers W] [--tpm-latency-ms X] [--seed S] [--json] [--keep] [--report FILE]`:
  * the fleet simulator. A real fleet (CA, inventory, mosquitto, bridge) and N devices, each with its own
  * swtpm and a real agent (library instances spread over worker processes), driven through one failure scenario
  * whose invariants decide the exit code. Prints a table and ends with one JSON line (scenario.ts
@@ -19,10 +19,12 @@ import { renderReport, type ReportDevice, type ReportSection } from './sim/repor
 import { SCENARIOS } from './sim/scenarios/index.js';
 import { SimFleet } from './sim/sim-fleet.js';
 
-const USAGE = `usage: sim --devices N --scenario NAME [--workers W] [--seed S] [--json] [--keep] [--report FILE]
+const USAGE = `usage: sim --devices N --scenario NAME [--workers W] [--tpm-latency-ms X] [--seed S] [--json] [--keep] [--report FILE]
   --devices N      simulated devices, each with its own swtpm (1-2000)
   --scenario NAME  ${[...SCENARIOS.keys()].join(', ')}, or all
   --workers W      worker processes hosting the agents (default: one per CPU, at most 4)
+  --tpm-latency-ms X  every TPM command of every device takes X ms more (0-60000; real chips: about
+                   200-600 ms per signature); the TLS handshake signature blocks its worker meanwhile
   --seed S         seed for the scenario's choices (default: random, printed)
   --json           only the JSON line(s) on stdout (progress stays on stderr)
   --keep           keep the run's directory (TPM states, fleet data) and print where it is
@@ -43,6 +45,7 @@ function options() {
         devices: { type: 'string' },
         scenario: { type: 'string' },
         workers: { type: 'string' },
+        'tpm-latency-ms': { type: 'string' },
         seed: { type: 'string' },
         json: { type: 'boolean', default: false },
         keep: { type: 'boolean', default: false },
@@ -76,6 +79,7 @@ function options() {
     devices,
     scenarios,
     workers: values.workers === undefined ? undefined : int('workers', values.workers, 1, 64),
+    tpmLatencyMs: values['tpm-latency-ms'] === undefined ? 0 : int('tpm-latency-ms', values['tpm-latency-ms'], 0, 60_000),
     seed: values.seed === undefined ? Math.floor(Math.random() * 2 ** 31) : int('seed', values.seed, 0, 2 ** 31 - 1),
     json: values.json,
     keep: values.keep,
@@ -135,7 +139,7 @@ function table(s: Scenario, o: ScenarioOutcome, r: ReturnType<typeof report>): s
 async function runOne(s: Scenario, o: ReturnType<typeof options>, log: (l: string) => void, record: (section: ReportSection) => void): Promise<boolean> {
   const dir = mkdtempSync(join(tmpdir(), `tpm-fleet-sim-${s.name}-`));
   log(`${s.name}: ${o.devices} devices, seed ${o.seed}, in ${dir}`);
-  const sim = await SimFleet.start({ dir, devices: o.devices, ...(o.workers ? { workers: o.workers } : {}), log });
+  const sim = await SimFleet.start({ dir, devices: o.devices, ...(o.workers ? { workers: o.workers } : {}), ...(o.tpmLatencyMs ? { tpmLatencyMs: o.tpmLatencyMs } : {}), log });
   let stopping = false;
   const interrupt = () => {
     if (stopping) process.exit(130);

@@ -32,8 +32,19 @@ describe('fleet simulator scenarios (dist/sim.mjs, 20 devices each)', () => {
     expect(r.out).toMatch(/invariants\n(  ok .*\n)+/);
   });
 
+  it('--tpm-latency-ms: at hardware speed every invariant still holds, and each rotation takes at least its TPM commands', { timeout: 180_000 }, async () => {
+    const r = await sim(['--devices', '5', '--scenario', 'rotation-campaign', '--tpm-latency-ms', '200', '--seed', '7']);
+    expect(r.code, `${r.out}\n${r.err}`).toBe(0);
+    const report = JSON.parse(r.out.trim().split('\n').at(-1)!) as ScenarioReport;
+    expect(report).toMatchObject({ succeeded: 5, lost: 0 });
+    // A rotation runs at least five TPM commands (create, load, certify, sign the CSR, the handshake
+    // signature), each held 200 ms by the proxy.
+    expect(report.p50Ms).toBeGreaterThanOrEqual(5 * 200);
+    expect(r.err).toMatch(/every TPM command takes 200 ms more/);
+  });
+
   it('usage errors: one coded line, exit 2', async () => {
-    for (const args of [[], ['--devices', '0', '--scenario', 'enroll-storm'], ['--devices', '3'], ['--devices', '3', '--scenario', 'nope'], ['--devices', '3', '--scenario', 'enroll-storm', '--bogus']]) {
+    for (const args of [[], ['--devices', '0', '--scenario', 'enroll-storm'], ['--devices', '3'], ['--devices', '3', '--scenario', 'nope'], ['--devices', '3', '--scenario', 'enroll-storm', '--bogus'], ['--devices', '3', '--scenario', 'enroll-storm', '--tpm-latency-ms', '-5']]) {
       const r = await sim(args, 30_000);
       expect(r.code, JSON.stringify(args)).toBe(2);
       expect(r.err.split('\n')[0]).toMatch(/^sim: SIM_USAGE: \S/);

@@ -15,6 +15,7 @@ import { OperatorClient } from '../../../operator/src/client.js';
 import { TpmFactory, type ManufacturedTpm } from '../factory.js';
 import type { SwtpmProcess } from '../swtpm.js';
 import type { FromWorker, ToWorker } from './ipc.js';
+import { TpmLatencyProxy } from './tpm-latency.js';
 
 /**
  * The simulator's coordinator: a real fleet (EmbeddedFleet: CA, LevelDB inventory, mosquitto with the
@@ -35,6 +36,11 @@ export interface SimFleetOptions {
   readonly fleet?: Partial<Pick<EmbeddedFleetOptions, 'certificateLifetimeSec' | 'crlNextUpdateSec' | 'rateLimit' | 'challengeTtlMs' | 'rotationTtlMs'>>;
   /** Progress lines (stderr in the CLI). */
   readonly log?: (line: string) => void;
+  /**
+   * Hardware-speed TPMs: every TPM command of every device waits this long (tpm-latency.ts, one proxy
+   * per device in front of its swtpm). Default 0: swtpm's own speed.
+   */
+  readonly tpmLatencyMs?: number;
 }
 
 export type SimErrorCode = 'SIM_TIMEOUT' | 'SIM_WORKER_FAILED' | 'SIM_SETUP_FAILED';
@@ -109,12 +115,22 @@ export class SimFleet {
   readonly #o: SimFleetOptions;
   readonly #policy: SimEnrollmentPolicy;
   readonly #workers: ChildProcess[];
+  readonly #proxies: TpmLatencyProxy[];
   readonly #listeners = new Set<(m: FromWorker) => void>();
   readonly #logs: { deviceId: string; level: string; msg: string; code?: string }[] = [];
   #ref = 0;
 
-  private constructor(o: SimFleetOptions, fleet: EmbeddedFleet, policy: SimEnrollmentPolicy, factory: TpmFactory, devices: Map<string, SimDevice>, workers: ChildProcess[]) {
+  private constructor(
+    o: SimFleetOptions,
+    fleet: EmbeddedFleet,
+    policy: SimEnrollmentPolicy,
+    factory: TpmFactory,
+    devices: Map<string, SimDevice>,
+    workers: ChildProcess[],
+    proxies: TpmLatencyProxy[],
+  ) {
     this.#o = o;
+    this.#proxies = proxies;
     this.fleet = fleet;
     this.#policy = policy;
     this.factory = factory;
@@ -128,6 +144,7 @@ export class SimFleet {
     mkdirSync(o.dir, { recursive: true });
     const prefix = o.prefix ?? 'sim';
     const made: ManufacturedTpm[] = [];
+    const proxies: TpmLatencyProxy[] = [];
     let fleet: EmbeddedFleet | undefined;
     const workers: ChildProcess[] = [];
     try {
@@ -136,6 +153,10 @@ export class SimFleet {
       const ids = Array.from({ length: o.devices }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`);
       made.push(...(await factory.manufactureMany(ids.length, (i) => join(o.dir, 'tpm', ids[i]!), { concurrency: Math.max(2, 2 * cpus().length) })));
       log(`manufactured ${ids.length} TPMs with EK certificates in ${Date.now() - t0} ms`);
+      if (o.tpmLatencyMs) {
+        for (const m of made) proxies.push(await TpmLatencyProxy.start(m.tpm.port, o.tpmLatencyMs));
+        log(`every TPM command takes ${o.tpmLatencyMs} ms more (a latency proxy per device)`);
+      }
 
       const policy = new SimEnrollmentPolicy({ lifetimeSec: o.fleet?.certificateLifetimeSec ?? DEFAULT_LIFETIME_SEC, backdateSec: DEFAULT_BACKDATE_SEC });
       fleet = await EmbeddedFleet.start({
@@ -151,15 +172,16 @@ export class SimFleet {
       const devices = new Map<string, SimDevice>();
       await inParallel(ids, 8, async (id) => {
         const i = ids.indexOf(id);
-        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
+        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!, proxies[i]?.tcti ?? made[i]!.tpm.tcti), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
       });
       log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
 
       for (let w = 0; w < workerCount; w++) await spawnWorker(w, (child) => workers.push(child));
-      return new SimFleet(o, f, policy, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers);
+      return new SimFleet(o, f, policy, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers, proxies);
     } catch (e) {
       for (const w of workers) w.kill('SIGKILL');
       await fleet?.stop().catch(() => undefined);
+      await Promise.all(proxies.map((p) => p.stop()));
       await Promise.all(made.map((m) => m.tpm.stop().catch(() => undefined)));
       throw e;
     }
@@ -344,6 +366,7 @@ export class SimFleet {
       ),
     );
     await this.fleet.stop().catch(() => undefined);
+    await Promise.all(this.#proxies.map((p) => p.stop()));
     await Promise.all([...this.devices.values()].map((d) => d.tpm.stop().catch(() => undefined)));
     if (!opts.keepDir) rmSync(this.#o.dir, { recursive: true, force: true });
   }
@@ -409,8 +432,7 @@ async function spawnWorker(w: number, started: (child: ChildProcess) => void): P
 }
 
 /** Registers a device with its TPM's EK and a fresh one-time token, as the factory station does. */
-async function provision(fleet: EmbeddedFleet, deviceId: string, m: ManufacturedTpm): Promise<BootstrapConfig> {
-  const tpm = m.tpm;
+async function provision(fleet: EmbeddedFleet, deviceId: string, m: ManufacturedTpm, tcti: string): Promise<BootstrapConfig> {
   const ekCert = m.ekCertificateDer;
   const ekPublicHash = m.ekPublicHash;
   const { token, tokenHash } = mintEnrollmentToken();
@@ -423,7 +445,7 @@ async function provision(fleet: EmbeddedFleet, deviceId: string, m: Manufactured
   return {
     v: 1,
     deviceId,
-    tcti: tpm.tcti,
+    tcti,
     baseTopic: fleet.topics.base,
     enrollUrl: fleet.broker.enrollUrl,
     deviceUrl: fleet.broker.deviceUrl,
