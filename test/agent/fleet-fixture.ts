@@ -1,11 +1,9 @@
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { systemClock } from '../../common/clock.js';
-import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { EmbeddedFleet, type EmbeddedFleetOptions } from '../../broker-bridge/src/embedded-fleet.js';
-import { NativeTpm } from '../../native/lib/native-tpm.js';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { Agent, type AgentLogger, type AgentOptions } from '../../agent/src/agent.js';
 import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from '../../agent/src/agent-config.js';
 import type { BootstrapConfig } from '../../agent/src/config.js';
@@ -51,35 +49,7 @@ export async function startFleetFixture(opts: Partial<Omit<EmbeddedFleetOptions,
   let spare: TestTpm | undefined = first;
 
   async function provision(deviceId: string, t: TestTpm): Promise<BootstrapConfig> {
-    const tpm = await NativeTpm.open(t.tcti);
-    let ekCert: Buffer;
-    let ekSpki: Buffer;
-    try {
-      ekCert = (await tpm.readEkCertificate('ecc'))!;
-      const ek = await tpm.createEk('ecc');
-      ekSpki = ek.spki;
-      await tpm.flush(ek);
-    } finally {
-      await tpm.close();
-    }
-    const ekPublicHash = createHash('sha256').update(ekSpki).digest('hex');
-    const { token, tokenHash } = mintEnrollmentToken();
-    const now = Date.now();
-    await fleet.inventory.registerDevice(
-      { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: { model: 'sim' }, registeredAt: now },
-      { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt: now + 3_600_000 },
-    );
-    return {
-      v: 1,
-      deviceId,
-      tcti: t.tcti,
-      baseTopic: 'fleet/v1',
-      enrollUrl: fleet.broker.enrollUrl,
-      deviceUrl: fleet.broker.deviceUrl,
-      trustBundle: fleet.trustBundle,
-      token,
-      tokenExpiresAt: now + 3_600_000,
-    };
+    return registerDevice(fleet, { deviceId, tcti: t.tcti, ...(await readEk(t.tcti)), metadata: { model: 'sim' } });
   }
 
   return {

@@ -24,7 +24,7 @@
  * the table says so), 1 a step failed, 2 usage.
  */
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg, tmpdir, totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -32,9 +32,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { BUILD_VERSION } from '../../common/build-version.js';
 import { systemClock } from '../../common/clock.js';
-import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
-import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { invariant, passed, pick, report, seededRandom, type ScenarioOutcome } from '../../sim/src/sim/scenario.js';
 import { SCENARIOS } from '../../sim/src/sim/scenarios/index.js';
 import { bringOnline } from '../../sim/src/sim/scenarios/common.js';
@@ -290,23 +288,12 @@ async function agentRss(idleSec: number): Promise<void> {
   });
   const children: ChildProcess[] = [];
   try {
-    const tpm = await NativeTpm.open(sw.tcti);
-    const ekCert = (await tpm.readEkCertificate('ecc'))!;
-    const ek = await tpm.createEk('ecc');
-    await tpm.flush(ek);
-    await tpm.close();
     const deviceId = 'bench-rss';
-    const ekPublicHash = createHash('sha256').update(ek.spki).digest('hex');
-    const { token, tokenHash } = mintEnrollmentToken();
-    const now = Date.now();
-    await fleet.inventory.registerDevice(
-      { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: {}, registeredAt: now },
-      { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt: now + 3_600_000 },
-    );
+    const boot = await registerDevice(fleet, { deviceId, tcti: sw.tcti, ...(await readEk(sw.tcti)) });
     const bootstrap = join(dir, 'bootstrap.json');
     writeFileSync(
       bootstrap,
-      JSON.stringify({ v: 1, deviceId, tcti: sw.tcti, baseTopic: fleet.topics.base, enrollUrl: fleet.broker.enrollUrl, deviceUrl: fleet.broker.deviceUrl, trustBundle: fleet.trustBundle, token, tokenExpiresAt: now + 3_600_000 }),
+      JSON.stringify(boot),
       { mode: 0o600 },
     );
     const agent = spawn(process.execPath, [join(DIST, 'agent.mjs'), '--bootstrap', bootstrap, '--data', join(dir, 'agent')], { stdio: ['ignore', 'ignore', 'pipe'] });

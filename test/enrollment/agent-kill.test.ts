@@ -1,14 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
-import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { DEFAULT_AUDITOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
-import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
 
 /**
@@ -39,20 +37,8 @@ describe('agent process killed mid-enrollment', () => {
   });
 
   async function bootstrapFile(deviceId: string, t: TestTpm): Promise<string> {
-    const tpm = await NativeTpm.open(t.tcti);
-    const ekCert = (await tpm.readEkCertificate('ecc'))!;
-    const ek = await tpm.createEk('ecc');
-    await tpm.flush(ek);
-    await tpm.close();
-    const ekPublicHash = createHash('sha256').update(ek.spki).digest('hex');
-    const { token, tokenHash } = mintEnrollmentToken();
-    const now = Date.now();
-    await fleet.inventory.registerDevice(
-      { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: {}, registeredAt: now },
-      { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt: now + 3_600_000 },
-    );
+    const boot = await registerDevice(fleet, { deviceId, tcti: t.tcti, ...(await readEk(t.tcti)) });
     const path = join(dir, `${deviceId}.json`);
-    const boot = { v: 1, deviceId, tcti: t.tcti, enrollUrl: fleet.broker.enrollUrl, deviceUrl: fleet.broker.deviceUrl, trustBundle: fleet.trustBundle, token, tokenExpiresAt: now + 3_600_000 };
     writeFileSync(path, JSON.stringify(boot), { mode: 0o600 });
     return path;
   }

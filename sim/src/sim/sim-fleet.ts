@@ -10,12 +10,12 @@ import { DEFAULT_OPERATOR, EmbeddedFleet, type EmbeddedFleetOptions } from '../.
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy, type PolicyDecision, type PolicyRequest } from '../../../broker-bridge/src/enrollment/policy.js';
 import { systemClock } from '../../../common/clock.js';
 import { CodedError } from '../../../common/coded-error.js';
-import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
 import { OperatorClient } from '../../../operator/src/client.js';
 import { TpmFactory, type ManufacturedTpm } from '../factory.js';
 import type { SwtpmProcess } from '../swtpm.js';
 import type { FromWorker, ToWorker } from './ipc.js';
 import { TpmLatencyProxy } from './tpm-latency.js';
+import { registerDevice } from './register-device.js';
 
 /**
  * The simulator's coordinator: a real fleet (EmbeddedFleet: CA, LevelDB inventory, mosquitto with the
@@ -172,7 +172,7 @@ export class SimFleet {
       const devices = new Map<string, SimDevice>();
       await inParallel(ids, 8, async (id) => {
         const i = ids.indexOf(id);
-        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await provision(f, id, made[i]!, proxies[i]?.tcti ?? made[i]!.tpm.tcti), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
+        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await registerDevice(f, { deviceId: id, tcti: proxies[i]?.tcti ?? made[i]!.tpm.tcti, ekCertificateDer: made[i]!.ekCertificateDer, ekPublicHash: made[i]!.ekPublicHash, metadata: { model: 'sim' }, tokenTtlMs: 86_400_000 }), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
       });
       log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
 
@@ -431,29 +431,6 @@ async function spawnWorker(w: number, started: (child: ChildProcess) => void): P
   return child;
 }
 
-/** Registers a device with its TPM's EK and a fresh one-time token, as the factory station does. */
-async function provision(fleet: EmbeddedFleet, deviceId: string, m: ManufacturedTpm, tcti: string): Promise<BootstrapConfig> {
-  const ekCert = m.ekCertificateDer;
-  const ekPublicHash = m.ekPublicHash;
-  const { token, tokenHash } = mintEnrollmentToken();
-  const now = Date.now();
-  const expiresAt = now + 86_400_000;
-  await fleet.inventory.registerDevice(
-    { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: { model: 'sim' }, registeredAt: now },
-    { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt },
-  );
-  return {
-    v: 1,
-    deviceId,
-    tcti,
-    baseTopic: fleet.topics.base,
-    enrollUrl: fleet.broker.enrollUrl,
-    deviceUrl: fleet.broker.deviceUrl,
-    trustBundle: fleet.trustBundle,
-    token,
-    tokenExpiresAt: expiresAt,
-  };
-}
 
 /** Runs `fn` over `items`, at most `limit` at a time. */
 export async function inParallel<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
