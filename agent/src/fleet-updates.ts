@@ -1,4 +1,5 @@
 import { isCodedError } from '../../common/coded-error.js';
+import { decodeCrlDelta } from '../../common/protocol/crl.js';
 import type { Topics } from '../../common/protocol/topics.js';
 import type { Transport } from '../../common/transport/transport.js';
 import { CrlFeed } from './crl-feed.js';
@@ -48,6 +49,9 @@ export class FleetUpdates {
   #work: Promise<void> = Promise.resolve();
   #trustVersion: number | undefined;
   #revokedSeen = false;
+  /** A delta waiting in the queue; a newer one that arrives meanwhile takes its place (see #onDeltaArrival). */
+  #pendingDelta: { payload: Buffer; number: bigint } | undefined;
+  #deltasSuperseded = 0;
 
   constructor(host: FleetUpdatesHost, opts: { readonly trustVersion: number | undefined }) {
     this.#h = host;
@@ -62,10 +66,16 @@ export class FleetUpdates {
 
   /** On every (new) connection: the retained CRL parts, delta and trust bundle arrive right after. */
   async subscribe(t: Transport): Promise<void> {
+    const deltaTopic = this.#h.topics.fleet('crlDelta');
     for (const filter of this.#feed.filters) {
-      await t.subscribe(filter, (m) => this.#queue(() => this.#onCrlMessage(m.topic, m.payload)));
+      await t.subscribe(filter, (m) => (m.topic === deltaTopic ? this.#onDeltaArrival(m.topic, m.payload) : this.#queue(() => this.#onCrlMessage(m.topic, m.payload))));
     }
     await t.subscribe(this.#h.topics.fleet('trustBundle'), (m) => this.#queue(() => this.#onTrustBundle(m.payload)));
+  }
+
+  /** Deltas skipped because a newer one arrived before they were handled. */
+  get deltasSuperseded(): number {
+    return this.#deltasSuperseded;
   }
 
   /** The cached CRL's number, time, freshness (by the grace policy) and size; undefined before the first. */
@@ -111,6 +121,38 @@ export class FleetUpdates {
     });
     this.#work = run;
     return run;
+  }
+
+  /**
+   * A delta CRL is cumulative since its base: a newer one carries every entry of an older one. While a
+   * delta waits in the queue (a burst of revocations, a slow device), a newer arrival takes its place
+   * instead of queueing behind it, so a device verifies and stores the latest delta once rather than
+   * every one of the burst. Only a delta that decodes with a higher number replaces the waiting one;
+   * anything else is queued as it came (and refused there with its code).
+   */
+  #onDeltaArrival(topic: string, payload: Buffer): Promise<void> {
+    let crlNumber: bigint | undefined;
+    try {
+      crlNumber = payload.length === 0 ? undefined : BigInt(decodeCrlDelta(payload).crlNumber);
+    } catch {
+      crlNumber = undefined;
+    }
+    const waiting = this.#pendingDelta;
+    if (crlNumber !== undefined && waiting) {
+      if (crlNumber > waiting.number) {
+        waiting.payload = payload;
+        waiting.number = crlNumber;
+      }
+      this.#deltasSuperseded++;
+      return this.#work;
+    }
+    if (crlNumber === undefined) return this.#queue(() => this.#onCrlMessage(topic, payload));
+    const entry = { payload, number: crlNumber };
+    this.#pendingDelta = entry;
+    return this.#queue(() => {
+      if (this.#pendingDelta === entry) this.#pendingDelta = undefined;
+      return this.#onCrlMessage(topic, entry.payload);
+    });
   }
 
   async #onCrlMessage(topic: string, payload: Buffer): Promise<void> {
