@@ -16,6 +16,7 @@ import { checkBudget, DEFAULT_OFFLINE_BUDGET, type OfflineBudget } from './polic
  *   "backoff": { "baseMs": 1000, "capMs": 180000 },
  *   "tickMs": 30000,
  *   "outbox": { "maxEvents": 10000 },
+ *   "clockCheckSec": 3600,
  *   "revocation": { "graceSec": 86400, "reportDelayMs": 30000 },
  *   "logLevel": "info" }
  * ```
@@ -50,6 +51,8 @@ export const agentConfigSchema = object({
   /** Longest the supervisor sleeps between timing checks. */
   tickMs: optional(int({ min: 100, max: 3_600_000 })),
   outbox: optional(object({ maxEvents: optional(int({ min: 1, max: 10_000_000 })) })),
+  /** How often the online agent measures its clock against the fleet's (`time/request`); 0: only on each new connection. */
+  clockCheckSec: optional(int({ min: 0, max: 7 * 86_400 })),
   /** Freshness of the cached CRL: answers say `stale` once now > nextUpdate + graceSec. */
   /**
    * `graceSec`: answers say `stale` once now > the CRL's nextUpdate + graceSec. `reportDelayMs`: the
@@ -67,6 +70,7 @@ export interface AgentRuntimeConfig {
   readonly backoff: { readonly baseMs: number; readonly capMs: number };
   readonly tickMs: number;
   readonly outbox: { readonly maxEvents: number };
+  readonly clockCheckSec: number;
   readonly revocation: { readonly graceSec: number; readonly reportDelayMs: number };
   readonly logLevel: LogLevel;
 }
@@ -75,6 +79,7 @@ export const DEFAULT_TICK_MS = 30_000;
 /** One day past the CRL's nextUpdate (the fleet reissues a quarter of its 24 h period early). */
 export const DEFAULT_CRL_GRACE_SEC = 86_400;
 export const DEFAULT_REPORT_DELAY_MS = 30_000;
+export const DEFAULT_CLOCK_CHECK_SEC = 3_600;
 
 export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   v: 1,
@@ -82,6 +87,7 @@ export const DEFAULT_AGENT_CONFIG: AgentRuntimeConfig = {
   backoff: { baseMs: DEFAULT_BACKOFF_BASE_MS, capMs: DEFAULT_BACKOFF_CAP_MS },
   tickMs: DEFAULT_TICK_MS,
   outbox: { maxEvents: DEFAULT_OUTBOX_MAX_EVENTS },
+  clockCheckSec: DEFAULT_CLOCK_CHECK_SEC,
   revocation: { graceSec: DEFAULT_CRL_GRACE_SEC, reportDelayMs: DEFAULT_REPORT_DELAY_MS },
   logLevel: 'info',
 };
@@ -112,6 +118,7 @@ export function parseAgentConfig(json: unknown, source = 'agent config'): AgentR
     },
     tickMs: parsed.tickMs ?? d.tickMs,
     outbox: { maxEvents: parsed.outbox?.maxEvents ?? d.outbox.maxEvents },
+    clockCheckSec: parsed.clockCheckSec ?? d.clockCheckSec,
     revocation: {
       graceSec: parsed.revocation?.graceSec ?? d.revocation.graceSec,
       reportDelayMs: parsed.revocation?.reportDelayMs ?? d.revocation.reportDelayMs,

@@ -19,6 +19,7 @@ import { advanceFloor, identityPhase, judgeNow, nextWakeMs, type PhasePolicy } f
 import { confirmRotation, requestRotation, type RotationDeps } from './rotation.js';
 import { EventAcks } from './event-acks.js';
 import { FleetCommands, type ScheduledCommand } from './fleet-commands.js';
+import { askFleetTime, beyondTolerance, skewOf, type Skew } from './fleet-clock.js';
 import { FleetUpdates } from './fleet-updates.js';
 import { verifyPeer, type PeerVerdict } from './peer-verify.js';
 import { RevocationCache } from './revocation-cache.js';
@@ -142,6 +143,12 @@ export class Agent {
   #trust: readonly string[] | undefined;
   #floor: number | undefined;
   #skewReported = false;
+  /** The last measurement against the fleet clock (fleet-clock.ts), with the device clock when it was taken. */
+  #fleetSkew: (Skew & { readonly at: number }) | undefined;
+  #fleetSkewReported = false;
+  #clockCheck: Promise<void> | undefined;
+  /** Device clock at the last measurement attempt (answered or not). */
+  #clockCheckAt: number | undefined;
   #wake: (() => void) | undefined;
   #woken = false;
   /** The broker refused a publish on our own topics: re-attest at the next step. */
@@ -232,7 +239,7 @@ export class Agent {
       rotations: this.#rotations,
       ...(this.#lastRotationSignatures === undefined ? {} : { lastRotationSignatures: this.#lastRotationSignatures }),
       ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
-      clockSkewMs: -judgeNow(this.#clock.now(), this.#floor).behindMs,
+      clockSkewMs: this.#reportedSkewMs(this.#clock.now()),
       outbox: { pending: outbox?.pending() ?? 0, dropped: outbox?.dropped() ?? 0 },
       ...this.#fleetStatus(),
       ...(this.#error ? { error: this.#error } : {}),
@@ -549,7 +556,8 @@ export class Agent {
     // ran out (rotateNow() clears that).
     const due = (phase === 'renew' || this.#rotateRequested || pending?.kind === 'rotate') && this.#clock.now() >= this.#rotationNotBefore;
     if (due) return this.#rotate(active, pending?.kind === 'rotate' ? pending : undefined, signal);
-    // 7. Nothing to do until the next decision.
+    // 7. Nothing to do until the next decision (the clock against the fleet's when that is due).
+    this.#checkFleetClock(false);
     this.#phase = 'idle until the next decision';
     let wakeMs = nextWakeMs(judged, window, this.#phasePolicy(window), this.deviceId, this.#config.tickMs);
     const retryIn = this.#rotationNotBefore - this.#clock.now();
@@ -858,6 +866,7 @@ export class Agent {
         void this.#drainOutbox();
         await this.#fleet?.subscribe(t);
         await this.#commands?.subscribe(t);
+        this.#checkFleetClock(true);
       },
       onDown: () => {
         if (this.#state === 'online') this.#set('connecting');
@@ -908,7 +917,7 @@ export class Agent {
       online,
       ...(this.#identity ? { identity: this.#identity } : {}),
       ...(this.#lastRotation ? { lastRotation: this.#lastRotation } : {}),
-      clockSkewMs: -judgeNow(now, this.#floor).behindMs,
+      clockSkewMs: this.#reportedSkewMs(now),
       ...(this.#error ? { errorCode: this.#error.rejection ?? this.#error.code } : {}),
       agentVersion: this.#o.agentVersion ?? AGENT_VERSION,
       ...(res?.tpmInfo ? { tpm: res.tpmInfo } : {}),
@@ -1097,10 +1106,62 @@ export class Agent {
     if (j.behindMs > 0 && !this.#skewReported) {
       this.#skewReported = true;
       this.#log('warn', 'the system clock is behind the newest trusted time; judging validity by that time instead', { behindMs: j.behindMs });
-      this.#emit({ type: 'clock_skew', skewMs: -j.behindMs }).catch((e: unknown) => this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }));
+      this.#emit({ type: 'clock_skew', skewMs: -j.behindMs, code: 'CLOCK_BEHIND_FLOOR' }).catch((e: unknown) => this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }));
     }
     if (j.behindMs === 0) this.#skewReported = false;
     return j.now;
+  }
+
+  /**
+   * Device clock minus fleet clock as far as the agent knows it beyond tolerance, else 0: a clock behind
+   * the floor by that much at least; a measurement against the fleet (either way) when it showed more
+   * than CLOCK_TOLERANCE_MS; the larger of the two when both say behind.
+   */
+  #reportedSkewMs(now: number): number {
+    const behind = judgeNow(now, this.#floor).behindMs;
+    const m = this.#fleetSkew;
+    const measured = m && beyondTolerance(m) ? m.skewMs : 0;
+    return behind > 0 ? Math.min(-behind, measured) : measured;
+  }
+
+  /**
+   * Measures the clock against the fleet's on a new connection (`force`) and then every
+   * `clockCheckSec`, in the background. A skew beyond tolerance is logged and sent as one `clock_skew`
+   * event (code CLOCK_SKEW_FLEET) until a measurement finds the clock back within it; the status carries
+   * it (#reportedSkewMs). No answer (bridge away) leaves the last measurement as it was.
+   */
+  #checkFleetClock(force: boolean): void {
+    if (this.#clockCheck) return;
+    const t = this.#device?.transport;
+    const last = this.#clockCheckAt;
+    const everyMs = this.#config.clockCheckSec * 1000;
+    if (!t || (!force && (everyMs === 0 || (last !== undefined && Math.abs(this.#clock.now() - last) < everyMs)))) return;
+    this.#clockCheckAt = this.#clock.now();
+    const run = (async () => {
+      const sample = await askFleetTime(t, { topics: this.#topics, deviceId: this.deviceId, clock: this.#clock, timeoutMs: this.#o.responseTimeoutMs ?? 15_000 });
+      if (!sample) {
+        this.#log('info', 'no answer from the fleet time service; clock not measured this time');
+        return;
+      }
+      const skew = skewOf(sample);
+      const wasBeyond = this.#fleetSkew !== undefined && beyondTolerance(this.#fleetSkew);
+      this.#fleetSkew = { ...skew, at: sample.receivedAt };
+      const beyond = beyondTolerance(skew);
+      if (beyond && !this.#fleetSkewReported) {
+        this.#fleetSkewReported = true;
+        this.#log('warn', 'the system clock differs from the fleet clock', { skewMs: skew.skewMs, uncertaintyMs: skew.uncertaintyMs });
+        await this.#emit({ type: 'clock_skew', skewMs: skew.skewMs, code: 'CLOCK_SKEW_FLEET' }).catch((e: unknown) =>
+          this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }),
+        );
+      }
+      if (!beyond) this.#fleetSkewReported = false;
+      if (beyond !== wasBeyond) this.#scheduleStatusReport();
+    })()
+      .catch((e: unknown) => this.#log('warn', 'clock check failed', { code: isCodedError(e) ? e.code : undefined, err: (e as Error).message }))
+      .finally(() => {
+        this.#clockCheck = undefined;
+      });
+    this.#clockCheck = run;
   }
 
   async #advanceFloor(trusted: number): Promise<void> {

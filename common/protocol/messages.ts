@@ -117,7 +117,10 @@ export const deviceStatusBody = object({
   lastRotationAt: optional(timestamp),
   /** 'ok' or the code of the last failed rotation. */
   lastRotationResult: optional(str({ max: 64, pattern: /^[A-Za-z0-9_]+$/ })),
-  /** Device clock minus its time floor when the clock is behind the floor (negative), else 0. */
+  /**
+   * Device clock minus fleet clock where the agent knows it to be off by more than 30 s (behind its
+   * clock floor, or measured against the fleet's time service either way), else 0.
+   */
   clockSkewMs: optional(int({ min: -8_640_000_000_000_000, max: 8_640_000_000_000_000 })),
   /** The code that stopped progress, in state 'error' or 'revoked'. */
   errorCode: optional(str({ max: 64, pattern: /^[A-Za-z0-9_]+$/ })),

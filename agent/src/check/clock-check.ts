@@ -1,19 +1,15 @@
+import { CLOCK_TOLERANCE_MS, skewOf, type TimeSample } from '../fleet-clock.js';
 import { fail, humanDuration, ok, warn, type CheckResult } from './check-result.js';
+
+export type { TimeSample } from '../fleet-clock.js';
 
 /**
  * Clock skew against the fleet. Thresholds: certificates are backdated by the fleet (5 min by
  * default) and TLS peers tolerate little more, so a skew that surely exceeds 5 min fails; above 30 s
  * it warns (NTP keeps a healthy device well within that).
  */
-export const CLOCK_WARN_MS = 30_000;
+export const CLOCK_WARN_MS = CLOCK_TOLERANCE_MS;
 export const CLOCK_FAIL_MS = 5 * 60_000;
-
-/** One clock check round trip: the device clock when it asked and when the answer came, the fleet clock in between. */
-export interface TimeSample {
-  readonly sentAt: number;
-  readonly receivedAt: number;
-  readonly serverTime: number;
-}
 
 /**
  * skew = device − fleet, estimated at the middle of the round trip; the fleet answered somewhere in
@@ -22,9 +18,8 @@ export interface TimeSample {
  */
 export function judgeSkew(s: TimeSample): CheckResult {
   const rtt = Math.max(0, s.receivedAt - s.sentAt);
-  const skew = (s.sentAt + s.receivedAt) / 2 - s.serverTime;
-  const least = Math.max(0, Math.abs(skew) - rtt / 2);
-  const detail = `device clock ${describe(skew)} the fleet (± ${Math.ceil(rtt / 2)} ms, round trip ${rtt} ms)`;
+  const { skewMs: skew, uncertaintyMs, leastMs: least } = skewOf(s);
+  const detail = `device clock ${describe(skew)} the fleet (± ${uncertaintyMs} ms, round trip ${rtt} ms)`;
   if (least > CLOCK_FAIL_MS) return fail('clock', 'CHECK_CLOCK_SKEW', `${detail}; more than ${humanDuration(CLOCK_FAIL_MS)}`);
   if (least > CLOCK_WARN_MS) return warn('clock', 'CHECK_CLOCK_SKEW', `${detail}; more than ${humanDuration(CLOCK_WARN_MS)}`);
   return ok('clock', detail);

@@ -1,15 +1,12 @@
-import { randomUUID } from 'node:crypto';
 import type { Clock } from '../../../common/clock.js';
 import { isCodedError } from '../../../common/coded-error.js';
-import { decode, encode } from '../../../common/protocol/messages.js';
 import { CLIENT_ID_PREFIX, type Topics } from '../../../common/protocol/topics.js';
 import { MqttTransport } from '../../../common/transport/mqtt-transport.js';
-import type { Transport } from '../../../common/transport/transport.js';
 import { DEFAULT_SRK_HANDLE, NativeTpm } from '../../../native/lib/native-tpm.js';
 import type { Tpm, TpmKey } from '../../../native/lib/tpm.js';
 import { fromStored } from '../enrollment.js';
 import type { StoredBlobs } from '../store.js';
-import type { TimeSample } from './clock-check.js';
+import { askFleetTime, type TimeSample } from '../fleet-clock.js';
 
 /**
  * The device's own session, as the agent opens it: mutual TLS on the device listener with the
@@ -78,45 +75,13 @@ export async function probeDeviceSession(o: SessionProbeOptions): Promise<Sessio
       }
       // The handshake is done: the key goes now, as the agent does (TPM slots are scarce).
       await release();
-      return await askTime(transport, o);
+      const sample = await askFleetTime(transport, o);
+      return sample ? { kind: 'connected', sample } : { kind: 'connected', noReply: `no time/reply within ${o.timeoutMs} ms (is the bridge running, with its time service?)` };
     } finally {
       await transport.close().catch(() => undefined);
     }
   } finally {
     await release();
     await tpm?.close().catch(() => undefined);
-  }
-}
-
-async function askTime(t: Transport, o: SessionProbeOptions): Promise<SessionProbe> {
-  const requestId = randomUUID().replace(/-/g, '');
-  let timer: NodeJS.Timeout | undefined;
-  let sentAt = 0;
-  const reply = new Promise<TimeSample>((resolve) => {
-    void t
-      .subscribe(o.topics.device(o.deviceId, 'timeReply'), (m) => {
-        const receivedAt = o.clock.now();
-        if (m.retain) return;
-        try {
-          const r = decode('timeReply', m.payload);
-          if (r.requestId === requestId && r.body.deviceSentAt === sentAt) resolve({ sentAt, receivedAt, serverTime: r.body.serverTime });
-        } catch {
-          // not ours, or malformed: keep waiting for ours
-        }
-      })
-      .then(() => {
-        sentAt = o.clock.now();
-        return t.publish(o.topics.device(o.deviceId, 'timeRequest'), encode('timeRequest', requestId, sentAt, {}), { qos: 1 });
-      })
-      .catch(() => undefined); // no reply then: the timeout says so
-  });
-  const timeout = new Promise<undefined>((resolve) => {
-    timer = setTimeout(() => resolve(undefined), o.timeoutMs);
-  });
-  try {
-    const sample = await Promise.race([reply, timeout]);
-    return sample ? { kind: 'connected', sample } : { kind: 'connected', noReply: `no time/reply within ${o.timeoutMs} ms (is the bridge running, with its time service?)` };
-  } finally {
-    clearTimeout(timer);
   }
 }
