@@ -24,6 +24,7 @@ describe('parseAgentConfig', () => {
       tickMs: 30_000,
       outbox: { maxEvents: 10_000 },
       revocation: { graceSec: 86_400, reportDelayMs: 30_000 },
+      clockCheckSec: 3600,
       logLevel: 'info',
     });
   });
@@ -45,6 +46,7 @@ describe('parseAgentConfig', () => {
       tickMs: 1000,
       outbox: { maxEvents: 50 },
       revocation: { graceSec: 600, reportDelayMs: 30_000 },
+      clockCheckSec: 3600,
       logLevel: 'debug',
     });
   });
@@ -64,6 +66,8 @@ describe('parseAgentConfig', () => {
     ['zero backoff base', { v: 1, backoff: { baseMs: 0 } }, 'backoff.baseMs: out of range'],
     ['tick too short', { v: 1, tickMs: 10 }, 'tickMs: out of range'],
     ['zero outbox', { v: 1, outbox: { maxEvents: 0 } }, 'outbox.maxEvents: out of range'],
+    ['negative clock check interval', { v: 1, clockCheckSec: -1 }, 'clockCheckSec: out of range'],
+    ['clock check interval over a week', { v: 1, clockCheckSec: 8 * 86_400 }, 'clockCheckSec: out of range'],
     ['unknown log level', { v: 1, logLevel: 'verbose' }, 'logLevel: expected one of'],
   ])('refuses %s with AGENT_CONFIG_INVALID and the field path', (_name, json, text) => {
     const err = errorOf(() => parseAgentConfig(json));

@@ -132,6 +132,8 @@ export class Agent {
   readonly #config: AgentRuntimeConfig;
   readonly #topics: Topics;
   readonly #listeners = new Set<(s: AgentState) => void>();
+  readonly #crlListeners = new Set<(crlNumber: string) => void>();
+  #crlNotified: string | undefined;
   #state: AgentState = 'stopped';
   #res: Resources | undefined;
   #abort: AbortController | undefined;
@@ -222,6 +224,15 @@ export class Agent {
   onStateChange(listener: (s: AgentState) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
+  }
+
+  /**
+   * Called with the fleet CRL number (decimal) each time the agent takes a newer CRL, right after it
+   * is stored. Returns a function that removes the listener. Listener errors are ignored.
+   */
+  onCrlChange(listener: (crlNumber: string) => void): () => void {
+    this.#crlListeners.add(listener);
+    return () => this.#crlListeners.delete(listener);
   }
 
   status(): AgentStatus {
@@ -989,7 +1000,10 @@ export class Agent {
           this.#poke();
         },
         log: (level, msg, fields) => this.#log(level, msg, fields),
-        changed: () => this.#scheduleStatusReport(),
+        changed: () => {
+          this.#notifyCrl();
+          this.#scheduleStatusReport();
+        },
       },
       { trustVersion },
     );
@@ -1095,6 +1109,19 @@ export class Agent {
     return { ...b, graceSec: (b.graceSec * lifetimeSec) / b.lifetimeSec };
   }
 
+  #notifyCrl(): void {
+    const n = this.#res?.revocation.crlNumber()?.toString();
+    if (n === undefined || n === this.#crlNotified) return;
+    this.#crlNotified = n;
+    for (const l of this.#crlListeners) {
+      try {
+        l(n);
+      } catch {
+        // a listener's failure is its own
+      }
+    }
+  }
+
   /** Judged time without the once-per-run skew report (status and peer verification). */
   #judgeQuiet(): number {
     return judgeNow(this.#clock.now(), this.#floor).now;
@@ -1150,6 +1177,8 @@ export class Agent {
       if (beyond && !this.#fleetSkewReported) {
         this.#fleetSkewReported = true;
         this.#log('warn', 'the system clock differs from the fleet clock', { skewMs: skew.skewMs, uncertaintyMs: skew.uncertaintyMs });
+        // A clock behind whose floor event already went out is the same episode: one event, not two.
+        if (skew.skewMs < 0 && this.#skewReported) return;
         await this.#emit({ type: 'clock_skew', skewMs: skew.skewMs, code: 'CLOCK_SKEW_FLEET' }).catch((e: unknown) =>
           this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }),
         );

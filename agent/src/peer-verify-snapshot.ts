@@ -75,15 +75,37 @@ export function writeSnapshot(dataDir: string, m: SnapshotMaterial): Promise<voi
   return run;
 }
 
+/** The snapshot is derived from the store and rewritten at every start: no fsync per update. */
+const NOT_DURABLE = { sync: false } as const;
+
+const CRL_FILE = /^crl-[0-9a-f]{64}\.der$/;
+/** The file name of a CRL DER, computed once per buffer (the cache hands out the same base buffer on every update). */
+const crlNames = new WeakMap<Buffer, string>();
+/**
+ * Per snapshot directory: the CRL files this process wrote or found with the right bytes. The name
+ * carries the content's SHA-256, so a file named here needs neither reading nor writing again: an
+ * update (a new delta) writes only the delta and state.json, not the base, however large.
+ */
+const present = new Map<string, Set<string>>();
+
 async function writeNow(dataDir: string, m: SnapshotMaterial): Promise<void> {
   const dir = join(dataDir, SNAPSHOT_DIR);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  let have = present.get(dir);
+  if (!have) {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    have = new Set();
+    present.set(dir, have);
+  }
   const names: string[] = [];
   for (const der of m.crls) {
-    const name = `crl-${createHash('sha256').update(der).digest('hex')}.der`;
+    let name = crlNames.get(der);
+    if (!name) crlNames.set(der, (name = `crl-${createHash('sha256').update(der).digest('hex')}.der`));
     names.push(name);
+    if (have.has(name)) continue;
+    // Left by an earlier run (written without fsync): used only when its bytes are right.
     const existing = await readFile(join(dir, name)).catch(() => undefined);
-    if (!existing?.equals(der)) await writeFileAtomic(join(dir, name), der, 0o644);
+    if (!existing?.equals(der)) await writeFileAtomic(join(dir, name), der, 0o644, NOT_DURABLE);
+    have.add(name);
   }
   const state: SnapshotState = {
     v: 1,
@@ -94,9 +116,12 @@ async function writeNow(dataDir: string, m: SnapshotMaterial): Promise<void> {
     crls: names,
     ...(m.identity ? { identity: { certificate: m.identity.certificate, serial: m.identity.serial, keyPublic: m.identity.key.public } } : {}),
   };
-  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state), 0o644);
+  await writeFileAtomic(join(dir, 'state.json'), JSON.stringify(state), 0o644, NOT_DURABLE);
   for (const f of await readdir(dir)) {
-    if (/^crl-[0-9a-f]{64}\.der$/.test(f) && !names.includes(f)) await rm(join(dir, f), { force: true });
+    if (CRL_FILE.test(f) && !names.includes(f)) {
+      await rm(join(dir, f), { force: true });
+      have.delete(f);
+    }
   }
 }
 

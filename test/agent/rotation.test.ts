@@ -86,8 +86,11 @@ describe('attested rotation with A/B slots (real swtpm, mosquitto, bridge)', () 
     expect(certs.filter((c) => c.supersededAt === undefined && c.revokedAt === undefined).map((c) => c.serial)).toEqual([serials.at(-1)]);
     expect(fx.fleet.inventory.getDevice(id)?.certSerial).toBe(serials.at(-1));
     // Its events reached the inventory in order: enrolled, then five rotations.
-    await eventually(async () => (await fx.fleet.inventory.listDeviceEvents(id)).length >= 6, 10_000, 'events ingested');
-    expect((await fx.fleet.inventory.listDeviceEvents(id)).map((e) => e.type)).toEqual(['enrolled', 'rotated', 'rotated', 'rotated', 'rotated', 'rotated']);
+    await eventually(async () => (await fx.fleet.inventory.listDeviceEvents(id)).filter((e) => e.type !== 'clock_skew').length >= 6, 10_000, 'events ingested');
+    // (The device clock was moved ahead to reach each renewal time, so the fleet clock check may
+    // legitimately report clock_skew on the way; those are not part of the rotation sequence.)
+    const types = (await fx.fleet.inventory.listDeviceEvents(id)).map((e) => e.type).filter((t) => t !== 'clock_skew');
+    expect(types).toEqual(['enrolled', 'rotated', 'rotated', 'rotated', 'rotated', 'rotated']);
     // The retained status the bridge ingested names the current certificate.
     await eventually(() => fx.fleet.inventory.getDevice(id)?.status?.certSerial === serials.at(-1), 10_000, 'status ingested');
 

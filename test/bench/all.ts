@@ -125,6 +125,25 @@ function descendantsCpuMs(): Record<string, number> {
   return out;
 }
 
+const IDLE_SETTLE_MS = 3_000;
+const IDLE_MEASURE_MS = 5_000;
+
+/**
+ * The online fleet doing nothing (after IDLE_SETTLE_MS for the last status reports): cores used by the
+ * coordinator and by each kind of descendant over IDLE_MEASURE_MS. The baseline the phase runs on top of.
+ */
+async function idleBaseline(): Promise<Record<string, number>> {
+  await new Promise((r) => setTimeout(r, IDLE_SETTLE_MS));
+  const others0 = descendantsCpuMs();
+  const cpu0 = process.cpuUsage();
+  await new Promise((r) => setTimeout(r, IDLE_MEASURE_MS));
+  const cpu = process.cpuUsage(cpu0);
+  const others1 = descendantsCpuMs();
+  const out: Record<string, number> = { coordinator: round((cpu.user + cpu.system) / 1000 / IDLE_MEASURE_MS, 3) };
+  for (const k of Object.keys(others1)) out[k] = round(((others1[k] ?? 0) - (others0[k] ?? 0)) / IDLE_MEASURE_MS, 3);
+  return out;
+}
+
 /** Max of this process's RSS, sampled every 100 ms until stopped. */
 function rssSampler(): { stop(): number } {
   let max = process.memoryUsage.rss();
@@ -177,13 +196,15 @@ async function fleetRun(scenario: FleetScenario, devices: number, seed: number):
     const setupSec = (performance.now() - t0) / 1000;
     const ctx = { random: seededRandom(seed), log: (l: string) => flog(`${scenario}: ${l}`) };
     let phase: () => Promise<ScenarioOutcome>;
+    let idle: Record<string, number> | undefined;
     if (scenario === 'rotation-campaign') {
       const ids = await bringOnline(sim);
       flog(`${ids.length} devices online; rotating`);
       phase = async () => ({ ...(await rotateAll(sim, ids, ctx.log)), figures: { commands: ids.length } });
     } else if (scenario === 'revocation-propagation') {
       const ids = await bringOnline(sim);
-      flog(`${ids.length} devices online; revoking ${REVOCATIONS} one at a time`);
+      idle = await idleBaseline();
+      flog(`${ids.length} devices online (idle: ${JSON.stringify(idle)} cores); revoking ${REVOCATIONS} one at a time`);
       phase = () => revokeOneAtATime(sim, ids, ctx);
     } else {
       const s = SCENARIOS.get(scenario)!;
@@ -212,6 +233,7 @@ async function fleetRun(scenario: FleetScenario, devices: number, seed: number):
         figures: outcome.figures ?? {},
         setupSec: round(setupSec, 1),
         coordinatorCpuMsPerDevice: round(coordinatorCpuMs / Math.max(1, outcome.succeeded), 2),
+        ...(idle ? { idleCores: idle } : {}),
         cpuSec,
         coordinatorPeakRssMiB: round(peakRss / MiB, 1),
         coordinatorVmHwmMiB: round((procStatus('self')['VmHWM'] ?? 0) / 1024, 1),

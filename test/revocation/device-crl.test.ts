@@ -99,12 +99,19 @@ describe('device-side revocation data (real agents and fleet)', () => {
   it('revoking a device: every other agent holds the new CRL, the revoked one parks in revoked, offline verify says REVOKED', async () => {
     const a = agents['crl-a']!;
     const serialA = a.status().certSerial!;
+    // onCrlChange (what the simulator measures propagation with) names each newer CRL once.
+    const heard: string[] = [];
+    const unlisten = agents['crl-b']!.onCrlChange((crlNumber) => heard.push(crlNumber));
     const r = await fx.fleet.revokeDevice('crl-a', 'keyCompromise');
     expect(r.serials).toEqual([serialA]);
     const n = r.crlNumber.toString();
 
     for (const id of ['crl-b', 'crl-c']) {
       await eventually(() => agents[id]!.status().crl?.crlNumber === n, 5_000, `${id} holds CRL ${n}`);
+      if (id === 'crl-b') {
+        expect(heard).toEqual([n]);
+        unlisten();
+      }
       // …and says so in its retained status, which the bridge ingests.
       await eventually(() => fx.fleet.inventory.getDevice(id)?.status?.crlNumber === n, 5_000, `${id} reports CRL ${n}`);
       expect(fx.fleet.inventory.getDevice(id)?.status?.trustBundleVersion).toBe(agents[id]!.status().trustBundleVersion);

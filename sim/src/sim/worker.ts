@@ -36,6 +36,8 @@ function start(d: SimDeviceSpec): void {
   const clock: Clock = { now: () => Date.now() + offset };
   const agent = new Agent({ bootstrap: d.bootstrap, dataDir: d.dataDir, config: d.config, clock, logger: loggerFor(d.deviceId), responseTimeoutMs: 10_000 });
   agents.set(d.deviceId, agent);
+  // Reported when the agent takes a newer CRL, with when it did (the revocation scenarios' propagation).
+  agent.onCrlChange((crlNumber) => send({ type: 'crl', deviceId: d.deviceId, crlNumber, at: Date.now() }));
   agent.onStateChange((state) => {
     const code = agent.status().error?.code;
     send({ type: 'state', deviceId: d.deviceId, state, at: Date.now(), ...(code ? { code } : {}) });
@@ -60,18 +62,6 @@ async function shutdown(): Promise<void> {
   agents.clear();
   process.exit(0);
 }
-
-/** CRL numbers seen per device: a change is reported once, with when the worker noticed it. */
-const crlSeen = new Map<string, string>();
-setInterval(() => {
-  for (const [id, a] of agents) {
-    const n = a.status().crl?.crlNumber;
-    if (n !== undefined && crlSeen.get(id) !== n) {
-      crlSeen.set(id, n);
-      send({ type: 'crl', deviceId: id, crlNumber: n, at: Date.now() });
-    }
-  }
-}, 50).unref();
 
 process.on('message', (m: ToWorker) => {
   switch (m.type) {
