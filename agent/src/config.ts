@@ -1,6 +1,6 @@
-import { X509Certificate } from 'node:crypto';
 import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { CodedError } from '../../common/coded-error.js';
+import { x509FromPem } from '../../common/x509-cache.js';
 import { DEFAULT_BASE_TOPIC, DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
 import { array, int, literal, object, optional, str, type Infer } from '../../common/protocol/schema.js';
 
@@ -48,7 +48,7 @@ export function parseBootstrap(json: unknown): BootstrapConfig {
 export function checkTrustBundle(config: BootstrapConfig): void {
   config.trustBundle.forEach((p, i) => {
     try {
-      new X509Certificate(p);
+      x509FromPem(p);
     } catch (e) {
       throw new AgentConfigError('AGENT_CONFIG_INVALID', `bootstrap config: trustBundle[${i}] is not a certificate`, { cause: e });
     }

@@ -1,5 +1,6 @@
-import { createHash, verify as verifySignature, X509Certificate } from 'node:crypto';
+import { createHash, verify as verifySignature, type X509Certificate } from 'node:crypto';
 import { TAG, readSingle, readTlv, readTime, type Tlv } from '../../common/der.js';
+import { publicKeyOf, spkiOf, x509FromPem } from '../../common/x509-cache.js';
 
 /**
  * A reader for exactly what RFC 5280 5.1 defines in a CRL, and for the few fields of a CA certificate
@@ -267,7 +268,7 @@ export function checkSignature(crl: ParsedCrl, ca: X509Certificate): boolean {
     if (oid.tag !== OID_TAG) return false;
     const digest = SIG_ALGS.get(crl.sigAlg.toString('hex', oid.contentStart, oid.end));
     if (digest === undefined) return false;
-    return verifySignature(digest, crl.tbs, { key: ca.publicKey, dsaEncoding: 'der' }, crl.signature);
+    return verifySignature(digest, crl.tbs, { key: publicKeyOf(ca), dsaEncoding: 'der' }, crl.signature);
   } catch {
     return false;
   }
@@ -286,7 +287,7 @@ export interface CaCert {
 /** Subject DER, SKI and whether keyUsage (when present) allows cRLSign; undefined for a non-CA or junk. */
 export function parseCaCert(pem: string): CaCert | undefined {
   try {
-    const cert = new X509Certificate(pem);
+    const cert = x509FromPem(pem);
     if (!cert.ca) return undefined;
     const der = cert.raw;
     const outer = readSingle(der, TAG.SEQUENCE, 'Certificate');
@@ -322,7 +323,7 @@ export function parseCaCert(pem: string): CaCert | undefined {
       subjectDer: der.subarray(subject.start, subject.end),
       skid,
       mayCrlSign,
-      keyHash: sha256Hex(cert.publicKey.export({ type: 'spki', format: 'der' })),
+      keyHash: sha256Hex(spkiOf(cert)),
     };
   } catch {
     return undefined;

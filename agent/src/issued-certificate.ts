@@ -1,5 +1,6 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
 import { CodedError } from '../../common/coded-error.js';
+import { publicKeyOf, spkiOf, x509FromPem } from '../../common/x509-cache.js';
 import type { IdentitySlot, StoredBlobs } from './store.js';
 
 /**
@@ -27,13 +28,13 @@ export function checkIssuedCertificate(opts: {
   let pool: X509Certificate[];
   let roots: X509Certificate[];
   try {
-    leaf = new X509Certificate(opts.certificate);
-    pool = opts.chain.map((p) => new X509Certificate(p));
-    roots = opts.trustBundle.map((p) => new X509Certificate(p));
+    leaf = x509FromPem(opts.certificate);
+    pool = opts.chain.map(x509FromPem);
+    roots = opts.trustBundle.map(x509FromPem);
   } catch {
     return fail('unparseable PEM');
   }
-  if (!leaf.publicKey.export({ type: 'spki', format: 'der' }).equals(opts.keySpki)) fail('it is not for our TPM key');
+  if (!spkiOf(leaf).equals(opts.keySpki)) fail('it is not for our TPM key');
   if (!leaf.subject.split('\n').includes(`CN=${opts.deviceId}`)) fail('it does not name this device');
   const notBefore = Date.parse(leaf.validFrom);
   const notAfter = Date.parse(leaf.validTo);
@@ -44,9 +45,9 @@ export function checkIssuedCertificate(opts: {
 
   let cur = leaf;
   for (let depth = 0; depth <= pool.length; depth++) {
-    const root = roots.find((r) => cur.checkIssued(r) && cur.verify(r.publicKey));
+    const root = roots.find((r) => cur.checkIssued(r) && cur.verify(publicKeyOf(r)));
     if (root) return { notBefore, notAfter };
-    const next = pool.find((c) => c.ca && c !== cur && cur.checkIssued(c) && cur.verify(c.publicKey));
+    const next = pool.find((c) => c.ca && c !== cur && cur.checkIssued(c) && cur.verify(publicKeyOf(c)));
     if (!next) break;
     cur = next;
   }

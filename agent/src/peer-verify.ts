@@ -1,4 +1,5 @@
-import { X509Certificate } from 'node:crypto';
+import type { X509Certificate } from 'node:crypto';
+import { publicKeyOf, spkiOf, x509FromPem } from '../../common/x509-cache.js';
 import { normalizeSerial } from './crl-der.js';
 import type { RevocationView } from './revocation-cache.js';
 
@@ -32,13 +33,13 @@ export function verifyPeer(
   let pool: X509Certificate[];
   let roots: X509Certificate[];
   try {
-    leaf = new X509Certificate(certPem);
+    leaf = x509FromPem(certPem);
   } catch {
     return verdict('CHAIN_UNTRUSTED', 'the certificate does not parse');
   }
   try {
-    pool = (opts.chain ?? []).map((p) => new X509Certificate(p));
-    roots = opts.trustBundle.map((p) => new X509Certificate(p));
+    pool = (opts.chain ?? []).map(x509FromPem);
+    roots = opts.trustBundle.map(x509FromPem);
   } catch {
     return verdict('CHAIN_UNTRUSTED', 'the chain or trust bundle does not parse');
   }
@@ -47,13 +48,13 @@ export function verifyPeer(
   let cur = leaf;
   let anchored = false;
   for (let depth = 0; depth <= pool.length; depth++) {
-    const root = roots.find((r) => r.ca && cur.checkIssued(r) && cur.verify(r.publicKey));
+    const root = roots.find((r) => r.ca && cur.checkIssued(r) && cur.verify(publicKeyOf(r)));
     if (root) {
       if (root !== cur) path.push(root);
       anchored = true;
       break;
     }
-    const next = pool.find((c) => c.ca && !path.includes(c) && cur.checkIssued(c) && cur.verify(c.publicKey));
+    const next = pool.find((c) => c.ca && !path.includes(c) && cur.checkIssued(c) && cur.verify(publicKeyOf(c)));
     if (!next) break;
     path.push(next);
     cur = next;
@@ -67,7 +68,7 @@ export function verifyPeer(
   }
 
   const issuer = path[1] ?? leaf;
-  if (!opts.cache.coversIssuer(issuer.publicKey.export({ type: 'spki', format: 'der' }))) {
+  if (!opts.cache.coversIssuer(spkiOf(issuer))) {
     return verdict('CRL_MISSING', 'no cached CRL from the certificate issuer');
   }
   const s = opts.cache.status(leaf.serialNumber, opts.now);

@@ -1,4 +1,4 @@
-import { X509Certificate } from 'node:crypto';
+import { x509FromPem } from '../../common/x509-cache.js';
 import type { DeviceState, DeviceStatus } from '../../common/protocol/messages.js';
 import type { CertificateWindow } from './policy.js';
 import type { IdentitySlot, LastRotation, SlotName } from './store.js';
@@ -92,7 +92,7 @@ const windows = new WeakMap<IdentitySlot, CertificateWindow>();
 export function windowOf(slot: IdentitySlot): CertificateWindow {
   let w = windows.get(slot);
   if (!w) {
-    const notBefore = slot.notBefore ?? Date.parse(new X509Certificate(slot.certificate).validFrom);
+    const notBefore = slot.notBefore ?? Date.parse(x509FromPem(slot.certificate).validFrom);
     w = { serial: slot.serial, notBefore, notAfter: slot.notAfter };
     windows.set(slot, w);
   }

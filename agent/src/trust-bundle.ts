@@ -1,5 +1,6 @@
-import { X509Certificate, verify as verifySignature } from 'node:crypto';
+import { verify as verifySignature, type X509Certificate } from 'node:crypto';
 import { decodeTrustBundle, trustBundleToBeSigned, type TrustBundleMessage } from '../../common/protocol/trust-bundle.js';
+import { publicKeyOf, x509FromPem } from '../../common/x509-cache.js';
 import { readCertificateFields } from '../../native/lib/certificate-fields.js';
 
 /**
@@ -109,7 +110,7 @@ function check(payload: Buffer, current: CurrentTrustBundle, now: number): Trust
     if (now > Date.parse(c.x509.validTo)) refuse('TRUST_BUNDLE_SIGNER_EXPIRED', `${c.label} expired at ${c.x509.validTo}`);
   }
 
-  const key = path[0]!.x509.publicKey;
+  const key = publicKeyOf(path[0]!.x509);
   const tbs = trustBundleToBeSigned(msg.version, msg.issuedAt, roots.map((r) => r.x509.raw));
   let valid = false;
   try {
@@ -148,7 +149,7 @@ function pathToAnchor(signerPems: readonly string[], anchors: readonly Ca[]): Ca
 }
 
 function issued(child: Ca, issuer: Ca): boolean {
-  return child.x509.checkIssued(issuer.x509) && child.x509.verify(issuer.x509.publicKey);
+  return child.x509.checkIssued(issuer.x509) && child.x509.verify(publicKeyOf(issuer.x509));
 }
 
 /** Parses a certificate that must be a CA (basicConstraints cA; keyCertSign when keyUsage is present). */
@@ -156,7 +157,7 @@ function asCa(pem: string, what: string, code: TrustBundleRejectCode): Ca {
   let x509: X509Certificate;
   let fields: ReturnType<typeof readCertificateFields>;
   try {
-    x509 = new X509Certificate(pem);
+    x509 = x509FromPem(pem);
     fields = readCertificateFields(x509.raw);
   } catch {
     return refuse(code, `${what} is not a readable certificate`);
