@@ -13,6 +13,7 @@ const programs = {
   demo: 'sim/src/demo.ts',
   sim: 'sim/src/sim.ts',
   'sim-worker': 'sim/src/sim/worker.ts',
+  'tpm-proxy': 'sim/src/tpm-proxy-main.ts',
   'bench-tpm': 'test/bench/tpm.ts',
   'bench-ca': 'test/bench/ca.ts',
   'bench-agent': 'test/bench/agent.ts',

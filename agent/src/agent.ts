@@ -107,6 +107,11 @@ export interface AgentStatus {
   readonly trustBundleVersion?: number;
   /** Why the agent is in state `error` or `revoked`. */
   readonly error?: { readonly code: string; readonly rejection?: RejectionCode; readonly message: string };
+  /**
+   * The TPM refused the last step (e.g. TPM_RC_LOCKOUT: dictionary-attack lockout), which the agent
+   * retries at its backoff's pace; cleared by the next step that goes through.
+   */
+  readonly tpmError?: { readonly code: string; readonly message: string; readonly at: number };
 }
 
 interface Resources {
@@ -122,6 +127,9 @@ interface Resources {
   readonly tpmInfo?: { readonly manufacturer: string; readonly firmwareVersion: string };
 }
 
+/** Codes of the TPM and of tpm2-tss (native/lib/tpm-error.ts). */
+const TPM_ERROR_CODE = /^(TPM_|RESMGR_|ESYS_|TCTI_|SYS_|MU_)/;
+
 /** Connection refusals with an unexpired identity before the agent tries re-attestation instead. */
 const REFUSALS_BEFORE_REATTEST = 3;
 
@@ -135,6 +143,7 @@ export class Agent {
   readonly #crlListeners = new Set<(crlNumber: string) => void>();
   #crlNotified: string | undefined;
   #state: AgentState = 'stopped';
+  #tpmError: AgentStatus['tpmError'];
   #res: Resources | undefined;
   #abort: AbortController | undefined;
   #loop: Promise<void> | undefined;
@@ -254,6 +263,7 @@ export class Agent {
       outbox: { pending: outbox?.pending() ?? 0, dropped: outbox?.dropped() ?? 0 },
       ...this.#fleetStatus(),
       ...(this.#error ? { error: this.#error } : {}),
+      ...(this.#tpmError ? { tpmError: this.#tpmError } : {}),
     };
   }
 
@@ -466,6 +476,7 @@ export class Agent {
       try {
         await this.#step(signal);
         this.#stepBackoff.reset();
+        this.#tpmError = undefined;
       } catch (e) {
         if (signal.aborted) return;
         if (this.#isFinal(e)) {
@@ -490,6 +501,13 @@ export class Agent {
         }
         // A TPM hiccup, a store error, a certificate the fleet should not have sent: log and retry later.
         const waitMs = this.#stepBackoff.next();
+        if (isCodedError(e) && TPM_ERROR_CODE.test(e.code)) {
+          this.#tpmError = { code: e.code, message: e.message, at: this.#clock.now() };
+          if (e.code === 'TPM_RC_LOCKOUT') {
+            // Asking again cannot make a lockout worse (no authorization fails), and it ends by itself.
+            this.#log('error', "the TPM is in dictionary-attack lockout and refuses our keys until its recovery time passes or its owner clears it (tpm2_dictionarylockout --clear-lockout); retrying at the backoff's pace", { code: e.code, waitMs });
+          }
+        }
         this.#log('warn', 'supervisor step failed; retrying', { code: isCodedError(e) ? e.code : 'UNEXPECTED', err: (e as Error).message, waitMs });
         await this.#idle(waitMs, signal);
       }

@@ -2,6 +2,7 @@ import { loadBinding, type RawBinding, type RawContext } from './binding.js';
 import { DerError, TAG, readSingle } from '../../common/der.js';
 import type { Attestation, CreatedKey, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmManufacturing, TpmSignature } from './tpm.js';
 import { TpmError, toTpmError } from './tpm-error.js';
+import { ekCertificateFromNv } from './ek-nv.js';
 import { parseAttest } from './wire/attest.js';
 import { TpmWriter } from './wire/buffer-io.js';
 import { parseAlgorithms, parseTpmProperties, u32Ascii } from './wire/capability.js';
@@ -52,6 +53,11 @@ const MAX_EK_CERT_BYTES = 4096;
 
 const PCR_BANK_ALG: Record<PcrBank, number> = { sha1: ALG.SHA1, sha256: ALG.SHA256, sha384: ALG.SHA384 };
 
+/** Response codes that say "not done, ask again" (TPM 2.0 Part 2 §6.6.3 warnings). */
+const RETRYABLE: ReadonlySet<string> = new Set(['TPM_RC_RETRY', 'TPM_RC_YIELDED', 'TPM_RC_TESTING']);
+/** Pauses before running an operation again once ESAPI's own resubmissions gave up. */
+const RETRY_PAUSES_MS = [25, 50, 100, 200, 400] as const;
+
 /** `Tpm` over tpm2-tss ESAPI through the native addon. */
 export class NativeTpm implements Tpm, TpmManufacturing {
   readonly tcti: string;
@@ -85,11 +91,23 @@ export class NativeTpm implements Tpm, TpmManufacturing {
     return this.#raw.closed;
   }
 
+  /**
+   * Runs one addon operation. A TPM that answers RETRY, YIELDED or TESTING did not run the command and
+   * asks to be asked again: ESAPI resubmits at once, up to 5 submissions; when it gives up, the
+   * operation is run again after RETRY_PAUSES_MS (a chip in self-test needs time, not haste), so at most
+   * 30 submissions over about 0.8 s. Nothing else is retried: LOCKOUT, FAILURE and every other code go
+   * to the caller at once (retrying a dictionary-attack lockout could only make it worse).
+   */
   async #call<T>(operation: string, fn: () => Promise<T>): Promise<T> {
-    try {
-      return await fn();
-    } catch (e) {
-      throw toTpmError(e, operation);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        const err = toTpmError(e, operation);
+        const pause = RETRY_PAUSES_MS[attempt];
+        if (pause === undefined || !RETRYABLE.has(err.code) || this.#raw.closed) throw err;
+        await new Promise((r) => setTimeout(r, pause));
+      }
     }
   }
 
@@ -149,12 +167,17 @@ export class NativeTpm implements Tpm, TpmManufacturing {
     const slots = EK_SLOTS[kind];
     if (!slots) throw new TpmError('TPM_BAD_ARGUMENT', `unknown EK kind ${String(kind)}`);
     for (const slot of slots) {
-      const cert = await this.#call('nvRead(EK certificate)', () => this.#raw.nvRead(slot.nv));
-      if (cert && cert.length > 0) {
-        const found = { ...slot, cert };
-        this.#ekSlot.set(kind, found);
-        return found;
+      const nv = await this.#call('nvRead(EK certificate)', () => this.#raw.nvRead(slot.nv));
+      if (!nv || nv.length === 0) continue;
+      // Real chips pad the index or prefix the certificate (ek-nv.ts): only the DER goes on.
+      const content = ekCertificateFromNv(nv);
+      if (content.kind === 'empty') continue;
+      if (content.kind === 'invalid') {
+        throw new TpmError('TPM_EK_NV_INVALID', `the EK certificate index 0x${slot.nv.toString(16)} does not hold a certificate: ${content.reason}`);
       }
+      const found = { ...slot, cert: content.der };
+      this.#ekSlot.set(kind, found);
+      return found;
     }
     this.#ekSlot.set(kind, null);
     return null;

@@ -11,7 +11,9 @@ export type TssLayer = 'tpm' | 'feature' | 'esapi' | 'sys' | 'mu' | 'tcti' | 're
  * - `TPM_CLOSED`: the context was closed; `TPM_UNKNOWN_HANDLE`: a handle this context never handed out
  *   (or already flushed); `TPM_BAD_ARGUMENT`: invalid input rejected before reaching the TPM;
  *   `TPM_UNREACHABLE`: the TCTI could not reach a TPM when opening; `TPM_ENGINE`: TLS engine misuse;
- *   `TPM_ADDON_NOT_FOUND`: the native addon was not built or not found.
+ *   `TPM_ADDON_NOT_FOUND`: the native addon was not built or not found; `TPM_EK_NV_INVALID`: an EK
+ *   certificate index holds bytes that are not a certificate (padding and the PC Client prefix are
+ *   understood, see ek-nv.ts).
  */
 export type TpmErrorCode =
   | `TPM_RC_${string}`
@@ -28,6 +30,7 @@ export type TpmErrorCode =
   | 'TPM_BAD_ARGUMENT'
   | 'TPM_UNREACHABLE'
   | 'TPM_ENGINE'
+  | 'TPM_EK_NV_INVALID'
   | 'TPM_ADDON_NOT_FOUND';
 
 export class TpmError extends CodedError<TpmErrorCode> {

@@ -19,7 +19,8 @@ export interface FleetFixture {
   /** Registers `deviceId` with `tpm`'s EK and a fresh token, as the factory station does. */
   provision(deviceId: string, tpm: TestTpm): Promise<BootstrapConfig>;
   /** A device: its own swtpm, registered. */
-  device(deviceId: string): Promise<{ tpm: TestTpm; bootstrap: BootstrapConfig; dataDir: string }>;
+  /** A device with its own swtpm, registered; `beforeRegister` may change the TPM first (e.g. its NV). */
+  device(deviceId: string, opts?: { beforeRegister?: (tpm: TestTpm) => Promise<void> }): Promise<{ tpm: TestTpm; bootstrap: BootstrapConfig; dataDir: string }>;
   agent(d: { bootstrap: BootstrapConfig; dataDir: string }, extra?: Partial<AgentOptions>): Agent;
   stop(): Promise<void>;
 }
@@ -56,10 +57,11 @@ export async function startFleetFixture(opts: Partial<Omit<EmbeddedFleetOptions,
     dir,
     fleet,
     provision,
-    async device(deviceId) {
+    async device(deviceId, o = {}) {
       const tpm = spare ?? (await startTpm());
       spare = undefined;
       if (!tpms.includes(tpm)) tpms.push(tpm);
+      await o.beforeRegister?.(tpm);
       return { tpm, bootstrap: await provision(deviceId, tpm), dataDir: join(dir, 'devices', deviceId) };
     },
     agent(d, extra = {}) {

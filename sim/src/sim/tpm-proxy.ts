@@ -1,0 +1,247 @@
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { CodedError } from '../../../common/coded-error.js';
+import { freePorts } from '../../../common/managed-process.js';
+
+/**
+ * A faulty TPM in front of a well-behaved swtpm (issue 13): a TCP proxy for swtpm's two ports (the
+ * command port P and the control port P+1, as the `swtpm:` TCTI uses them) that reads the TPM 2.0
+ * command/response framing on the command port (Part 1 §18: tag, size, code) and applies rules per
+ * command code:
+ * - `latencyMs`: the response is held that long after swtpm answered (fixed, or drawn per command);
+ * - `respond`: the command is not forwarded, the TPM "answers" a response code of our choice (RETRY,
+ *   YIELDED, TESTING, LOCKOUT, FAILURE...), for the next `times` matching commands or always;
+ * - `drop`: the connection is closed when a matching command arrives.
+ * Rules can be replaced while the proxy runs. Every device gets its own proxy on its own timers, so one
+ * slow or faulty TPM never delays another. The control port is passed through untouched.
+ */
+export type TpmProxyErrorCode = 'TPM_PROXY_INVALID';
+
+/** TPM 2.0 Part 2 §6.5.2 command codes used by the agent and the station. */
+export const TPM_CC = {
+  NV_Read: 0x14e,
+  NV_ReadPublic: 0x169,
+  ActivateCredential: 0x147,
+  Certify: 0x148,
+  CreatePrimary: 0x131,
+  Create: 0x153,
+  Load: 0x157,
+  Sign: 0x15d,
+  FlushContext: 0x165,
+  GetCapability: 0x17a,
+  ReadPublic: 0x173,
+} as const;
+
+/** TPM 2.0 Part 2 §6.6 response codes a real chip answers and a caller must handle. */
+export const TPM_RC = {
+  RETRY: 0x922,
+  YIELDED: 0x908,
+  TESTING: 0x90a,
+  LOCKOUT: 0x921,
+  FAILURE: 0x101,
+} as const;
+
+export interface TpmProxyRule {
+  /** The command this rule applies to; every command when absent. */
+  readonly commandCode?: number;
+  readonly latencyMs?: number | (() => number);
+  /** Answer `rc` instead of forwarding; `times` matching commands (then the rule is spent), always when absent. */
+  readonly respond?: { readonly rc: number; readonly times?: number };
+  /** Close the connection on the next `times` matching commands (always when absent). */
+  readonly drop?: { readonly times?: number };
+}
+
+export interface TpmProxyStats {
+  /** Commands seen, by command code. */
+  readonly commands: ReadonlyMap<number, number>;
+  /** Response codes injected instead of forwarding. */
+  readonly injected: number;
+  readonly dropped: number;
+}
+
+const HEADER = 10;
+/** A command larger than this is not a TPM command (swtpm's own limit is 4 KiB). */
+const MAX_COMMAND = 64 * 1024;
+const TPM_ST_NO_SESSIONS = 0x8001;
+
+interface LiveRule {
+  readonly rule: TpmProxyRule;
+  respondLeft: number;
+  dropLeft: number;
+}
+
+export class TpmProxy {
+  readonly port: number;
+  readonly #servers: Server[] = [];
+  readonly #sockets = new Set<Socket>();
+  #rules: LiveRule[] = [];
+  readonly #commands = new Map<number, number>();
+  #injected = 0;
+  #dropped = 0;
+
+  private constructor(port: number) {
+    this.port = port;
+  }
+
+  /** The TCTI a device uses to reach its TPM through this proxy. */
+  get tcti(): string {
+    return `swtpm:host=127.0.0.1,port=${this.port}`;
+  }
+
+  /** Listens on two free consecutive loopback ports, forwarding to swtpm's `targetPort` and `targetPort + 1`. */
+  static async start(targetPort: number, rules: readonly TpmProxyRule[] = []): Promise<TpmProxy> {
+    for (let attempt = 0; ; attempt++) {
+      const port = await freePorts(2);
+      const proxy = new TpmProxy(port);
+      proxy.setRules(rules);
+      try {
+        proxy.#servers.push(await listen(port, (c) => proxy.#command(c, targetPort)));
+        proxy.#servers.push(await listen(port + 1, (c) => proxy.#passThrough(c, targetPort + 1)));
+        return proxy;
+      } catch (e) {
+        await proxy.stop();
+        if (attempt >= 5) throw e; // someone took a port between the check and the listen: new ports
+      }
+    }
+  }
+
+  /** Replaces the rules; the first rule that matches a command (and is not spent) applies. */
+  setRules(rules: readonly TpmProxyRule[]): void {
+    for (const r of rules) validate(r);
+    this.#rules = rules.map((rule) => ({ rule, respondLeft: rule.respond?.times ?? Infinity, dropLeft: rule.drop?.times ?? Infinity }));
+  }
+
+  stats(): TpmProxyStats {
+    return { commands: new Map(this.#commands), injected: this.#injected, dropped: this.#dropped };
+  }
+
+  async stop(): Promise<void> {
+    for (const s of this.#sockets) s.destroy();
+    await Promise.all(this.#servers.map((s) => new Promise((r) => s.close(r))));
+  }
+
+  #track(...sockets: Socket[]): void {
+    for (const s of sockets) {
+      this.#sockets.add(s);
+      s.setNoDelay(true);
+      s.on('close', () => this.#sockets.delete(s));
+    }
+  }
+
+  #passThrough(client: Socket, target: number): void {
+    const upstream = createConnection({ host: '127.0.0.1', port: target });
+    this.#track(client, upstream);
+    const kill = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', kill);
+    upstream.on('error', kill);
+    client.pipe(upstream).pipe(client);
+  }
+
+  /** One command at a time, as a TPM takes them: read it whole, decide, answer, then the next. */
+  #command(client: Socket, target: number): void {
+    const upstream = createConnection({ host: '127.0.0.1', port: target });
+    this.#track(client, upstream);
+    const kill = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', kill);
+    upstream.on('error', kill);
+    client.on('close', kill);
+    upstream.on('close', kill);
+    let fromClient = Buffer.alloc(0);
+    let fromTpm = Buffer.alloc(0);
+    let waiting: { delayMs: number } | undefined; // a forwarded command whose response is awaited
+    let holding = false; // a response is being held (latency)
+
+    const release = (response: Buffer, delayMs: number) => {
+      holding = true;
+      setTimeout(() => {
+        holding = false;
+        if (!client.destroyed) client.write(response);
+        next();
+      }, delayMs);
+    };
+    const next = () => {
+      if (waiting || holding || fromClient.length < HEADER) return;
+      const size = fromClient.readUInt32BE(2);
+      if (size < HEADER || size > MAX_COMMAND) return kill(); // not TPM framing
+      if (fromClient.length < size) return;
+      const command = fromClient.subarray(0, size);
+      fromClient = fromClient.subarray(size);
+      const code = command.readUInt32BE(6);
+      this.#commands.set(code, (this.#commands.get(code) ?? 0) + 1);
+      const live = this.#rules.find((r) => matches(r, code));
+      const delayMs = latencyOf(live?.rule);
+      if (live?.rule.drop && live.dropLeft > 0) {
+        live.dropLeft--;
+        this.#dropped++;
+        return kill();
+      }
+      if (live?.rule.respond && live.respondLeft > 0) {
+        live.respondLeft--;
+        this.#injected++;
+        const r = Buffer.alloc(HEADER);
+        r.writeUInt16BE(TPM_ST_NO_SESSIONS, 0);
+        r.writeUInt32BE(HEADER, 2);
+        r.writeUInt32BE(live.rule.respond.rc, 6);
+        return release(r, delayMs);
+      }
+      waiting = { delayMs };
+      upstream.write(command);
+    };
+    client.on('data', (d: Buffer) => {
+      fromClient = Buffer.concat([fromClient, d]);
+      next();
+    });
+    upstream.on('data', (d: Buffer) => {
+      fromTpm = Buffer.concat([fromTpm, d]);
+      if (!waiting || fromTpm.length < HEADER) return;
+      const size = fromTpm.readUInt32BE(2);
+      if (size < HEADER || size > MAX_COMMAND) return kill();
+      if (fromTpm.length < size) return;
+      const response = fromTpm.subarray(0, size);
+      fromTpm = fromTpm.subarray(size);
+      const { delayMs } = waiting;
+      waiting = undefined;
+      release(response, delayMs);
+    });
+  }
+}
+
+function matches(r: LiveRule, code: number): boolean {
+  if (r.rule.commandCode !== undefined && r.rule.commandCode !== code) return false;
+  // A rule whose fault is spent still applies its latency; one with only a spent fault is skipped.
+  const faultSpent = (r.rule.respond !== undefined && r.respondLeft <= 0) || (r.rule.drop !== undefined && r.dropLeft <= 0);
+  return !faultSpent || r.rule.latencyMs !== undefined;
+}
+
+function latencyOf(rule: TpmProxyRule | undefined): number {
+  const l = rule?.latencyMs;
+  const v = typeof l === 'function' ? l() : (l ?? 0);
+  return Number.isFinite(v) && v > 0 ? Math.min(v, 60_000) : 0;
+}
+
+function validate(r: TpmProxyRule): void {
+  const bad = (why: string): never => {
+    throw new CodedError<TpmProxyErrorCode>('TPM_PROXY_INVALID', `TPM proxy rule: ${why}`);
+  };
+  if (r.commandCode !== undefined && (!Number.isInteger(r.commandCode) || r.commandCode < 0 || r.commandCode > 0xffffffff)) bad('commandCode must be a 32-bit command code');
+  if (typeof r.latencyMs === 'number' && (!Number.isFinite(r.latencyMs) || r.latencyMs < 0 || r.latencyMs > 60_000)) bad(`latency must be 0–60000 ms, not ${r.latencyMs}`);
+  if (r.respond && (!Number.isInteger(r.respond.rc) || r.respond.rc <= 0 || r.respond.rc > 0xffffffff)) bad('respond.rc must be a non-zero response code');
+  for (const t of [r.respond?.times, r.drop?.times]) if (t !== undefined && (!Number.isInteger(t) || t < 0)) bad('times must be a non-negative integer');
+  if (r.respond && r.drop) bad('a rule either responds or drops, not both');
+}
+
+function listen(port: number, onConnection: (s: Socket) => void): Promise<Server> {
+  const server = createServer(onConnection);
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve(server);
+    });
+  });
+}

@@ -1,0 +1,90 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { isCodedError } from '../../common/coded-error.js';
+import { readEk } from '../../sim/src/sim/register-device.js';
+import { startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
+import type { TestTpm } from '../harness/index.js';
+
+const run = promisify(execFile);
+/** swtpm 0.7.1 keeps its P-384 EK certificate in the high range (harness.test.ts). */
+const ECC_EK_CERT = '0x01c00016';
+/** ST33HTPHF2EI2C's index size (tpm2-tools #3474). */
+const ST_INDEX_BYTES = 1600;
+
+/**
+ * EK certificates stored the way real chips store them (issue 13), put into swtpm's NV with
+ * tpm2-tools (not our addon): the index redefined at the chip's size and written with padding or the
+ * PC Client prefix. The station side reads the EK as the factory does, and the agent enrolls over the
+ * real bridge, mosquitto and swtpm.
+ */
+describe('EK certificate NV quirks of real chips (real swtpm, tpm2-tools, bridge, mosquitto)', () => {
+  let fx: FleetFixture;
+  const scratch = mkdtempSync(join(tmpdir(), 'ek-nv-'));
+  beforeAll(async () => {
+    fx = await startFleetFixture();
+  });
+  afterAll(async () => {
+    await fx?.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  const tpm2 = async (tpm: TestTpm, tool: string, ...args: string[]) => (await run(tool, ['-T', tpm.tcti, ...args], { cwd: scratch, timeout: 20_000 })).stdout;
+
+  /** Replaces the EK certificate index with `make(certificate)`, as a platform (factory) would define it. */
+  const rewriteIndex = (name: string, make: (der: Buffer) => Buffer, seen: { der?: Buffer; nv?: Buffer }) => async (tpm: TestTpm) => {
+    const certPath = join(scratch, `${name}.der`);
+    await tpm2(tpm, 'tpm2_nvread', ECC_EK_CERT, '-C', 'o', '-o', certPath);
+    const der = readFileSync(certPath);
+    const nv = make(der);
+    const nvPath = join(scratch, `${name}.nv`);
+    writeFileSync(nvPath, nv);
+    await tpm2(tpm, 'tpm2_nvundefine', '-C', 'p', ECC_EK_CERT);
+    await tpm2(tpm, 'tpm2_nvdefine', '-C', 'p', '-s', String(nv.length), '-a', 'ppwrite|ppread|ownerread|authread|no_da|platformcreate', ECC_EK_CERT);
+    await tpm2(tpm, 'tpm2_nvwrite', '-C', 'p', '-i', nvPath, ECC_EK_CERT);
+    // What a reader of the chip now gets: the index as written, quirk included.
+    const back = join(scratch, `${name}.back`);
+    await tpm2(tpm, 'tpm2_nvread', ECC_EK_CERT, '-C', 'o', '-o', back);
+    seen.der = der;
+    seen.nv = readFileSync(back);
+  };
+
+  const pcClientPrefix = (der: Buffer) => Buffer.concat([Buffer.from([0x10, 0x01, 0x00, der.length >> 8, der.length & 0xff]), der]);
+  const padTo = (b: Buffer, size: number) => Buffer.concat([b, Buffer.alloc(size - b.length, 0xff)]);
+
+  it.each<[string, string, (der: Buffer) => Buffer]>([
+    ['0xFF padding to 1,600 bytes (ST33HTPHF2EI2C)', 'ek-nv-padded', (der) => padTo(der, ST_INDEX_BYTES)],
+    ['the PC Client prefix 10 01 00 <len> (Intel)', 'ek-nv-prefixed', pcClientPrefix],
+    ['the prefix and padding together', 'ek-nv-both', (der) => padTo(pcClientPrefix(der), ST_INDEX_BYTES)],
+  ])('enrolls a device whose index holds the certificate with %s', async (_name, id, make) => {
+    const seen: { der?: Buffer; nv?: Buffer } = {};
+    const d = await fx.device(id, { beforeRegister: rewriteIndex(id, make, seen) });
+    expect(seen.nv!.equals(make(seen.der!))).toBe(true);
+    expect(seen.nv!.equals(seen.der!)).toBe(false);
+    // The factory read the certificate alone, and so does the agent.
+    const ek = await readEk(d.tpm.tcti);
+    expect(ek.ekCertificateDer.equals(seen.der!)).toBe(true);
+    const a = fx.agent(d);
+    await a.start();
+    expect(a.state).toBe('online');
+    const device = fx.fleet.inventory.getDevice(d.bootstrap.deviceId);
+    expect(device?.certSerial).toBe(a.status().certSerial);
+    expect(Buffer.from(device!.ekCertificate!, 'base64').equals(seen.der!)).toBe(true);
+    await a.stop();
+  }, 60_000);
+
+  it('refuses an index that holds a cut-off certificate: TPM_EK_NV_INVALID, with the reason', async () => {
+    const seen: { der?: Buffer; nv?: Buffer } = {};
+    let err: unknown;
+    try {
+      await fx.device('ek-nv-cut', { beforeRegister: rewriteIndex('cut', (der) => der.subarray(0, 400), seen) });
+    } catch (e) {
+      err = e;
+    }
+    expect(isCodedError(err) && err.code).toBe('TPM_EK_NV_INVALID');
+    expect((err as Error).message).toMatch(/0x1c00016 does not hold a certificate: .*declares \d+ bytes but the index holds 400/);
+  }, 60_000);
+});
