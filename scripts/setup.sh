@@ -32,9 +32,10 @@ apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-dev
 # token for the CA key; tpm2-tools: checks and the benchmark baseline; openssl: independent
 # verification; procps: pgrep; tmux: tests on a real TTY; chromium-headless-shell + fonts-dejavu-core:
 # the simulator report rendered in a real browser; docker.io + debootstrap + iproute2: the
-# container test backend (docs/testing.md).
+# container test backend (docs/testing.md); tpm2-abrmd + libtss2-tcti-tabrmd0 (which tpm2-abrmd does
+# not pull in) + dbus-daemon/dbus-bin: the agent through the user-space resource manager.
 if [[ $profile == test ]]; then
-  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core)
+  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin)
 fi
 ensure_apt_packages "${apt_packages[@]}"
 
