@@ -8,7 +8,7 @@ import { CLIENT_ID_PREFIX, DEFAULT_BASE_TOPIC, Topics } from '../../common/proto
 import { MqttTransport, type MqttTransportOptions } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
-import type { Tpm, TpmKey } from '../../native/lib/tpm.js';
+import type { EkChoice, EkKind, Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from './agent-config.js';
 import { abortError, Backoff, sleep as realSleep, type Sleep } from './backoff.js';
 import { checkTrustBundle, type BootstrapConfig } from './config.js';
@@ -112,6 +112,8 @@ export interface AgentStatus {
    * retries at its backoff's pace; cleared by the next step that goes through.
    */
   readonly tpmError?: { readonly code: string; readonly message: string; readonly at: number };
+  /** The EK the agent attests with (ECC before RSA, each in its documented NV index order; docs/hardware.md). */
+  readonly ek?: { readonly kind: EkKind; readonly template: string; readonly nvIndex: string };
 }
 
 interface Resources {
@@ -124,8 +126,11 @@ interface Resources {
   readonly outbox: Outbox;
   /** The fleet CRL (complete + delta) in LevelDB with its in-memory index. */
   readonly revocation: RevocationCache;
-  readonly tpmInfo?: { readonly manufacturer: string; readonly firmwareVersion: string };
+  readonly tpmInfo?: { readonly manufacturer: string; readonly firmwareVersion: string; readonly ek?: string };
 }
+
+const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
+const ekLabel = (ek: EkChoice) => `${ek.template} ${hex32(ek.nvIndex)}`;
 
 /** Codes of the TPM and of tpm2-tss (native/lib/tpm-error.ts). */
 const TPM_ERROR_CODE = /^(TPM_|RESMGR_|ESYS_|TCTI_|SYS_|MU_)/;
@@ -143,6 +148,7 @@ export class Agent {
   readonly #crlListeners = new Set<(crlNumber: string) => void>();
   #crlNotified: string | undefined;
   #state: AgentState = 'stopped';
+  #ek: EkChoice | undefined;
   #tpmError: AgentStatus['tpmError'];
   #res: Resources | undefined;
   #abort: AbortController | undefined;
@@ -264,6 +270,7 @@ export class Agent {
       ...this.#fleetStatus(),
       ...(this.#error ? { error: this.#error } : {}),
       ...(this.#tpmError ? { tpmError: this.#tpmError } : {}),
+      ...(this.#ek ? { ek: { kind: this.#ek.kind, template: this.#ek.template, nvIndex: hex32(this.#ek.nvIndex) } } : {}),
     };
   }
 
@@ -399,7 +406,11 @@ export class Agent {
       let tpmInfo: Resources['tpmInfo'];
       try {
         const caps = await tpm.capabilities();
-        tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion };
+        // The EK enrollment and re-attestation use: ECC before RSA, each in its documented index order.
+        const ek = (await tpm.ekChoice('ecc')) ?? (await tpm.ekChoice('rsa'));
+        this.#ek = ek ?? undefined;
+        tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion, ...(ek ? { ek: ekLabel(ek) } : {}) };
+        if (ek) this.#log('info', 'EK in use', { kind: ek.kind, template: ek.template, nvIndex: hex32(ek.nvIndex) });
       } catch (e) {
         this.#log('warn', 'could not read TPM capabilities', { code: isCodedError(e) ? e.code : undefined });
       }

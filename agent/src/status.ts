@@ -51,7 +51,7 @@ export interface StatusInput {
   readonly clockSkewMs: number;
   readonly errorCode?: string;
   readonly agentVersion: string;
-  readonly tpm?: { readonly manufacturer: string; readonly firmwareVersion: string };
+  readonly tpm?: { readonly manufacturer: string; readonly firmwareVersion: string; readonly ek?: string };
   readonly outbox?: { readonly pending: number; readonly dropped: number };
   readonly crlNumber?: string;
   readonly trustBundleVersion?: number;
@@ -70,6 +70,7 @@ export function statusBody(i: StatusInput): DeviceStatus {
     ...(i.errorCode ? { errorCode: i.errorCode } : {}),
     agentVersion: i.agentVersion.slice(0, 32),
     ...(i.tpm ? { tpmManufacturer: i.tpm.manufacturer.slice(0, 16), tpmFirmware: i.tpm.firmwareVersion.slice(0, 32) } : {}),
+    ...(i.tpm?.ek ? { tpmEk: i.tpm.ek } : {}),
     ...(i.outbox ? { outboxPending: i.outbox.pending, outboxDropped: i.outbox.dropped } : {}),
     ...(i.crlNumber === undefined ? {} : { crlNumber: i.crlNumber }),
     ...(i.trustBundleVersion === undefined ? {} : { trustBundleVersion: i.trustBundleVersion }),

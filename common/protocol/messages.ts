@@ -127,6 +127,8 @@ export const deviceStatusBody = object({
   agentVersion: optional(str({ max: 32 })),
   tpmManufacturer: optional(str({ max: 16 })),
   tpmFirmware: optional(str({ max: 32 })),
+  /** The EK the device attests with: its template and certificate index, e.g. 'H-3 ECC P-384 0x01c00016'. */
+  tpmEk: optional(str({ max: 48, pattern: /^[A-Za-z0-9 .\-]+$/ })),
   /** Outbox events waiting for delivery, and non-security events dropped because it was full. */
   outboxPending: optional(int({ min: 0, max: 1_000_000_000 })),
   outboxDropped: optional(int({ min: 0, max: 1_000_000_000 })),

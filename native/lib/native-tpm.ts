@@ -1,6 +1,6 @@
 import { loadBinding, type RawBinding, type RawContext } from './binding.js';
 import { DerError, TAG, readSingle } from '../../common/der.js';
-import type { Attestation, CreatedKey, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmManufacturing, TpmSignature } from './tpm.js';
+import type { Attestation, CreatedKey, EkChoice, EkKind, KeyBlobs, PcrBank, TlsKeyOptions, Tpm, TpmCapabilities, TpmKey, TpmManufacturing, TpmSignature } from './tpm.js';
 import { TpmError, toTpmError } from './tpm-error.js';
 import { ekCertificateFromNv } from './ek-nv.js';
 import { parseAttest } from './wire/attest.js';
@@ -25,12 +25,12 @@ import {
 export const DEFAULT_SRK_HANDLE = 0x81000001;
 
 /** Where each EK kind's certificate may live, with the template that re-derives its key. */
-const EK_SLOTS: Record<EkKind, readonly { nv: number; template: () => TpmPublic }[]> = {
-  rsa: [{ nv: EK_CERT_NV.RSA_2048, template: ekRsaTemplate }],
+const EK_SLOTS: Record<EkKind, readonly { nv: number; name: string; template: () => TpmPublic }[]> = {
+  rsa: [{ nv: EK_CERT_NV.RSA_2048, name: 'L-1 RSA-2048', template: ekRsaTemplate }],
   ecc: [
-    { nv: EK_CERT_NV.ECC_P256, template: ekEccTemplate },
-    { nv: EK_CERT_NV.ECC_P256_HIGH, template: ekEccP256HighTemplate },
-    { nv: EK_CERT_NV.ECC_P384_HIGH, template: ekEccP384HighTemplate },
+    { nv: EK_CERT_NV.ECC_P256, name: 'L-2 ECC P-256', template: ekEccTemplate },
+    { nv: EK_CERT_NV.ECC_P256_HIGH, name: 'H-2 ECC P-256', template: ekEccP256HighTemplate },
+    { nv: EK_CERT_NV.ECC_P384_HIGH, name: 'H-3 ECC P-384', template: ekEccP384HighTemplate },
   ],
 };
 
@@ -64,7 +64,7 @@ export class NativeTpm implements Tpm, TpmManufacturing {
   readonly #raw: RawContext;
   readonly #binding: RawBinding;
   /** Which EK slot holds a certificate, found on first use (swtpm and vendors differ). */
-  readonly #ekSlot = new Map<EkKind, { nv: number; template: () => TpmPublic; cert: Buffer } | null>();
+  readonly #ekSlot = new Map<EkKind, { nv: number; name: string; template: () => TpmPublic; cert: Buffer } | null>();
 
   private constructor(tcti: string, raw: RawContext, binding: RawBinding) {
     this.tcti = tcti;
@@ -185,6 +185,11 @@ export class NativeTpm implements Tpm, TpmManufacturing {
 
   async readEkCertificate(kind: EkKind): Promise<Buffer | null> {
     return (await this.#findEkSlot(kind))?.cert ?? null;
+  }
+
+  async ekChoice(kind: EkKind): Promise<EkChoice | null> {
+    const slot = await this.#findEkSlot(kind);
+    return slot ? { kind, nvIndex: slot.nv, template: slot.name } : null;
   }
 
   async writeEkCertificate(kind: EkKind, der: Buffer): Promise<void> {

@@ -24,6 +24,12 @@ export interface Tpm {
 
   /** EK certificate (DER) from the TCG standard NV index for that key type, or null if absent. */
   readEkCertificate(kind: EkKind): Promise<Buffer | null>;
+  /**
+   * Which EK of `kind` this TPM has a certificate for: the first index in the documented order (ECC:
+   * 0x01c0000a L-2 P-256, 0x01c00014 H-2 P-256, 0x01c00016 H-3 P-384; RSA: 0x01c00002 L-1), and the
+   * template createEk re-derives it from. Null when none of them holds a certificate.
+   */
+  ekChoice(kind: EkKind): Promise<EkChoice | null>;
   /** Creates (re-derives) the EK from the TCG default template (EK Credential Profile L-1 / L-2). */
   createEk(kind: EkKind): Promise<TpmKey>;
   /**
@@ -101,6 +107,15 @@ export interface TpmManufacturing {
 }
 
 export type EkKind = 'rsa' | 'ecc';
+
+/** The EK a TPM's certificate is for (see Tpm.ekChoice). */
+export interface EkChoice {
+  readonly kind: EkKind;
+  /** The NV index holding its certificate. */
+  readonly nvIndex: number;
+  /** TCG EK Credential Profile template name, e.g. 'H-3 ECC P-384'. */
+  readonly template: string;
+}
 export type PcrBank = 'sha1' | 'sha256' | 'sha384';
 
 /** A loaded TPM object as seen from one context. Plain data; valid until flushed or the context closes. */

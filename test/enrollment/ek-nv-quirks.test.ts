@@ -6,7 +6,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isCodedError } from '../../common/coded-error.js';
 import { readEk } from '../../sim/src/sim/register-device.js';
-import { startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
+import { eventually, startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
 import type { TestTpm } from '../harness/index.js';
 
 const run = promisify(execFile);
@@ -21,7 +21,7 @@ const ST_INDEX_BYTES = 1600;
  * PC Client prefix. The station side reads the EK as the factory does, and the agent enrolls over the
  * real bridge, mosquitto and swtpm.
  */
-describe('EK certificate NV quirks of real chips (real swtpm, tpm2-tools, bridge, mosquitto)', () => {
+describe('EK certificate NV quirks and EK variants of real chips (real swtpm, tpm2-tools, bridge, mosquitto)', () => {
   let fx: FleetFixture;
   const scratch = mkdtempSync(join(tmpdir(), 'ek-nv-'));
   beforeAll(async () => {
@@ -70,9 +70,29 @@ describe('EK certificate NV quirks of real chips (real swtpm, tpm2-tools, bridge
     const a = fx.agent(d);
     await a.start();
     expect(a.state).toBe('online');
+    // It says which EK it attests with, locally and in the status the fleet ingests.
+    expect(a.status().ek).toEqual({ kind: 'ecc', template: 'H-3 ECC P-384', nvIndex: '0x01c00016' });
+    await eventually(() => fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.status?.tpmEk === 'H-3 ECC P-384 0x01c00016', 10_000, 'the EK in the ingested status');
     const device = fx.fleet.inventory.getDevice(d.bootstrap.deviceId);
     expect(device?.certSerial).toBe(a.status().certSerial);
     expect(Buffer.from(device!.ekCertificate!, 'base64').equals(seen.der!)).toBe(true);
+    await a.stop();
+  }, 60_000);
+
+  it('an RSA-only chip (no ECC EK certificate): the agent picks the RSA EK, says so, and enrolls', async () => {
+    const d = await fx.device('ek-rsa-only', {
+      beforeRegister: async (tpm) => {
+        await tpm2(tpm, 'tpm2_nvundefine', '-C', 'p', ECC_EK_CERT);
+      },
+    });
+    const ek = await readEk(d.tpm.tcti);
+    expect(ek.ekKind).toBe('rsa');
+    const a = fx.agent(d);
+    await a.start();
+    expect(a.state).toBe('online');
+    expect(a.status().ek).toEqual({ kind: 'rsa', template: 'L-1 RSA-2048', nvIndex: '0x01c00002' });
+    await eventually(() => fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.status?.tpmEk === 'L-1 RSA-2048 0x01c00002', 10_000, 'the EK in the ingested status');
+    expect(fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.ekKind).toBe('rsa');
     await a.stop();
   }, 60_000);
 

@@ -169,6 +169,7 @@ export interface DeviceStatusSnapshot {
   readonly agentVersion?: string;
   readonly tpmManufacturer?: string;
   readonly tpmFirmware?: string;
+  readonly tpmEk?: string;
   readonly outboxPending?: number;
   readonly outboxDropped?: number;
   readonly crlNumber?: string;

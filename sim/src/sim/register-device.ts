@@ -3,6 +3,7 @@ import type { BootstrapConfig } from '../../../agent/src/config.js';
 import type { EmbeddedFleet } from '../../../broker-bridge/src/embedded-fleet.js';
 import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
 import { NativeTpm } from '../../../native/lib/native-tpm.js';
+import type { EkKind } from '../../../native/lib/tpm.js';
 
 /**
  * What the factory station does for one device, in one call, for the simulator, the benchmarks and
@@ -10,20 +11,23 @@ import { NativeTpm } from '../../../native/lib/native-tpm.js';
  * one-time token (only the token's hash stored), and the bootstrap config the device gets.
  */
 export interface DeviceEk {
+  /** The EK the device attests with: ECC when the TPM has an ECC EK certificate, else RSA (as the agent picks). */
+  readonly ekKind: EkKind;
   readonly ekCertificateDer: Buffer;
   /** hex SHA-256 of the EK's SubjectPublicKeyInfo. */
   readonly ekPublicHash: string;
 }
 
-/** Reads the ECC EK certificate from the TPM at `tcti` and derives the EK (flushed again). */
+/** Reads the EK certificate from the TPM at `tcti` (ECC, else RSA, as the agent picks) and derives the EK (flushed again). */
 export async function readEk(tcti: string): Promise<DeviceEk> {
   const tpm = await NativeTpm.open(tcti);
   try {
-    const ekCertificateDer = await tpm.readEkCertificate('ecc');
-    if (!ekCertificateDer) throw new Error(`the TPM at ${tcti} has no ECC EK certificate`);
-    const ek = await tpm.createEk('ecc');
+    const ekKind: EkKind = (await tpm.ekChoice('ecc')) ? 'ecc' : 'rsa';
+    const ekCertificateDer = await tpm.readEkCertificate(ekKind);
+    if (!ekCertificateDer) throw new Error(`the TPM at ${tcti} has no EK certificate`);
+    const ek = await tpm.createEk(ekKind);
     await tpm.flush(ek);
-    return { ekCertificateDer, ekPublicHash: createHash('sha256').update(ek.spki).digest('hex') };
+    return { ekKind, ekCertificateDer, ekPublicHash: createHash('sha256').update(ek.spki).digest('hex') };
   } finally {
     await tpm.close();
   }
@@ -37,7 +41,7 @@ export async function registerDevice(
   const now = Date.now();
   const expiresAt = now + (d.tokenTtlMs ?? 3_600_000);
   await fleet.inventory.registerDevice(
-    { deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ekCertificate: d.ekCertificateDer.toString('base64'), ekKind: 'ecc', metadata: { ...(d.metadata ?? {}) }, registeredAt: now },
+    { deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ekCertificate: d.ekCertificateDer.toString('base64'), ekKind: d.ekKind, metadata: { ...(d.metadata ?? {}) }, registeredAt: now },
     { tokenHash, deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, createdAt: now, expiresAt },
   );
   return {

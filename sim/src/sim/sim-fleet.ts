@@ -175,7 +175,7 @@ export class SimFleet {
       const devices = new Map<string, SimDevice>();
       await inParallel(ids, 8, async (id) => {
         const i = ids.indexOf(id);
-        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await registerDevice(f, { deviceId: id, tcti: proxies[i]?.tcti ?? made[i]!.tpm.tcti, ekCertificateDer: made[i]!.ekCertificateDer, ekPublicHash: made[i]!.ekPublicHash, metadata: { model: 'sim' }, tokenTtlMs: 86_400_000 }), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
+        devices.set(id, { deviceId: id, tpm: made[i]!.tpm, bootstrap: await registerDevice(f, { deviceId: id, tcti: proxies[i]?.tcti ?? made[i]!.tpm.tcti, ekKind: 'ecc', ekCertificateDer: made[i]!.ekCertificateDer, ekPublicHash: made[i]!.ekPublicHash, metadata: { model: 'sim' }, tokenTtlMs: 86_400_000 }), dataDir: join(o.dir, 'devices', id), worker: i % workerCount, clockOffsetMs: 0, timeline: [], crls: [], running: false });
       });
       log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
 
