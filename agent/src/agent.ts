@@ -406,8 +406,10 @@ export class Agent {
       let tpmInfo: Resources['tpmInfo'];
       try {
         const caps = await tpm.capabilities();
-        // The EK enrollment and re-attestation use: ECC before RSA, each in its documented index order.
-        const ek = (await tpm.ekChoice('ecc')) ?? (await tpm.ekChoice('rsa'));
+        // The EK enrollment and re-attestation use: the one the station registered (bootstrap), else ECC
+        // before RSA; each kind in its documented index order.
+        const registered = this.#o.bootstrap.ekKind;
+        const ek = registered ? await tpm.ekChoice(registered) : ((await tpm.ekChoice('ecc')) ?? (await tpm.ekChoice('rsa')));
         this.#ek = ek ?? undefined;
         tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion, ...(ek ? { ek: ekLabel(ek) } : {}) };
         if (ek) this.#log('info', 'EK in use', { kind: ek.kind, template: ek.template, nvIndex: hex32(ek.nvIndex) });

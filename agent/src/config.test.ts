@@ -33,6 +33,11 @@ describe('bootstrap config', () => {
     expect(loadBootstrap(write(valid, 0o600))).toEqual({ ...valid, baseTopic: 'fleet/v1' });
   });
 
+  it('takes the EK kind the station registered, and works without it (older files)', () => {
+    expect(parseBootstrap({ ...valid, ekKind: 'rsa' }).ekKind).toBe('rsa');
+    expect(parseBootstrap(valid).ekKind).toBeUndefined();
+  });
+
   it('refuses a file that group or others can read (it holds the token)', () => {
     for (const mode of [0o640, 0o604, 0o660]) {
       expect(() => loadBootstrap(write(valid, mode))).toThrow(expect.objectContaining({ code: 'AGENT_CONFIG_PERMISSIONS' }));
@@ -47,6 +52,7 @@ describe('bootstrap config', () => {
       { ...valid, enrollUrl: 'mqtt://plain:1883' },
       { ...valid, trustBundle: [] },
       { ...valid, token: 'short' },
+      { ...valid, ekKind: 'dsa' },
     ];
     for (const c of cases) {
       try {

@@ -2,7 +2,7 @@ import { closeSync, fstatSync, openSync, readFileSync } from 'node:fs';
 import { CodedError } from '../../common/coded-error.js';
 import { x509FromPem } from '../../common/x509-cache.js';
 import { DEFAULT_BASE_TOPIC, DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
-import { array, int, literal, object, optional, str, type Infer } from '../../common/protocol/schema.js';
+import { array, int, literal, object, oneOf, optional, str, type Infer } from '../../common/protocol/schema.js';
 
 /**
  * The bootstrap config the factory station writes for each device (provisioning/). It holds the
@@ -19,6 +19,11 @@ export const bootstrapSchema = object({
   v: literal(1),
   deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
   tcti: str({ min: 1, max: 256 }),
+  /**
+   * The EK the station verified and registered (it falls through to RSA when the ECC certificate does
+   * not verify); absent in older files: the agent's own order, ECC then RSA.
+   */
+  ekKind: optional(oneOf(['ecc', 'rsa'] as const)),
   baseTopic: optional(str({ max: 128, pattern: /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/ })),
   enrollUrl: url,
   deviceUrl: url,

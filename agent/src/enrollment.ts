@@ -218,7 +218,7 @@ class EnrollmentRun {
    * Key, CSR and EK kind carry over; any earlier request, challenge and proof are dropped.
    */
   async #newRequest(p: PendingEnrollment): Promise<PendingEnrollment> {
-    const ekKind = p.ekKind ?? (await this.#findEkKind());
+    const ekKind = p.ekKind ?? this.#d.config.ekKind ?? (await this.#findEkKind());
     const csr = p.csr ?? (await buildTpmCsr(this.#tpm, this.#key!, this.#d.config.deviceId)).toString('base64');
     const ek = await this.#loadEk(ekKind);
     const ekCertificate = await this.#tpm.readEkCertificate(ekKind);

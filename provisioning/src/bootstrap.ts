@@ -9,6 +9,8 @@ export interface BootstrapConfig {
   readonly v: 1;
   readonly deviceId: string;
   readonly tcti: string;
+  /** The EK the station verified and registered: the agent attests with it (absent: the agent's own order). */
+  readonly ekKind?: 'ecc' | 'rsa';
   readonly baseTopic: string;
   readonly enrollUrl: string;
   readonly deviceUrl: string;

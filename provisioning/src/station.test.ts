@@ -13,7 +13,7 @@ import { importRegistrations } from './import.js';
 import { ExportFileSink, InventorySink } from './sinks.js';
 import { TpmLine } from './test-fixture.js';
 
-const BOOTSTRAP_KEYS = ['baseTopic', 'deviceId', 'deviceUrl', 'enrollUrl', 'tcti', 'token', 'tokenExpiresAt', 'trustBundle', 'v'];
+const BOOTSTRAP_KEYS = ['baseTopic', 'deviceId', 'deviceUrl', 'ekKind', 'enrollUrl', 'tcti', 'token', 'tokenExpiresAt', 'trustBundle', 'v'];
 const TTL_SEC = 3600;
 
 describe('factory station (real swtpm, real LevelDB)', () => {
@@ -81,6 +81,8 @@ describe('factory station (real swtpm, real LevelDB)', () => {
       expect(parseBootstrap(boot).token).toBe(boot.token);
 
       const device = inventory.getDevice(id)!;
+      // The agent attests with the EK the station verified and registered.
+      expect(boot.ekKind).toBe(device.ekKind);
       const cert = new X509Certificate(Buffer.from(device.ekCertificate, 'base64'));
       const ekHash = createHash('sha256').update(cert.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
       expect(device).toMatchObject({ ekPublicHash: ekHash, ekKind: 'ecc', registeredAt: clock.now(), metadata: { model: 'gw-1', serial: `SN-${i}`, owner: 'plant-7' } });

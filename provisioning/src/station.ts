@@ -61,6 +61,7 @@ export async function provisionDevice(tpm: Tpm, input: ProvisionInput, policy: S
       v: 1,
       deviceId: input.deviceId,
       tcti: input.tcti,
+      ekKind: ek.kind,
       baseTopic: policy.fleet.baseTopic,
       enrollUrl: policy.fleet.enrollUrl,
       deviceUrl: policy.fleet.deviceUrl,

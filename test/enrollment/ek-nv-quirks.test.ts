@@ -5,9 +5,11 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isCodedError } from '../../common/coded-error.js';
-import { readEk } from '../../sim/src/sim/register-device.js';
+import { createHash } from 'node:crypto';
+import { NativeTpm } from '../../native/lib/native-tpm.js';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { eventually, startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
-import type { TestTpm } from '../harness/index.js';
+import { startTpm, type TestTpm } from '../harness/index.js';
 
 const run = promisify(execFile);
 /** swtpm 0.7.1 keeps its P-384 EK certificate in the high range (harness.test.ts). */
@@ -94,6 +96,32 @@ describe('EK certificate NV quirks and EK variants of real chips (real swtpm, tp
     await eventually(() => fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.status?.tpmEk === 'L-1 RSA-2048 0x01c00002', 10_000, 'the EK in the ingested status');
     expect(fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.ekKind).toBe('rsa');
     await a.stop();
+  }, 60_000);
+
+  it('the station registered the RSA EK (its ECC certificate did not verify): the bootstrap says so and the agent attests with RSA', async () => {
+    const tpm = await startTpm(); // the fixture's manufacturer: the default one of this test worker
+    try {
+      const native = await NativeTpm.open(tpm.tcti);
+      let ekCertificateDer: Buffer;
+      let ekPublicHash: string;
+      try {
+        ekCertificateDer = (await native.readEkCertificate('rsa'))!;
+        const ek = await native.createEk('rsa');
+        ekPublicHash = createHash('sha256').update(ek.spki).digest('hex');
+        await native.flush(ek);
+      } finally {
+        await native.close();
+      }
+      const bootstrap = await registerDevice(fx.fleet, { deviceId: 'ek-registered-rsa', tcti: tpm.tcti, ekKind: 'rsa', ekCertificateDer, ekPublicHash });
+      expect(bootstrap.ekKind).toBe('rsa');
+      const a = fx.agent({ bootstrap, dataDir: join(scratch, 'registered-rsa') });
+      await a.start();
+      expect(a.state).toBe('online');
+      expect(a.status().ek).toEqual({ kind: 'rsa', template: 'L-1 RSA-2048', nvIndex: '0x01c00002' });
+      await a.stop();
+    } finally {
+      await tpm.stop();
+    }
   }, 60_000);
 
   it('refuses an index that holds a cut-off certificate: TPM_EK_NV_INVALID, with the reason', async () => {

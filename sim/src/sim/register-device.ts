@@ -48,6 +48,7 @@ export async function registerDevice(
     v: 1,
     deviceId: d.deviceId,
     tcti: d.tcti,
+    ekKind: d.ekKind,
     baseTopic: fleet.topics.base,
     enrollUrl: fleet.broker.enrollUrl,
     deviceUrl: fleet.broker.deviceUrl,
