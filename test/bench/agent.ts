@@ -10,9 +10,17 @@
  * 3. Outbox drain: events queued while the broker is down, then delivered (QoS1, in order, each
  *    removed after its PUBACK) once it is back, events/s; baseline: the same number of QoS1 publishes
  *    of the same size from a plain mqtt.js client.
+ * 4. The TLS window on a chip-speed TPM: a second device whose TPM sits behind the faulty-TPM proxy
+ *    (its own process) holding every TPM2_Sign for CHIP_SIGN_MS (real chips: 50–600 ms). The agent
+ *    signs its handshake synchronously inside OpenSSL, so its event loop stops for that long: measured
+ *    as the largest event-loop delay (perf_hooks) while a started agent connects on its stored identity,
+ *    RESTARTS times; baseline in the same run: the same with no latency added.
  * Ends with one JSON line. Latencies on swtpm are context, not targets.
  */
 import mqtt from 'mqtt';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import { TPM_CC } from '../../sim/src/sim/tpm-proxy.js';
+import { TpmProxyProcess } from '../../sim/src/sim/tpm-proxy-process.js';
 import { DEFAULT_AGENT_CONFIG } from '../../agent/src/agent-config.js';
 import { stopAll } from '../harness/index.js';
 import { eventually, startFleetFixture } from '../agent/fleet-fixture.js';
@@ -21,6 +29,7 @@ import { percentile, round } from './stats.js';
 const ROTATIONS = Number(process.env['BENCH_ROTATIONS'] ?? 30);
 const RESTARTS = Number(process.env['BENCH_RESTARTS'] ?? 5);
 const EVENTS = Number(process.env['BENCH_EVENTS'] ?? 2000);
+const CHIP_SIGN_MS = Number(process.env['BENCH_CHIP_SIGN_MS'] ?? 300);
 
 async function main(): Promise<void> {
   const fx = await startFleetFixture();
@@ -81,6 +90,31 @@ async function main(): Promise<void> {
     await plain.endAsync();
     await agent.stop();
 
+    // 4. The TLS window: the largest event-loop stall while a started agent connects, by TPM speed.
+    const chip = await fx.device('bench-chip');
+    const proxy = await TpmProxyProcess.start(chip.tpm.port);
+    const stalls = { chip: [] as number[], swtpm: [] as number[] };
+    try {
+      const device = { ...chip, bootstrap: { ...chip.bootstrap, tcti: proxy.tcti } };
+      const enrolled = fx.agent(device, { config: DEFAULT_AGENT_CONFIG });
+      await enrolled.start();
+      await enrolled.stop();
+      for (const kind of ['swtpm', 'chip'] as const) {
+        await proxy.setRules(kind === 'chip' ? [{ commandCode: TPM_CC.Sign, latencyMs: CHIP_SIGN_MS }] : []);
+        for (let i = 0; i < RESTARTS; i++) {
+          const a = fx.agent(device, { config: DEFAULT_AGENT_CONFIG });
+          const h = monitorEventLoopDelay({ resolution: 5 });
+          h.enable();
+          await a.start();
+          h.disable();
+          stalls[kind].push(h.max / 1e6);
+          await a.stop();
+        }
+      }
+    } finally {
+      await proxy.stop();
+    }
+
     const result = {
       bench: 'agent',
       rotations: ROTATIONS,
@@ -93,12 +127,16 @@ async function main(): Promise<void> {
       outboxEvents: EVENTS,
       outboxEventsPerSec: Math.round(EVENTS / (drainMs / 1000)),
       baselineQos1PerSec: Math.round(EVENTS / (rawMs / 1000)),
+      chipSignMs: CHIP_SIGN_MS,
+      tlsLoopStallMaxMs: round(Math.max(...stalls.chip), 1),
+      baselineLoopStallMaxMs: round(Math.max(...stalls.swtpm), 1),
     };
     const rows: [string, string][] = [
       ['rotation p50 / p99', `${result.rotationP50Ms} / ${result.rotationP99Ms} ms (${ROTATIONS} rotations)`],
       ['TPM signatures per rotation (max)', `${result.tpmSignaturesPerRotation} (target ≤ 3)`],
       ['reconnect after broker restart p50', `${result.reconnectAfterBrokerRestartP50Ms} ms (plain mqtt.js, fixed 1 s period: ${result.baselineReconnectP50Ms} ms, ratio ${result.reconnectVsBaseline})`],
       ['outbox drain', `${result.outboxEventsPerSec} events/s (plain QoS1 publishes: ${result.baselineQos1PerSec}/s)`],
+      ['event loop stalled by the TLS signature', `${result.tlsLoopStallMaxMs} ms max with ${CHIP_SIGN_MS} ms per TPM signature (swtpm: ${result.baselineLoopStallMaxMs} ms)`],
     ];
     const w = Math.max(...rows.map(([k]) => k.length));
     for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);

@@ -614,6 +614,11 @@ function summarize(results: ReadonlyMap<StepName, StepResult>, quick: boolean) {
         { from: 'agent', figure: 'reconnect after broker restart p50 (mqtt.js)', ours: `${f(num(ag, 'reconnectAfterBrokerRestartP50Ms'), 0)} ms (${f(num(ag, 'baselineReconnectP50Ms'), 0)} ms)` },
         { from: 'agent', figure: 'outbox drain (plain QoS1)', ours: `${f(num(ag, 'outboxEventsPerSec'), 0)} /s (${f(num(ag, 'baselineQos1PerSec'), 0)} /s)` },
         {
+          from: 'agent',
+          figure: `event loop stalled by a TLS handshake, ${n(num(ag, 'chipSignMs'))} ms TPM signature (swtpm)`,
+          ours: `${f(num(ag, 'tlsLoopStallMaxMs'), 0, ' ms')} (${f(num(ag, 'baselineLoopStallMaxMs'), 0, ' ms')})`,
+        },
+        {
           from: 'revocation',
           figure: `revocation propagation p99 (${n(num(rv, 'devices'))} in-process)`,
           ours: f(num(rv, 'propagationP99Ms'), 0, ' ms'),
