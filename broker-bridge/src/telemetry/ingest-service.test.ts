@@ -206,6 +206,34 @@ describe('IngestService', () => {
     expect(inventory.getDevice('dev-b')).toMatchObject({ lastSeenAt: T0 + 2000, online: true, status: { slot: 'B' } });
   });
 
+  it('the same status, sent again while the bridge was away, is a sign of life dated when sent; a sending time ahead of the bridge clock is not', async () => {
+    const statusTopic = topics.device('dev-a', 'status');
+    const restartBridge = async (handled: number) => {
+      bridgeTransport = new MemoryTransport(broker, { clientId: 'role:bridge', onError: () => {} });
+      bridge = new Bridge({ transport: bridgeTransport, topics, handlers: [counted()], trustBundle: async () => Buffer.from('{}'), logger: log.logger, clock });
+      await bridge.start();
+      await settle(handledAll(handled));
+    };
+    await device.publish(statusTopic, encode('status', 'status-req-1', T0 + 500, status('dev-a')), { retain: true });
+    await settle(handledAll(1));
+    const seen = inventory.getDevice('dev-a')!.lastSeenAt!;
+    // The broker restarts; the device is back before the bridge and says the same thing again.
+    await bridge.stop();
+    clock.advance(5_000);
+    await device.publish(statusTopic, encode('status', 'status-req-2', clock.now(), status('dev-a')), { retain: true });
+    const resent = clock.now();
+    clock.advance(1_000);
+    await restartBridge(2);
+    expect(resent).toBeGreaterThan(seen);
+    expect(inventory.getDevice('dev-a')?.lastSeenAt).toBe(resent);
+    // A device whose clock runs an hour ahead: its replayed status does not make it look alive.
+    await bridge.stop();
+    await device.publish(statusTopic, encode('status', 'status-req-3', clock.now() + 3_600_000, status('dev-a')), { retain: true });
+    clock.advance(1_000);
+    await restartBridge(3);
+    expect(inventory.getDevice('dev-a')?.lastSeenAt).toBe(resent);
+  });
+
   it('writes one device\'s messages strictly in arrival order, even when a write is slow', async () => {
     const calls: string[] = [];
     let release!: () => void;

@@ -102,8 +102,12 @@ export class IngestService {
     let at = receivedAt;
     if (retained) {
       // Replayed because the bridge (re)subscribed: not a sign of life now. Recorded only if it is news,
-      // dated no later than the device said it sent it, and never before what was already seen.
-      if (stored && sameSnapshot(stored, snapshot)) return;
+      // dated no later than the device said it sent it, and never before what was already seen. News is
+      // a changed status, or the same one sent after we last saw the device (it reconnected while the
+      // bridge was away, e.g. both after a broker restart, and the device was first). A sending time
+      // ahead of our clock proves nothing: the device's clock may be wrong.
+      const sentSinceSeen = msg.sentAt > (lastSeenAt ?? 0) && msg.sentAt <= receivedAt + SENT_AT_TOLERANCE_MS;
+      if (stored && sameSnapshot(stored, snapshot) && !sentSinceSeen) return;
       at = Math.max(lastSeenAt ?? 0, Math.min(receivedAt, msg.sentAt));
     }
     await this.#o.inventory.recordStatus(deviceId, snapshot, at);
@@ -132,6 +136,9 @@ export class IngestService {
     this.#log.warn({ deviceId, ...fields, ...(entry?.held ? { suppressed: entry.held } : {}) }, msg);
   }
 }
+
+/** How far ahead of the bridge's clock a device's sending time may be and still count (clock jitter). */
+const SENT_AT_TOLERANCE_MS = 30_000;
 
 function toSnapshot(body: DeviceStatus): DeviceStatusSnapshot {
   const { deviceId: _id, ...rest } = body;

@@ -119,38 +119,31 @@ export class TpmProxy {
     await Promise.all(this.#servers.map((s) => new Promise((r) => s.close(r))));
   }
 
-  #track(...sockets: Socket[]): void {
-    for (const s of sockets) {
-      this.#sockets.add(s);
-      s.setNoDelay(true);
-      s.on('close', () => this.#sockets.delete(s));
-    }
-  }
-
-  #passThrough(client: Socket, target: number): void {
+  /** Connects `client` to swtpm's `target` port; either side failing or closing ends both. */
+  #connect(client: Socket, target: number): { upstream: Socket; kill: () => void } {
     const upstream = createConnection({ host: '127.0.0.1', port: target });
-    this.#track(client, upstream);
     const kill = () => {
       client.destroy();
       upstream.destroy();
     };
-    client.on('error', kill);
-    upstream.on('error', kill);
+    for (const s of [client, upstream]) {
+      this.#sockets.add(s);
+      s.setNoDelay(true);
+      s.on('close', () => this.#sockets.delete(s));
+      s.on('error', kill);
+      s.on('close', kill);
+    }
+    return { upstream, kill };
+  }
+
+  #passThrough(client: Socket, target: number): void {
+    const { upstream } = this.#connect(client, target);
     client.pipe(upstream).pipe(client);
   }
 
   /** One command at a time, as a TPM takes them: read it whole, decide, answer, then the next. */
   #command(client: Socket, target: number): void {
-    const upstream = createConnection({ host: '127.0.0.1', port: target });
-    this.#track(client, upstream);
-    const kill = () => {
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', kill);
-    upstream.on('error', kill);
-    client.on('close', kill);
-    upstream.on('close', kill);
+    const { upstream, kill } = this.#connect(client, target);
     let fromClient = Buffer.alloc(0);
     let fromTpm = Buffer.alloc(0);
     let waiting: { delayMs: number } | undefined; // a forwarded command whose response is awaited
