@@ -116,6 +116,16 @@ async function standing(sim: SimFleet, id: string): Promise<string> {
 }
 
 async function unchanged(sim: SimFleet, ids: readonly string[], attack: () => Promise<void>): Promise<string[]> {
+  // The device's own lifecycle first: an 'enrolled' event still in its outbox would land in the audit
+  // trail during the attack (a device enrolled just before it) and look like the attack's effect.
+  await sim.until(
+    async () => {
+      const statuses = await sim.statuses();
+      return ids.every((id) => (statuses.get(id)?.outbox.pending ?? 0) === 0);
+    },
+    30_000,
+    `every event of ${ids.join(', ')} delivered before the attack`,
+  );
   const before = await Promise.all(ids.map((id) => standing(sim, id)));
   await attack();
   const after = await Promise.all(ids.map((id) => standing(sim, id)));
