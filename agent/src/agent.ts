@@ -7,6 +7,7 @@ import { encode } from '../../common/protocol/messages.js';
 import { CLIENT_ID_PREFIX, DEFAULT_BASE_TOPIC, Topics } from '../../common/protocol/topics.js';
 import { MqttTransport, type MqttTransportOptions } from '../../common/transport/mqtt-transport.js';
 import type { Transport } from '../../common/transport/transport.js';
+import { preferredEk } from '../../native/lib/ek-order.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import type { EkChoice, EkKind, Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { DEFAULT_AGENT_CONFIG, type AgentRuntimeConfig } from './agent-config.js';
@@ -406,10 +407,8 @@ export class Agent {
       let tpmInfo: Resources['tpmInfo'];
       try {
         const caps = await tpm.capabilities();
-        // The EK enrollment and re-attestation use: the one the station registered (bootstrap), else ECC
-        // before RSA; each kind in its documented index order.
-        const registered = this.#o.bootstrap.ekKind;
-        const ek = registered ? await tpm.ekChoice(registered) : ((await tpm.ekChoice('ecc')) ?? (await tpm.ekChoice('rsa')));
+        // The EK enrollment and re-attestation use (the same choice: native/lib/ek-order.ts).
+        const ek = await preferredEk(tpm, this.#o.bootstrap.ekKind);
         this.#ek = ek ?? undefined;
         tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion, ...(ek ? { ek: ekLabel(ek) } : {}) };
         if (ek) this.#log('info', 'EK in use', { kind: ek.kind, template: ek.template, nvIndex: hex32(ek.nvIndex) });
@@ -1209,10 +1208,13 @@ export class Agent {
         this.#fleetSkewReported = true;
         this.#log('warn', 'the system clock differs from the fleet clock', { skewMs: skew.skewMs, uncertaintyMs: skew.uncertaintyMs });
         // A clock behind whose floor event already went out is the same episode: one event, not two.
-        if (skew.skewMs < 0 && this.#skewReported) return;
-        await this.#emit({ type: 'clock_skew', skewMs: skew.skewMs, code: 'CLOCK_SKEW_FLEET' }).catch((e: unknown) =>
-          this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }),
-        );
+        // (Not a return: the status report below is still due when the measurement crossed tolerance.)
+        const sameEpisode = skew.skewMs < 0 && this.#skewReported;
+        if (!sameEpisode) {
+          await this.#emit({ type: 'clock_skew', skewMs: skew.skewMs, code: 'CLOCK_SKEW_FLEET' }).catch((e: unknown) =>
+            this.#log('warn', 'could not queue the clock_skew event', { code: isCodedError(e) ? e.code : undefined }),
+          );
+        }
       }
       if (!beyond) this.#fleetSkewReported = false;
       if (beyond !== wasBeyond) this.#scheduleStatusReport();

@@ -4,6 +4,7 @@ import { CodedError } from '../../common/coded-error.js';
 import type { RejectionCode } from '../../common/protocol/errors.js';
 import { decode, encode, type EnrollAccepted, type EnrollChallenge, type EnrollRequest, type Rejection } from '../../common/protocol/messages.js';
 import type { DeviceTopic, Topics } from '../../common/protocol/topics.js';
+import { preferredEk } from '../../native/lib/ek-order.js';
 import type { EkKind, KeyBlobs, Tpm, TpmKey } from '../../native/lib/tpm.js';
 import { Backoff, throwIfAborted, type Sleep } from './backoff.js';
 import { enrollAddressing, exchange, type Answer as ExchangeAnswer, type Link } from './exchange.js';
@@ -218,7 +219,7 @@ class EnrollmentRun {
    * Key, CSR and EK kind carry over; any earlier request, challenge and proof are dropped.
    */
   async #newRequest(p: PendingEnrollment): Promise<PendingEnrollment> {
-    const ekKind = p.ekKind ?? this.#d.config.ekKind ?? (await this.#findEkKind());
+    const ekKind = p.ekKind ?? (await this.#findEkKind());
     const csr = p.csr ?? (await buildTpmCsr(this.#tpm, this.#key!, this.#d.config.deviceId)).toString('base64');
     const ek = await this.#loadEk(ekKind);
     const ekCertificate = await this.#tpm.readEkCertificate(ekKind);
@@ -249,11 +250,12 @@ class EnrollmentRun {
     return next;
   }
 
+  /** The station's registered kind (bootstrap), else ECC before RSA (native/lib/ek-order.ts). */
   async #findEkKind(): Promise<EkKind> {
-    for (const kind of ['ecc', 'rsa'] as const) {
-      if (await this.#tpm.readEkCertificate(kind)) return kind;
-    }
-    throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', 'the TPM has no EK certificate (neither ECC nor RSA)');
+    const registered = this.#d.config.ekKind;
+    const ek = await preferredEk(this.#tpm, registered);
+    if (ek) return ek.kind;
+    throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', registered ? `the TPM has no ${registered} EK certificate, the kind the station registered` : 'the TPM has no EK certificate (neither ECC nor RSA)');
   }
 
   async #loadEk(kind: EkKind): Promise<TpmKey> {

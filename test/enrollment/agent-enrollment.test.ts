@@ -6,10 +6,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import mqtt from 'mqtt';
 import { systemClock } from '../../common/clock.js';
-import { mintEnrollmentToken } from '../../common/enrollment-token.js';
 import { decode } from '../../common/protocol/messages.js';
 import { DEFAULT_AUDITOR, EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
-import { NativeTpm } from '../../native/lib/native-tpm.js';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { Agent } from '../../agent/src/agent.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import type { BootstrapConfig } from '../../agent/src/config.js';
@@ -43,36 +42,7 @@ describe('agents enroll end to end', () => {
 
   /** What the factory station does, minimal: register the EK and mint a token. */
   async function bootstrapFor(deviceId: string, t: TestTpm): Promise<BootstrapConfig> {
-    const tpm = await NativeTpm.open(t.tcti);
-    let ekSpki: Buffer;
-    let ekCert: Buffer;
-    try {
-      ekCert = (await tpm.readEkCertificate('ecc'))!;
-      const ek = await tpm.createEk('ecc');
-      ekSpki = ek.spki;
-      await tpm.flush(ek);
-    } finally {
-      await tpm.close();
-    }
-    const { createHash } = await import('node:crypto');
-    const ekPublicHash = createHash('sha256').update(ekSpki).digest('hex');
-    const { token, tokenHash } = mintEnrollmentToken();
-    const now = Date.now();
-    await fleet.inventory.registerDevice(
-      { deviceId, ekPublicHash, ekCertificate: ekCert.toString('base64'), ekKind: 'ecc', metadata: { model: 'sim' }, registeredAt: now },
-      { tokenHash, deviceId, ekPublicHash, createdAt: now, expiresAt: now + 3_600_000 },
-    );
-    return {
-      v: 1,
-      deviceId,
-      tcti: t.tcti,
-      baseTopic: 'fleet/v1',
-      enrollUrl: fleet.broker.enrollUrl,
-      deviceUrl: fleet.broker.deviceUrl,
-      trustBundle: fleet.trustBundle,
-      token,
-      tokenExpiresAt: now + 3_600_000,
-    };
+    return registerDevice(fleet, { deviceId, tcti: t.tcti, ...(await readEk(t.tcti)), metadata: { model: 'sim' } });
   }
 
   it('three devices enroll, their certificates verify with openssl, and they are online over mTLS with TPM keys', async () => {

@@ -5,8 +5,6 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { isCodedError } from '../../common/coded-error.js';
-import { createHash } from 'node:crypto';
-import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { eventually, startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
@@ -101,18 +99,7 @@ describe('EK certificate NV quirks and EK variants of real chips (real swtpm, tp
   it('the station registered the RSA EK (its ECC certificate did not verify): the bootstrap says so and the agent attests with RSA', async () => {
     const tpm = await startTpm(); // the fixture's manufacturer: the default one of this test worker
     try {
-      const native = await NativeTpm.open(tpm.tcti);
-      let ekCertificateDer: Buffer;
-      let ekPublicHash: string;
-      try {
-        ekCertificateDer = (await native.readEkCertificate('rsa'))!;
-        const ek = await native.createEk('rsa');
-        ekPublicHash = createHash('sha256').update(ek.spki).digest('hex');
-        await native.flush(ek);
-      } finally {
-        await native.close();
-      }
-      const bootstrap = await registerDevice(fx.fleet, { deviceId: 'ek-registered-rsa', tcti: tpm.tcti, ekKind: 'rsa', ekCertificateDer, ekPublicHash });
+      const bootstrap = await registerDevice(fx.fleet, { deviceId: 'ek-registered-rsa', tcti: tpm.tcti, ...(await readEk(tpm.tcti, 'rsa')) });
       expect(bootstrap.ekKind).toBe('rsa');
       const a = fx.agent({ bootstrap, dataDir: join(scratch, 'registered-rsa') });
       await a.start();

@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import type { BootstrapConfig } from '../../../agent/src/config.js';
 import type { EmbeddedFleet } from '../../../broker-bridge/src/embedded-fleet.js';
 import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
+import { preferredEk } from '../../../native/lib/ek-order.js';
 import { NativeTpm } from '../../../native/lib/native-tpm.js';
 import type { EkKind } from '../../../native/lib/tpm.js';
 
@@ -18,13 +19,16 @@ export interface DeviceEk {
   readonly ekPublicHash: string;
 }
 
-/** Reads the EK certificate from the TPM at `tcti` (ECC, else RSA, as the agent picks) and derives the EK (flushed again). */
-export async function readEk(tcti: string): Promise<DeviceEk> {
+/**
+ * Reads the EK certificate from the TPM at `tcti` and derives the EK (flushed again): the EK of `kind`,
+ * else the one the agent picks without a registered kind (native/lib/ek-order.ts).
+ */
+export async function readEk(tcti: string, kind?: EkKind): Promise<DeviceEk> {
   const tpm = await NativeTpm.open(tcti);
   try {
-    const ekKind: EkKind = (await tpm.ekChoice('ecc')) ? 'ecc' : 'rsa';
-    const ekCertificateDer = await tpm.readEkCertificate(ekKind);
-    if (!ekCertificateDer) throw new Error(`the TPM at ${tcti} has no EK certificate`);
+    const ekKind = (await preferredEk(tpm, kind))?.kind;
+    const ekCertificateDer = ekKind && (await tpm.readEkCertificate(ekKind));
+    if (!ekKind || !ekCertificateDer) throw new Error(`the TPM at ${tcti} has no ${kind ? `${kind} ` : ''}EK certificate`);
     const ek = await tpm.createEk(ekKind);
     await tpm.flush(ek);
     return { ekKind, ekCertificateDer, ekPublicHash: createHash('sha256').update(ek.spki).digest('hex') };
