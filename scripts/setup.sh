@@ -33,9 +33,11 @@ apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-dev
 # verification; procps: pgrep; tmux: tests on a real TTY; chromium-headless-shell + fonts-dejavu-core:
 # the simulator report rendered in a real browser; docker.io + debootstrap + iproute2: the
 # container test backend (docs/testing.md); tpm2-abrmd + libtss2-tcti-tabrmd0 (which tpm2-abrmd does
-# not pull in) + dbus-daemon/dbus-bin: the agent through the user-space resource manager.
+# not pull in) + dbus-daemon/dbus-bin: the agent through the user-space resource manager;
+# python3-cryptography: the strict X.509 parser (Rust asn1) keylime uses, to show that the vendor
+# EK certificate quirks the tests build are the ones it refuses.
 if [[ $profile == test ]]; then
-  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin)
+  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin python3-cryptography)
 fi
 ensure_apt_packages "${apt_packages[@]}"
 

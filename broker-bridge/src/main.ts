@@ -33,6 +33,7 @@ import { isCodedError } from '../../common/coded-error.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { array, int, num, object, oneOf, optional, parseMessage, SchemaError, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
+import { parseCertificates } from '../../native/lib/ek-certificate.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { applyBrokerFileAccess, defaultBrokerUser, planBrokerFileAccess } from './broker/broker-file-access.js';
 import { generateMosquittoConfig } from './broker/mosquitto-config.js';
@@ -151,6 +152,28 @@ function readConfig(path: string): ReturnType<typeof configSchema.parse> {
     if (e instanceof SchemaError) fail(`${path}: ${e.message}`, e.code === 'SCHEMA_INVALID' ? 'BRIDGE_CONFIG_INVALID' : e.code);
     throw e;
   }
+}
+
+/**
+ * A manufacturer trust file, checked when the bridge starts: readable, with at least one certificate,
+ * each readable as the EK verifier reads it (vendor quirks included). A bad file is exit 2 naming it,
+ * not a refusal of every device of that vendor later.
+ */
+function readManufacturerFile(path: string, field: string): string {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    return fail(`${field}: cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, 'BRIDGE_CONFIG_INVALID');
+  }
+  let count: number;
+  try {
+    count = parseCertificates([text]).length;
+  } catch (e) {
+    return fail(`${field}: ${path} holds a certificate that cannot be read: ${(e as Error).message}`, 'BRIDGE_CONFIG_INVALID');
+  }
+  if (count === 0) fail(`${field}: ${path} holds no PEM certificate`, 'BRIDGE_CONFIG_INVALID');
+  return text;
 }
 
 function revocationService(
@@ -440,6 +463,12 @@ async function main(): Promise<void> {
       return certIssue(v, pkcs11);
     case 'run': {
       const cfg = readConfig(need('config'));
+      // One manufacturer trust for enrollment and the stations' online registration; checked first.
+      const ekTrust = {
+        roots: cfg.manufacturerRoots.map((p) => readManufacturerFile(p, 'manufacturerRoots')),
+        intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readManufacturerFile(p, 'manufacturerIntermediates')),
+        ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
+      };
       const backend = await openBackend(backendSpec(cfg.caDir, cfg), 'find');
       const issuer = new CertificateIssuer({ backend, issuingCertificate: readFileSync(join(cfg.caDir, 'issuing.pem')), clock: systemClock, trustDomain: cfg.trustDomain });
       const root = readFileSync(join(cfg.caDir, 'root.pem'), 'utf8');
@@ -466,12 +495,6 @@ async function main(): Promise<void> {
       // Separate budgets: enroll requests anyone can send under a device's id must not cost it its rotations.
       const rate = { perKey: cfg.rateLimit?.perDevice ?? DEFAULT_RATE_LIMITS.perDevice, global: cfg.rateLimit?.global ?? DEFAULT_RATE_LIMITS.global };
       const limiter = () => new RateLimiter({ ...rate, clock: systemClock });
-      // One manufacturer trust for enrollment and the stations' online registration.
-      const ekTrust = {
-        roots: cfg.manufacturerRoots.map((p) => readFileSync(p, 'utf8')),
-        intermediates: (cfg.manufacturerIntermediates ?? []).map((p) => readFileSync(p, 'utf8')),
-        ...(cfg.ekValidity ? { ekValidity: cfg.ekValidity } : {}),
-      };
       const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ...(cfg.challengeTtlSec ? { challengeTtlMs: cfg.challengeTtlSec * 1000 } : {}), ekTrust });
       const rotation = new RotationService({ ...common, limiter: limiter(), ...(cfg.rotationTtlSec ? { rotationTtlMs: cfg.rotationTtlSec * 1000 } : {}) });
       const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });

@@ -1,14 +1,22 @@
-import { DerError, TAG, bytesOf, contentOf, expectTlv, readSingle, readTlv, type Tlv } from '../../common/der.js';
+import { DerError, TAG, bytesOf, contentOf, expectTlv, readSingle, readTime, readTlv, type Tlv } from '../../common/der.js';
 
 /**
- * Reads, from a certificate's DER, what RFC 5280 path validation needs and node:crypto's
- * X509Certificate does not expose: the raw issuer and subject names, every extension with its
- * criticality, and the decoded basicConstraints, keyUsage and extKeyUsage. Signatures are not this
- * module's job (X509Certificate.verify does them).
+ * Reads, from a certificate's DER, what RFC 5280 path validation needs, without node:crypto's
+ * X509Certificate (OpenSSL), which refuses certificates real TPM vendors ship: the raw TBS bytes the
+ * signature covers, both signature algorithm fields and the signature, serial, raw issuer and subject
+ * names, validity, subjectPublicKeyInfo, every extension with its criticality, and the decoded
+ * basicConstraints, keyUsage, extKeyUsage and key identifiers. Checking the signature is
+ * certificate-signature.ts's job, comparing names x509-name.ts's.
  *
- * Throws DerError on anything malformed. Where real EK certificates are known to bend DER it is
- * lenient on purpose: an explicit `critical FALSE` / `cA FALSE` (DEFAULT values DER says to omit;
- * Intel PTT EK certificates carry both) is accepted.
+ * Throws DerError on anything malformed. Where real EK and vendor CA certificates are known to bend
+ * DER it is lenient on purpose, and only there:
+ *  - an explicit `critical FALSE` / `cA FALSE` (DEFAULT values DER says to omit; Intel PTT EK
+ *    certificates carry both);
+ *  - a serial number INTEGER that is not minimally encoded (leading 0x00 octets: STMicro's "STM TPM EK
+ *    Intermediate CA 05" and older STM roots; OpenSSL refuses them with "illegal padding");
+ *  - names are not parsed here at all, so a SET whose elements are not in DER order (Nuvoton issuer
+ *    names) reads as any other.
+ * Lengths must still be definite and minimal, tags and structure exactly as RFC 5280 says.
  */
 export const OID = {
   subjectDirectoryAttributes: '2.5.29.9',
@@ -45,8 +53,31 @@ export interface CertificateExtension {
 }
 
 export interface CertificateFields {
+  /** The certificate's whole DER. */
+  readonly der: Buffer;
+  /** The TBSCertificate exactly as encoded: what the signature covers. */
+  readonly tbs: Buffer;
   /** 1, 2 or 3. */
   readonly version: number;
+  /** Content octets of the serialNumber INTEGER, as encoded (possibly with non-minimal leading zeros). */
+  readonly serial: Buffer;
+  /** The serial as lowercase hex of its value (leading zero octets dropped), for messages. */
+  readonly serialHex: string;
+  /** DER of TBSCertificate.signature (AlgorithmIdentifier). */
+  readonly tbsSignatureAlgorithm: Buffer;
+  /** DER of Certificate.signatureAlgorithm (AlgorithmIdentifier). */
+  readonly signatureAlgorithm: Buffer;
+  /** The signature value (BIT STRING content without the unused-bits octet). */
+  readonly signature: Buffer;
+  /** Epoch ms; NaN when the time cannot be read. */
+  readonly notBefore: number;
+  readonly notAfter: number;
+  /** DER of subjectPublicKeyInfo, as encoded. */
+  readonly spki: Buffer;
+  /** subjectKeyIdentifier, when present. */
+  readonly subjectKeyId: Buffer | undefined;
+  /** keyIdentifier of authorityKeyIdentifier, when present and readable. */
+  readonly authorityKeyId: Buffer | undefined;
   /** DER of the issuer Name. */
   readonly issuer: Buffer;
   /** DER of the subject Name. */
@@ -71,6 +102,10 @@ const CTX_EXTENSIONS = 0xa3;
 export function readCertificateFields(der: Buffer): CertificateFields {
   const cert = readSingle(der, TAG.SEQUENCE, 'Certificate');
   const tbs = expectTlv(der, cert.contentStart, cert.end, TAG.SEQUENCE, 'TBSCertificate');
+  const outerAlg = expectTlv(der, tbs.end, cert.end, TAG.SEQUENCE, 'signatureAlgorithm');
+  const sigValue = expectTlv(der, outerAlg.end, cert.end, TAG.BIT_STRING, 'signatureValue');
+  if (sigValue.end !== cert.end) throw new DerError('Certificate: trailing field');
+  if (sigValue.end - sigValue.contentStart < 2 || der[sigValue.contentStart] !== 0) throw new DerError('signatureValue: malformed BIT STRING');
   let p = tbs.contentStart;
   let version = 1;
   let t = readTlv(der, p, tbs.end);
@@ -81,12 +116,17 @@ export function readCertificateFields(der: Buffer): CertificateFields {
     if (version < 1 || version > 3) throw new DerError(`version: unknown value ${version}`);
     p = t.end;
   }
-  p = expectTlv(der, p, tbs.end, TAG.INTEGER, 'serialNumber').end;
-  p = expectTlv(der, p, tbs.end, TAG.SEQUENCE, 'signature').end;
-  const issuer = expectTlv(der, p, tbs.end, TAG.SEQUENCE, 'issuer');
-  p = expectTlv(der, issuer.end, tbs.end, TAG.SEQUENCE, 'validity').end;
-  const subject = expectTlv(der, p, tbs.end, TAG.SEQUENCE, 'subject');
-  p = expectTlv(der, subject.end, tbs.end, TAG.SEQUENCE, 'subjectPublicKeyInfo').end;
+  const serial = expectTlv(der, p, tbs.end, TAG.INTEGER, 'serialNumber');
+  if (serial.end === serial.contentStart) throw new DerError('serialNumber: empty INTEGER');
+  const innerAlg = expectTlv(der, serial.end, tbs.end, TAG.SEQUENCE, 'signature');
+  const issuer = expectTlv(der, innerAlg.end, tbs.end, TAG.SEQUENCE, 'issuer');
+  const validity = expectTlv(der, issuer.end, tbs.end, TAG.SEQUENCE, 'validity');
+  const notBefore = readTlv(der, validity.contentStart, validity.end);
+  const notAfter = readTlv(der, notBefore.end, validity.end);
+  if (notAfter.end !== validity.end) throw new DerError('validity: trailing data');
+  const subject = expectTlv(der, validity.end, tbs.end, TAG.SEQUENCE, 'subject');
+  const spki = expectTlv(der, subject.end, tbs.end, TAG.SEQUENCE, 'subjectPublicKeyInfo');
+  p = spki.end;
   let extensions: CertificateExtension[] = [];
   for (const tag of [CTX_ISSUER_UID, CTX_SUBJECT_UID, CTX_EXTENSIONS]) {
     if (p >= tbs.end) break;
@@ -114,8 +154,23 @@ export function readCertificateFields(der: Buffer): CertificateFields {
     const e = find(oid);
     if (e) readSequenceOf(e.value, oid);
   }
+  const ski = find(OID.subjectKeyIdentifier);
+  const aki = find(OID.authorityKeyIdentifier);
+  const serialBytes = contentOf(der, serial);
   return {
+    der,
+    tbs: bytesOf(der, tbs),
     version,
+    serial: serialBytes,
+    serialHex: serialHex(serialBytes),
+    tbsSignatureAlgorithm: bytesOf(der, innerAlg),
+    signatureAlgorithm: bytesOf(der, outerAlg),
+    signature: der.subarray(sigValue.contentStart + 1, sigValue.end),
+    notBefore: timeOrNaN(der, notBefore),
+    notAfter: timeOrNaN(der, notAfter),
+    spki: bytesOf(der, spki),
+    subjectKeyId: ski ? contentOf(ski.value, readSingle(ski.value, TAG.OCTET_STRING, 'subjectKeyIdentifier')) : undefined,
+    authorityKeyId: aki ? authorityKeyId(aki.value) : undefined,
     issuer: bytesOf(der, issuer),
     subject: bytesOf(der, subject),
     subjectEmpty: subject.end === subject.contentStart,
@@ -124,6 +179,34 @@ export function readCertificateFields(der: Buffer): CertificateFields {
     keyUsage: ku ? readKeyUsage(ku.value) : undefined,
     extKeyUsage: eku ? readSequenceOf(eku.value, 'extKeyUsage').map((el) => readOid(eku.value, el, 'extKeyUsage')) : undefined,
   };
+}
+
+/** A serial's value in hex: a negative or padded INTEGER is shown by its octets, leading zeros dropped. */
+function serialHex(c: Buffer): string {
+  let i = 0;
+  while (i < c.length - 1 && c[i] === 0) i++;
+  return c.subarray(i).toString('hex');
+}
+
+/** Unreadable times do not make a certificate unreadable: the validity policy decides what they mean. */
+function timeOrNaN(der: Buffer, t: Tlv): number {
+  try {
+    return readTime(der, t);
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** keyIdentifier [0] of AuthorityKeyIdentifier; undefined when absent or unreadable (it is only a hint). */
+function authorityKeyId(value: Buffer): Buffer | undefined {
+  try {
+    const s = readSingle(value, TAG.SEQUENCE, 'authorityKeyIdentifier');
+    if (s.contentStart === s.end) return undefined;
+    const first = readTlv(value, s.contentStart, s.end);
+    return first.tag === 0x80 ? contentOf(value, first) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function readExtensions(der: Buffer, wrapper: Tlv): CertificateExtension[] {

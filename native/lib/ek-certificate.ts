@@ -1,21 +1,30 @@
-import { X509Certificate } from 'node:crypto';
-import { TAG, bytesOf, expectTlv, readSingle, readTlv } from '../../common/der.js';
+import { createPublicKey, type KeyObject } from 'node:crypto';
+import { pemBlocks, toPem } from '../../common/der.js';
 import { CodedError } from '../../common/coded-error.js';
 import { OID, readCertificateFields, type CertificateFields, type KeyUsageName } from './certificate-fields.js';
+import { CertificateSignatureError, certificateSignatureValid } from './certificate-signature.js';
 import { ECC_CURVE } from './wire/constants.js';
 import { curveInfo, eccSpki } from './wire/public.js';
+import { nameMatchKey, renderName } from './x509-name.js';
 
 /**
  * Verifies an EK certificate against the TPM manufacturer roots a fleet trusts. Used by the factory
  * station (before registering a device) and by the bridge (at enrollment).
  *
  * The chain is built and validated here, following RFC 5280 §6.1, because general-purpose validators
- * refuse the critical TCG subjectAltName EK certificates carry and check validity periods we do not
- * want to enforce by default. Every path from the EK certificate to a trusted root through the
- * configured intermediates is tried (depth ≤ MAX_DEPTH); the first that passes wins, otherwise the
- * refusal of the path that came closest is thrown. On a path:
- *  - each link: the issuer's subject equals the child's issuer name, and the child's signature
- *    verifies with the issuer's key (node:crypto);
+ * refuse the critical TCG subjectAltName EK certificates carry, check validity periods we do not
+ * want to enforce by default, and (OpenSSL, Go, Python cryptography) refuse to even parse
+ * certificates real TPM vendors ship. Certificates are read from their DER by certificate-fields.ts,
+ * leniently only where vendors are known to bend DER (STMicro's non-minimal serial numbers, Nuvoton's
+ * unsorted name SETs; see there and x509-name.ts), never through node:crypto's X509Certificate.
+ * Every path from the EK certificate to a trusted root through the configured intermediates is
+ * tried (depth ≤ MAX_DEPTH); the first that passes wins, otherwise the refusal of the path that came
+ * closest is thrown. On a path:
+ *  - each link: the child's issuer name matches the issuer's subject (the same bytes, or the same
+ *    name under RFC 5280 §7.1 comparison: attribute order within an RDN, string type, case and
+ *    spacing do not count); when the child has an authorityKeyIdentifier and the issuer a
+ *    subjectKeyIdentifier, they are equal; and the child's signature verifies exactly, over its
+ *    TBSCertificate bytes as encoded, with the issuer's key (certificate-signature.ts);
  *  - every CA, the root included (as OpenSSL does): basicConstraints cA=TRUE; keyUsage, when present,
  *    asserts keyCertSign; pathLenConstraint bounds the number of non-self-issued intermediates below
  *    it (§6.1.4 (l), (m));
@@ -79,14 +88,26 @@ export interface EkVerifyOptions {
   readonly ekValidity?: EkValidityPolicy;
 }
 
+/** A certificate as this module reads it (DER, not OpenSSL). */
+export interface ReadCertificate {
+  readonly der: Buffer;
+  readonly pem: string;
+  readonly fields: CertificateFields;
+  /** Rendered as node:crypto renders names: one RDN per line, `CN=...`. '' for an empty name. */
+  readonly subject: string;
+  readonly issuer: string;
+}
+
 export interface VerifiedEkCertificate {
-  readonly certificate: X509Certificate;
+  readonly certificate: ReadCertificate;
   /** Leaf first, root last. */
-  readonly chain: readonly X509Certificate[];
+  readonly chain: readonly ReadCertificate[];
   /** Subject of the trusted root that anchors the chain. */
   readonly root: string;
   /** DER SubjectPublicKeyInfo of the EK certified. */
   readonly ekSpki: Buffer;
+  /** The EK's key type. */
+  readonly ekKeyType: 'rsa' | 'ec';
   /**
    * Certificates of the chain that are outside their validity period at `now`, each with the bound
    * it missed; accepted because the policy is 'ignore-expiry'. Empty otherwise.
@@ -106,24 +127,42 @@ const UNDERSTOOD_CRITICAL: ReadonlySet<string> = new Set([
   OID.subjectDirectoryAttributes,
 ]);
 
-export function parseCertificates(certs: readonly (string | Buffer)[]): X509Certificate[] {
+/**
+ * Reads one certificate (DER bytes) as this module does; throws EK_CERT_INVALID, the message saying
+ * what is malformed.
+ */
+export function readCertificate(der: Buffer): ReadCertificate {
+  try {
+    const fields = readCertificateFields(Buffer.from(der));
+    return { der: fields.der, pem: toPem(fields.der, 'CERTIFICATE'), fields, subject: renderName(fields.subject), issuer: renderName(fields.issuer) };
+  } catch (e) {
+    throw new EkCertificateError('EK_CERT_INVALID', `not a readable X.509 certificate: ${(e as Error).message}`, { cause: e });
+  }
+}
+
+/**
+ * Every certificate in `certs`: each a PEM text (any number of CERTIFICATE blocks) or DER bytes (a
+ * Buffer that starts with a SEQUENCE tag; any other Buffer is read as PEM text). Throws EK_CERT_INVALID
+ * for the first certificate that cannot be read.
+ */
+export function parseCertificates(certs: readonly (string | Buffer)[]): ReadCertificate[] {
   return certs.flatMap((c) => {
-    if (Buffer.isBuffer(c)) return [new X509Certificate(c)];
-    const pems = c.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
-    return pems.map((p) => new X509Certificate(p));
+    if (Buffer.isBuffer(c) && c[0] === 0x30) return [readCertificate(c)];
+    return pemBlocks(c.toString('latin1'), 'CERTIFICATE').map(readCertificate);
   });
 }
 
 interface Cert {
-  readonly x509: X509Certificate;
-  /** undefined when the DER could not be read (then `fieldsError` says why). */
-  readonly fields: CertificateFields | undefined;
-  readonly fieldsError: string | undefined;
+  readonly read: ReadCertificate;
+  readonly fields: CertificateFields;
   readonly isRoot: boolean;
   /** For messages: `"<subject>" (serial S)`, or issuer + serial when the subject is empty. */
   readonly label: string;
-  readonly notBefore: number;
-  readonly notAfter: number;
+  /** nameMatchKey of the subject and the issuer; undefined when the name cannot be read. */
+  readonly subjectKey: string | undefined;
+  readonly issuerKey: string | undefined;
+  /** The certified public key; undefined when node:crypto cannot read it. */
+  readonly publicKey: KeyObject | undefined;
 }
 
 interface Failure {
@@ -133,34 +172,39 @@ interface Failure {
 
 export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now: number, options: EkVerifyOptions = {}): VerifiedEkCertificate {
   const policy = options.ekValidity ?? trust.ekValidity ?? DEFAULT_EK_VALIDITY;
-  let x509: X509Certificate;
+  let read: ReadCertificate;
   try {
-    x509 = new X509Certificate(ekCertDer);
+    read = readCertificate(ekCertDer);
   } catch (e) {
-    throw new EkCertificateError('EK_CERT_INVALID', 'EK certificate is not a parseable X.509 certificate', { cause: e });
+    throw new EkCertificateError('EK_CERT_INVALID', `EK certificate is ${(e as Error).message}`, { cause: e });
   }
-  const leaf = toCert(x509, false, true);
-  if (!leaf.fields) throw new EkCertificateError('EK_CERT_INVALID', `${leaf.label} is malformed: ${leaf.fieldsError}`);
+  const leaf = toCert(read, false, true);
   let ekSpki: Buffer;
   let ekKeyType: string | undefined;
   try {
-    ({ spki: ekSpki, keyType: ekKeyType } = certifiedKey(x509));
+    ({ spki: ekSpki, keyType: ekKeyType } = certifiedKey(leaf));
   } catch (e) {
     throw new EkCertificateError('EK_CERT_INVALID', `${leaf.label} holds a public key node:crypto cannot read`, { cause: e });
   }
-  if (Number.isNaN(leaf.notBefore) || Number.isNaN(leaf.notAfter)) {
+  if (Number.isNaN(leaf.fields.notBefore) || Number.isNaN(leaf.fields.notAfter)) {
     throw new EkCertificateError('EK_CERT_INVALID', `${leaf.label} has an unreadable validity period`);
   }
 
-  const anchors = trustedCertificates(trust);
+  const { certs: anchors, unreadable } = trustedCertificates(trust);
   let best: Failure | undefined;
   let linkFailure: string | undefined;
   const search = (chain: Cert[]): VerifiedEkCertificate | undefined => {
     const child = chain[chain.length - 1] as Cert;
     for (const issuer of anchors) {
-      if (chain.includes(issuer) || !namesMatch(child, issuer)) continue;
-      if (!signedBy(child, issuer)) {
-        linkFailure ??= `the signature of ${child.label} does not verify with the key of ${issuer.label}`;
+      if (chain.includes(issuer)) continue;
+      const link = linksTo(child, issuer);
+      if (link !== true) {
+        if (link) linkFailure ??= link;
+        continue;
+      }
+      const signature = signedBy(child, issuer);
+      if (signature !== true) {
+        linkFailure ??= `the signature of ${child.label} does not verify with the key of ${issuer.label}${signature ? ` (${signature})` : ''}`;
         continue;
       }
       const path = [...chain, issuer];
@@ -168,10 +212,11 @@ export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now:
         const failure = checkPath(path, ekKeyType, now, policy);
         if (!failure) {
           return {
-            certificate: x509,
-            chain: path.map((c) => c.x509),
-            root: issuer.x509.subject,
+            certificate: read,
+            chain: path.map((c) => c.read),
+            root: issuer.read.subject,
             ekSpki,
+            ekKeyType: ekKeyType as 'rsa' | 'ec',
             acceptedOutsideValidity: outsideValidity(path, now),
           };
         }
@@ -186,9 +231,10 @@ export function verifyEkCertificate(ekCertDer: Buffer, trust: EkTrustStore, now:
   const found = search([leaf]);
   if (found) return found;
   if (best) throw new EkCertificateError(best.code, best.message);
+  const skipped = unreadable.length ? ` (${unreadable.length} configured manufacturer certificate(s) could not be read: ${unreadable.join('; ')})` : '';
   throw new EkCertificateError(
     'EK_UNTRUSTED',
-    `${leaf.label} does not chain to a trusted TPM manufacturer root${linkFailure ? `: ${linkFailure}` : ''}`,
+    `${leaf.label} does not chain to a trusted TPM manufacturer root${linkFailure ? `: ${linkFailure}` : ''}${skipped}`,
   );
 }
 
@@ -201,20 +247,19 @@ function checkPath(path: readonly Cert[], keyType: string | undefined, now: numb
   for (let i = path.length - 1; i >= 1; i--) {
     const ca = path[i] as Cert;
     const f = ca.fields;
-    if (!f) return untrusted(`${ca.label} is malformed: ${ca.fieldsError}`);
     const critical = unknownCritical(f);
     if (critical) return untrusted(`${ca.label} has an unsupported critical extension ${critical}`);
     if (!f.basicConstraints) return untrusted(`${ca.label} has no basicConstraints extension, so it is not a CA`);
     if (!f.basicConstraints.ca) return untrusted(`${ca.label} is not a CA (basicConstraints cA is not TRUE)`);
     if (f.keyUsage && !f.keyUsage.has('keyCertSign')) return untrusted(`${ca.label} may not sign certificates (keyUsage lacks keyCertSign)`);
-    if (!ca.isRoot && !selfIssued(f)) {
+    if (!ca.isRoot && !selfIssued(ca)) {
       if (remaining <= 0) return untrusted(`${ca.label} exceeds the pathLenConstraint of a CA above it`);
       remaining--;
     }
     if (f.basicConstraints.pathLen !== undefined) remaining = Math.min(remaining, f.basicConstraints.pathLen);
   }
   const leaf = path[0] as Cert;
-  const f = leaf.fields as CertificateFields;
+  const f = leaf.fields;
   const critical = unknownCritical(f);
   if (critical) return untrusted(`${leaf.label} has an unsupported critical extension ${critical}`);
   if (f.basicConstraints?.ca) return untrusted(`${leaf.label} is a CA certificate, not an EK certificate`);
@@ -236,8 +281,8 @@ function checkPath(path: readonly Cert[], keyType: string | undefined, now: numb
 function outsideValidity(path: readonly Cert[], now: number): string[] {
   const out: string[] = [];
   for (const c of path) {
-    if (!(now >= c.notBefore)) out.push(`${c.label} is not valid before ${iso(c.notBefore)}`);
-    else if (!(now <= c.notAfter)) out.push(`${c.label} expired at ${iso(c.notAfter)}`);
+    if (!(now >= c.fields.notBefore)) out.push(`${c.label} is not valid before ${iso(c.fields.notBefore)}`);
+    else if (!(now <= c.fields.notAfter)) out.push(`${c.label} expired at ${iso(c.fields.notAfter)}`);
   }
   return out;
 }
@@ -248,25 +293,32 @@ function unknownCritical(f: CertificateFields): string | undefined {
   return f.extensions.find((e) => e.critical && !UNDERSTOOD_CRITICAL.has(e.oid))?.oid;
 }
 
-function selfIssued(f: CertificateFields): boolean {
-  return f.issuer.equals(f.subject);
+function selfIssued(c: Cert): boolean {
+  return c.fields.issuer.equals(c.fields.subject) || (c.issuerKey !== undefined && c.issuerKey === c.subjectKey);
 }
 
 /**
- * Name chaining (§6.1.3 (a)(4)): binary equality of the DER names, or, for encodings that differ
- * only in string types, equality of OpenSSL's rendering of them.
+ * Name chaining (§6.1.3 (a)(4)): the same DER, or the same name under §7.1 comparison (x509-name.ts).
+ * Then key identifiers, when both certificates carry them, must agree (as OpenSSL's X509_check_akid).
+ * true, or false for another name, or why a CA of the right name is not the issuer.
  */
-function namesMatch(child: Cert, issuer: Cert): boolean {
-  if (child.fields && issuer.fields && child.fields.issuer.equals(issuer.fields.subject)) return true;
-  const a = child.x509.issuer;
-  return typeof a === 'string' && a !== '' && a === issuer.x509.subject;
+function linksTo(child: Cert, issuer: Cert): boolean | string {
+  const sameName = child.fields.issuer.equals(issuer.fields.subject) || (child.issuerKey !== undefined && child.issuerKey === issuer.subjectKey);
+  if (!sameName) return false;
+  const aki = child.fields.authorityKeyId;
+  const ski = issuer.fields.subjectKeyId;
+  if (aki && ski && !aki.equals(ski)) return `the authorityKeyIdentifier of ${child.label} is not the subjectKeyIdentifier of ${issuer.label}`;
+  return true;
 }
 
-function signedBy(child: Cert, issuer: Cert): boolean {
+/** true, or why not: false for a signature that does not verify, a string for one that cannot be checked. */
+function signedBy(child: Cert, issuer: Cert): true | false | string {
+  if (!issuer.publicKey) return `the key of ${issuer.label} cannot be read`;
   try {
-    return child.x509.verify(issuer.x509.publicKey);
-  } catch {
-    return false;
+    return certificateSignatureValid(child.fields, issuer.publicKey);
+  } catch (e) {
+    if (e instanceof CertificateSignatureError) return e.message;
+    throw e;
   }
 }
 
@@ -275,6 +327,8 @@ interface ParsedTrust {
   readonly roots: readonly (string | Buffer)[];
   readonly intermediates: readonly (string | Buffer)[];
   readonly certs: readonly Cert[];
+  /** Why each configured certificate that could not be read was left out. */
+  readonly unreadable: readonly string[];
 }
 
 const parsedTrust = new WeakMap<EkTrustStore, ParsedTrust>();
@@ -291,43 +345,73 @@ const sameInputs = (a: readonly (string | Buffer)[], b: readonly (string | Buffe
  * Roots then intermediates, parsed once per trust store. Keyed by the store object, and used only
  * while the store still lists exactly the certificates they were parsed from: the types say
  * read-only, but a caller that mutates the arrays (or a Buffer in them) gets a fresh parse, never a
- * stale anchor. The check is a pointer comparison per entry for unchanged strings.
+ * stale anchor. The check is a pointer comparison per entry for unchanged strings. A configured
+ * certificate that cannot be read is left out (it can anchor nothing) and named in refusals; the
+ * station and the bridge check their trust files when they start (parseCertificates).
  */
-function trustedCertificates(trust: EkTrustStore): readonly Cert[] {
+function trustedCertificates(trust: EkTrustStore): ParsedTrust {
   const intermediatesIn = trust.intermediates ?? [];
   const cached = parsedTrust.get(trust);
-  if (cached && sameInputs(cached.roots, trust.roots) && sameInputs(cached.intermediates, intermediatesIn)) return cached.certs;
-  const roots = parseCertificates(trust.roots);
-  const rootDer = roots.map((r) => r.raw);
+  if (cached && sameInputs(cached.roots, trust.roots) && sameInputs(cached.intermediates, intermediatesIn)) return cached;
+  const unreadable: string[] = [];
+  const readAll = (list: readonly (string | Buffer)[], what: string) =>
+    list.flatMap((c, i) => {
+      try {
+        return parseCertificates([c]);
+      } catch (e) {
+        unreadable.push(`${what} #${i + 1}: ${(e as Error).message}`);
+        return [];
+      }
+    });
+  const roots = readAll(trust.roots, 'root');
   // A certificate listed as both root and intermediate is a root.
-  const intermediates = parseCertificates(intermediatesIn).filter((i) => !rootDer.some((r) => r.equals(i.raw)));
+  const intermediates = readAll(intermediatesIn, 'intermediate').filter((i) => !roots.some((r) => r.der.equals(i.der)));
   const certs = [...roots.map((r) => toCert(r, true, false)), ...intermediates.map((i) => toCert(i, false, false))];
   // Snapshots (Buffers copied), so later changes to the caller's arrays or Buffers are seen as changes.
   const snapshot = (a: readonly (string | Buffer)[]) => a.map((x) => (typeof x === 'string' ? x : Buffer.from(x)));
-  parsedTrust.set(trust, { roots: snapshot(trust.roots), intermediates: snapshot(intermediatesIn), certs });
-  return certs;
+  const parsed = { roots: snapshot(trust.roots), intermediates: snapshot(intermediatesIn), certs, unreadable };
+  parsedTrust.set(trust, parsed);
+  return parsed;
 }
 
-function toCert(x509: X509Certificate, isRoot: boolean, isEk: boolean): Cert {
-  let fields: CertificateFields | undefined;
-  let fieldsError: string | undefined;
-  try {
-    fields = readCertificateFields(x509.raw);
-  } catch (e) {
-    fieldsError = (e as Error).message;
-  }
+function toCert(read: ReadCertificate, isRoot: boolean, isEk: boolean): Cert {
+  const f = read.fields;
   let label: string | undefined;
+  let subjectKey: string | undefined | null = null;
+  let issuerKey: string | undefined | null = null;
+  let publicKey: KeyObject | undefined | null = null;
+  const matchKey = (der: Buffer) => {
+    try {
+      return nameMatchKey(der);
+    } catch {
+      return undefined;
+    }
+  };
+  // Each computed when first needed: an EK certificate whose issuer bytes equal a CA's subject bytes
+  // never needs the normalized names.
   return {
-    x509,
-    fields,
-    fieldsError,
+    read,
+    fields: f,
     isRoot,
-    // Only messages read it: not built for every EK certificate that verifies.
     get label() {
-      return (label ??= labelOf(x509, isEk, isRoot));
+      return (label ??= labelOf(read, isEk, isRoot));
     },
-    notBefore: Date.parse(x509.validFrom),
-    notAfter: Date.parse(x509.validTo),
+    get subjectKey() {
+      return subjectKey === null ? (subjectKey = matchKey(f.subject)) : subjectKey;
+    },
+    get issuerKey() {
+      return issuerKey === null ? (issuerKey = matchKey(f.issuer)) : issuerKey;
+    },
+    get publicKey() {
+      if (publicKey === null) {
+        try {
+          publicKey = createPublicKey({ key: f.spki, format: 'der', type: 'spki' });
+        } catch {
+          publicKey = undefined;
+        }
+      }
+      return publicKey;
+    },
   };
 }
 
@@ -338,36 +422,27 @@ const SPKI_CURVES: readonly number[] = [ECC_CURVE.NIST_P256, ECC_CURVE.NIST_P384
  * key in that canonical encoding (named curve, uncompressed point: what EK certificates carry) is
  * taken from the certificate's bytes once eccSpki has validated the point, which is what decoding it
  * would check; decoding into a KeyObject and exporting it again costs ~0.3-0.5 ms on P-384. Any
- * other encoding or key type goes through node:crypto as before.
+ * other encoding or key type goes through node:crypto.
  */
-function certifiedKey(x509: X509Certificate): { spki: Buffer; keyType: string | undefined } {
-  const raw = spkiBytes(x509.raw);
+function certifiedKey(c: Cert): { spki: Buffer; keyType: string | undefined } {
+  const raw = c.fields.spki;
   for (const curveId of SPKI_CURVES) {
     const { spkiPrefix, size } = curveInfo(curveId);
     if (raw.length !== spkiPrefix.length + 1 + 2 * size || !raw.subarray(0, spkiPrefix.length).equals(spkiPrefix) || raw[spkiPrefix.length] !== 0x04) continue;
     const point = raw.subarray(spkiPrefix.length + 1);
     return { spki: eccSpki(curveId, point.subarray(0, size), point.subarray(size)), keyType: 'ec' };
   }
-  const key = x509.publicKey;
+  const key = createPublicKey({ key: raw, format: 'der', type: 'spki' });
   return { spki: key.export({ type: 'spki', format: 'der' }), keyType: key.asymmetricKeyType };
 }
 
-/** The subjectPublicKeyInfo TLV of a certificate whose structure node:crypto and readCertificateFields accepted. */
-function spkiBytes(der: Buffer): Buffer {
-  const tbs = expectTlv(der, readSingle(der, TAG.SEQUENCE, 'Certificate').contentStart, der.length, TAG.SEQUENCE, 'TBSCertificate');
-  let p = tbs.contentStart;
-  if (der[p] === 0xa0) p = readTlv(der, p, tbs.end).end; // [0] version
-  for (let i = 0; i < 5; i++) p = readTlv(der, p, tbs.end).end; // serialNumber, signature, issuer, validity, subject
-  return bytesOf(der, expectTlv(der, p, tbs.end, TAG.SEQUENCE, 'subjectPublicKeyInfo'));
-}
+/** Names in messages: one line, RDNs joined by ', '. */
+const nameText = (n: string) => n.split('\n').filter(Boolean).join(', ');
 
-/** Node renders a multi-RDN name one attribute per line, and an empty name as '' or undefined. */
-const nameText = (n: string | undefined) => (n ?? '').split('\n').filter(Boolean).join(', ');
-
-function labelOf(x509: X509Certificate, isEk: boolean, isRoot: boolean): string {
-  const serial = x509.serialNumber.toLowerCase();
-  const subject = nameText(x509.subject);
-  const issuer = nameText(x509.issuer);
+function labelOf(read: ReadCertificate, isEk: boolean, isRoot: boolean): string {
+  const serial = read.fields.serialHex;
+  const subject = nameText(read.subject);
+  const issuer = nameText(read.issuer);
   if (isEk) return `EK certificate (serial ${serial}, issuer "${issuer}")`;
   const kind = isRoot ? 'trusted root' : 'CA certificate';
   return subject ? `${kind} "${subject}" (serial ${serial})` : `${kind} (serial ${serial}, issuer "${issuer}")`;

@@ -37,6 +37,7 @@ export type TestName = readonly (readonly [string, string])[];
 const ATTR: Readonly<Record<string, string>> = {
   CN: '2.5.4.3',
   O: '2.5.4.10',
+  OU: '2.5.4.11',
   C: '2.5.4.6',
   TPMManufacturer: '2.23.133.2.1',
   TPMModel: '2.23.133.2.2',
@@ -44,13 +45,33 @@ const ATTR: Readonly<Record<string, string>> = {
 };
 
 export function encodeName(name: TestName): Buffer {
-  return seq(
-    ...name.map(([type, value]) => {
-      const oid = ATTR[type] ?? type;
-      const str = type === 'C' ? tlv(TAG.PRINTABLE_STRING, Buffer.from(value)) : tlv(TAG.UTF8_STRING, Buffer.from(value));
-      return tlv(TAG.SET, seq(encodeOid(oid), str));
-    }),
-  );
+  return seq(...name.map((attr) => tlv(TAG.SET, encodeAttribute(attr))));
+}
+
+function encodeAttribute([type, value]: readonly [string, string]): Buffer {
+  const oid = ATTR[type] ?? type;
+  const str = type === 'C' ? tlv(TAG.PRINTABLE_STRING, Buffer.from(value)) : tlv(TAG.UTF8_STRING, Buffer.from(value));
+  return seq(encodeOid(oid), str);
+}
+
+/**
+ * A Name of one multi-valued RDN holding `attrs`. `order: 'der'` sorts the SET's elements by their
+ * encodings, as DER requires (X.690 §11.6); 'as-given' keeps them in the order given, as Nuvoton's EK
+ * certificates encode their issuer ("InvalidSetOrdering" in strict parsers).
+ */
+export function encodeMultiValuedName(attrs: TestName, order: 'der' | 'as-given'): Buffer {
+  const elements = attrs.map(encodeAttribute);
+  if (order === 'der') elements.sort(compareDer);
+  return seq(tlv(TAG.SET, ...elements));
+}
+
+/** X.690 §11.6 order: octet by octet, the shorter padded with zeros. */
+function compareDer(a: Buffer, b: Buffer): number {
+  for (let i = 0; i < Math.max(a.length, b.length); i++) {
+    const d = (a[i] ?? 0) - (b[i] ?? 0);
+    if (d !== 0) return d;
+  }
+  return 0;
 }
 
 const BOOLEAN = (v: boolean) => tlv(0x01, Buffer.from([v ? 0xff : 0x00]));
@@ -105,9 +126,11 @@ function keyId(key: KeyObject): Buffer {
 }
 
 export interface TestCertificateSpec {
-  readonly subject: TestName;
-  readonly issuer: TestName;
-  readonly serial: number | bigint;
+  /** A name to encode, or the DER of a Name as it should appear byte for byte. */
+  readonly subject: TestName | Buffer;
+  readonly issuer: TestName | Buffer;
+  /** A value (encoded minimally), or the INTEGER's content octets exactly (e.g. with padding zeros). */
+  readonly serial: number | bigint | Buffer;
   readonly notBefore: number;
   readonly notAfter: number;
   readonly publicKey: KeyObject;
@@ -122,11 +145,11 @@ export function buildCertificate(s: TestCertificateSpec): Buffer {
   );
   const tbs = seq(
     tlv(0xa0, encodeUnsignedInteger(2)),
-    encodeUnsignedInteger(BigInt(s.serial)),
+    Buffer.isBuffer(s.serial) ? tlv(TAG.INTEGER, s.serial) : encodeUnsignedInteger(BigInt(s.serial)),
     algId,
-    encodeName(s.issuer),
+    nameDer(s.issuer),
     seq(encodeTime(s.notBefore), encodeTime(s.notAfter)),
-    encodeName(s.subject),
+    nameDer(s.subject),
     s.publicKey.export({ type: 'spki', format: 'der' }),
     ...(exts.length ? [tlv(0xa3, seq(...exts))] : []),
   );
@@ -134,8 +157,11 @@ export function buildCertificate(s: TestCertificateSpec): Buffer {
   return seq(tbs, algId, tlv(TAG.BIT_STRING, Buffer.from([0]), signature));
 }
 
+const nameDer = (n: TestName | Buffer) => (Buffer.isBuffer(n) ? n : encodeName(n));
+
 export interface TestCa {
-  readonly name: TestName;
+  /** The subject, as given or as DER (the certificates it issues name it so, unless told otherwise). */
+  readonly name: TestName | Buffer;
   readonly key: TestKeyPair;
   readonly der: Buffer;
   readonly pem: string;
@@ -150,8 +176,10 @@ let serials = 0x1000;
  * replaces them entirely when given.
  */
 export function testCa(o: {
-  name: TestName;
+  name: TestName | Buffer;
   issuer?: TestCa;
+  /** The serial's INTEGER content octets exactly (default: the next serial, minimal). */
+  serial?: Buffer;
   key?: TestKeyPair;
   pathLen?: number;
   notBefore?: number;
@@ -172,7 +200,7 @@ export function testCa(o: {
   const der = buildCertificate({
     subject: o.name,
     issuer: o.issuer?.name ?? o.name,
-    serial: serials++,
+    serial: o.serial ?? serials++,
     notBefore: o.notBefore ?? now - DAY,
     notAfter: o.notAfter ?? now + 3650 * DAY,
     publicKey: key.publicKey,
@@ -192,13 +220,15 @@ export function testEkCertificate(o: {
   ek: KeyObject;
   notBefore?: number;
   notAfter?: number;
-  serial?: number;
+  serial?: number | Buffer;
+  /** The issuer Name's DER as this certificate should carry it (default: the issuer's subject). */
+  issuerName?: Buffer;
   extensions?: TestExtension[];
 }): Buffer {
   const now = Date.now();
   return buildCertificate({
     subject: [],
-    issuer: o.issuer.name,
+    issuer: o.issuerName ?? o.issuer.name,
     serial: o.serial ?? serials++,
     notBefore: o.notBefore ?? now - DAY,
     notAfter: o.notAfter ?? now + 3650 * DAY,

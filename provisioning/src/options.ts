@@ -262,5 +262,5 @@ function certificatesIn(path: string, flag: string): string[] {
     return usage(`--${flag}: ${path} holds a malformed certificate: ${(e as Error).message}`);
   }
   if (certs.length === 0) usage(`--${flag}: ${path} holds no PEM certificate`);
-  return certs.map((c) => c.toString());
+  return certs.map((c) => c.pem);
 }

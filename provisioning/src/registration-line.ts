@@ -1,5 +1,6 @@
-import { X509Certificate } from 'node:crypto';
+import { createPublicKey } from 'node:crypto';
 import type { DeviceRegistration, TokenRecord } from '../../broker-bridge/src/inventory/inventory.js';
+import { readCertificate } from '../../native/lib/ek-certificate.js';
 import { base64, int, literal, object, oneOf, parseMessage, SchemaError, str, type Schema } from '../../common/protocol/schema.js';
 import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
 import { ekPublicHash } from './ek.js';
@@ -58,13 +59,13 @@ export function decodeRegistrationLine(text: string): Registration {
   if (token.deviceId !== device.deviceId) bad('token.deviceId', 'differs from device.deviceId');
   if (token.ekPublicHash !== device.ekPublicHash) bad('token.ekPublicHash', 'differs from device.ekPublicHash');
   if (token.expiresAt <= token.createdAt) bad('token.expiresAt', 'not after createdAt');
-  let cert: X509Certificate;
+  let key;
   try {
-    cert = new X509Certificate(Buffer.from(device.ekCertificate, 'base64'));
+    // Read as the EK verifier reads certificates: vendor DER quirks included.
+    key = createPublicKey({ key: readCertificate(Buffer.from(device.ekCertificate, 'base64')).fields.spki, format: 'der', type: 'spki' });
   } catch {
     return bad('device.ekCertificate', 'not an X.509 certificate');
   }
-  const key = cert.publicKey;
   if ((key.asymmetricKeyType === 'ec' ? 'ecc' : key.asymmetricKeyType) !== device.ekKind) bad('device.ekKind', `the certificate holds a ${key.asymmetricKeyType} key`);
   if (ekPublicHash(key.export({ type: 'spki', format: 'der' })) !== device.ekPublicHash) bad('device.ekPublicHash', "not the hash of the certificate's key");
   return { device, token };

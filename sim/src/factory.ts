@@ -6,7 +6,7 @@ import { CodedError, isCodedError } from '../../common/coded-error.js';
 import { freePorts } from '../../common/managed-process.js';
 import type { EkTrustStore } from '../../native/lib/ek-certificate.js';
 // The test PKI builders make exactly the TCG-profile chains real vendors ship; a simulated vendor is their use.
-import { defaultEkExtensions, ecKey, testCa, testEkCertificate, type TestCa, type TestExtension, type TestName } from '../../native/lib/ek-test-pki.js';
+import { defaultEkExtensions, ecKey, encodeName, testCa, testEkCertificate, type TestCa, type TestExtension, type TestName } from '../../native/lib/ek-test-pki.js';
 import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { SwtpmProcess } from './swtpm.js';
 
@@ -210,7 +210,9 @@ export class TpmFactory {
 }
 
 interface StoredCa {
-  readonly name: TestName;
+  /** v1: the name as given; v2: the subject Name's DER in hex (any encoding, vendor quirks included). */
+  readonly name?: TestName;
+  readonly nameDer?: string;
   readonly certPem: string;
   readonly keyPem: string;
 }
@@ -218,11 +220,11 @@ interface StoredCa {
 function saveCa(dir: string, root: TestCa, intermediate: TestCa): void {
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const store = (ca: TestCa): StoredCa => ({
-    name: ca.name,
+    nameDer: (Buffer.isBuffer(ca.name) ? ca.name : encodeName(ca.name)).toString('hex'),
     certPem: ca.pem,
     keyPem: ca.key.privateKey.export({ type: 'pkcs8', format: 'pem' }).toString(),
   });
-  writeFileSync(join(dir, CA_FILE), JSON.stringify({ v: 1, root: store(root), intermediate: store(intermediate) }), { mode: 0o600 });
+  writeFileSync(join(dir, CA_FILE), JSON.stringify({ v: 2, root: store(root), intermediate: store(intermediate) }), { mode: 0o600 });
 }
 
 function loadCa(dir: string): { root: TestCa; intermediate: TestCa } | undefined {
@@ -230,12 +232,14 @@ function loadCa(dir: string): { root: TestCa; intermediate: TestCa } | undefined
   if (!existsSync(path)) return undefined;
   try {
     const raw = JSON.parse(readFileSync(path, 'utf8')) as { v: number; root: StoredCa; intermediate: StoredCa };
-    if (raw.v !== 1) throw new Error(`unknown version ${String(raw.v)}`);
+    if (raw.v !== 1 && raw.v !== 2) throw new Error(`unknown version ${String(raw.v)}`);
     const load = (s: StoredCa): TestCa => {
       const privateKey = createPrivateKey(s.keyPem);
       const cert = new X509Certificate(s.certPem);
       if (!cert.checkPrivateKey(privateKey)) throw new Error('a CA key does not match its certificate');
-      return { name: s.name, key: { privateKey, publicKey: createPublicKey(privateKey) }, der: cert.raw, pem: s.certPem };
+      const name = s.nameDer !== undefined ? Buffer.from(s.nameDer, 'hex') : s.name;
+      if (!name) throw new Error('a CA has no name');
+      return { name, key: { privateKey, publicKey: createPublicKey(privateKey) }, der: cert.raw, pem: s.certPem };
     };
     return { root: load(raw.root), intermediate: load(raw.intermediate) };
   } catch (e) {

@@ -12,6 +12,7 @@ import { lookupUser } from '../../broker-bridge/src/broker/broker-file-access.js
 import { withRevokedIdentities } from '../../broker-bridge/src/broker/mosquitto-config.js';
 import { CrlSigner } from '../../broker-bridge/src/ca/crl.js';
 import { FileKeyCa } from '../../broker-bridge/src/ca/file-key-ca.js';
+import { testCa } from '../../native/lib/ek-test-pki.js';
 import { expectUserError as expectCliUserError, runProgram, type CliResult } from '../harness/cli.js';
 
 /**
@@ -209,19 +210,23 @@ describe('bridge broker-config, mosquitto started as root and dropping to user m
 
 describe('bridge.json', () => {
   let dir: string;
+  let base: Record<string, unknown>;
   beforeAll(() => {
     dir = mkdtempSync(join(tmpdir(), 'bridge-json-'));
+    // A vendor root as STMicro ships it (serial not minimally encoded: OpenSSL cannot read it).
+    const ekRoot = join(dir, 'ek-root.pem');
+    writeFileSync(ekRoot, testCa({ name: [['CN', 'STM TPM EK Root CA']], serial: Buffer.from('0001', 'hex') }).pem);
+    base = {
+      dataDir: '/nonexistent/data',
+      trustDomain: 'deploy.fleet',
+      brokerUrl: 'mqtts://127.0.0.1:1',
+      bridgeCert: '/nonexistent/bridge.crt',
+      bridgeKey: '/nonexistent/bridge.key',
+      caDir: '/nonexistent/ca',
+      manufacturerRoots: [ekRoot],
+    };
   });
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
-  const base = {
-    dataDir: '/nonexistent/data',
-    trustDomain: 'deploy.fleet',
-    brokerUrl: 'mqtts://127.0.0.1:1',
-    bridgeCert: '/nonexistent/bridge.crt',
-    bridgeKey: '/nonexistent/bridge.key',
-    caDir: '/nonexistent/ca',
-    manufacturerRoots: ['/nonexistent/ek-root.pem'],
-  };
   const withConfig = (cfg: unknown, cmd: string[] = ['run']) => {
     const file = join(dir, `bridge-${Math.random().toString(36).slice(2)}.json`);
     writeFileSync(file, JSON.stringify(cfg));
@@ -250,6 +255,22 @@ describe('bridge.json', () => {
       const r = await withConfig({ ...base, ...cfg });
       expectUserError(r, 'BRIDGE_CONFIG_INVALID');
       expect(r.err).toContain(`${field}:`);
+    }
+  });
+
+  it('checks the manufacturer files when it starts: missing, without a certificate, or unreadable is refused naming the field and file', async () => {
+    const garbage = join(dir, 'garbage.pem');
+    writeFileSync(garbage, '-----BEGIN CERTIFICATE-----\nMAMCAQE=\n-----END CERTIFICATE-----\n');
+    const empty = join(dir, 'empty.pem');
+    writeFileSync(empty, 'no certificates here\n');
+    for (const [cfg, message] of [
+      [{ manufacturerRoots: ['/nonexistent/ek-root.pem'] }, 'manufacturerRoots: cannot read /nonexistent/ek-root.pem: ENOENT'],
+      [{ manufacturerRoots: [empty] }, `manufacturerRoots: ${empty} holds no PEM certificate`],
+      [{ manufacturerIntermediates: [garbage] }, `manufacturerIntermediates: ${garbage} holds a certificate that cannot be read: not a readable X.509 certificate`],
+    ] as const) {
+      const r = await withConfig({ ...base, ...cfg });
+      expectUserError(r, 'BRIDGE_CONFIG_INVALID');
+      expect(r.err).toContain(message);
     }
   });
 

@@ -1,7 +1,7 @@
-import { createHash, timingSafeEqual, type X509Certificate } from 'node:crypto';
+import { createHash, timingSafeEqual } from 'node:crypto';
 import { CodedError } from '../../../common/coded-error.js';
 import type { RejectionCode } from '../../../common/protocol/errors.js';
-import { EkCertificateError, verifyEkCertificate, type EkTrustStore, type EkVerifyOptions } from '../../../native/lib/ek-certificate.js';
+import { EkCertificateError, verifyEkCertificate, type EkTrustStore, type EkVerifyOptions, type ReadCertificate } from '../../../native/lib/ek-certificate.js';
 import { parseAttest } from '../../../native/lib/wire/attest.js';
 import { ALG, ECC_CURVE, TPM_GENERATED_VALUE, hashInfo } from '../../../native/lib/wire/constants.js';
 import { attributesOf, objectName, parsePublic2b, publicToSpki, type TpmPublic } from '../../../native/lib/wire/public.js';
@@ -51,7 +51,7 @@ export function checkEk(
   trust: EkTrustStore,
   now: number,
   options?: EkVerifyOptions,
-): { root: string; certificate: X509Certificate; acceptedOutsideValidity: readonly string[] } {
+): { root: string; certificate: ReadCertificate; acceptedOutsideValidity: readonly string[] } {
   let verified;
   try {
     verified = verifyEkCertificate(ekCertificate, trust, now, options);

@@ -55,8 +55,8 @@ export class Registrar {
     if (createHash('sha256').update(verified.ekSpki).digest('hex') !== d.ekPublicHash) {
       return refuse('REGISTRATION_INVALID', "ekPublicHash is not the hash of the certificate's key");
     }
-    const keyType = verified.certificate.publicKey.asymmetricKeyType === 'ec' ? 'ecc' : verified.certificate.publicKey.asymmetricKeyType;
-    if (keyType !== d.ekKind) return refuse('REGISTRATION_INVALID', `ekKind is ${d.ekKind} but the certificate holds a ${String(keyType)} key`);
+    const keyType = verified.ekKeyType === 'ec' ? 'ecc' : verified.ekKeyType;
+    if (keyType !== d.ekKind) return refuse('REGISTRATION_INVALID', `ekKind is ${d.ekKind} but the certificate holds a ${keyType} key`);
     if (d.tokenExpiresAt <= now) return refuse('REGISTRATION_INVALID', 'the token has expired');
     if (d.tokenExpiresAt - now > TOKEN_MAX_LIFETIME_MS) return refuse('REGISTRATION_INVALID', 'the token lasts longer than 366 days');
     if (d.tokenCreatedAt >= d.tokenExpiresAt) return refuse('REGISTRATION_INVALID', 'the token expires before it was created');
