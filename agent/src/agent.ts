@@ -132,6 +132,8 @@ interface Resources {
 
 const hex32 = (n: number) => `0x${n.toString(16).padStart(8, '0')}`;
 const ekLabel = (ek: EkChoice) => `${ek.template} ${hex32(ek.nvIndex)}`;
+/** The template NativeTpm.createEk derives an EK from when the TPM holds no certificate for its kind. */
+const LOW_RANGE_TEMPLATE: Readonly<Record<EkKind, string>> = { ecc: 'L-2 ECC P-256', rsa: 'L-1 RSA-2048' };
 
 /** Codes of the TPM and of tpm2-tss (native/lib/tpm-error.ts). */
 const TPM_ERROR_CODE = /^(TPM_|RESMGR_|ESYS_|TCTI_|SYS_|MU_)/;
@@ -408,10 +410,14 @@ export class Agent {
       try {
         const caps = await tpm.capabilities();
         // The EK enrollment and re-attestation use (the same choice: native/lib/ek-order.ts).
-        const ek = await preferredEk(tpm, this.#o.bootstrap.ekKind);
+        const { ekKind, ekTrust } = this.#o.bootstrap;
+        const ek = await preferredEk(tpm, ekKind);
         this.#ek = ek ?? undefined;
-        tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion, ...(ek ? { ek: ekLabel(ek) } : {}) };
+        // No certificate in NV (registered with one supplied, or factory-trusted): the registered kind from its TCG low-range template.
+        const label = ek ? ekLabel(ek) : ekKind ? `${LOW_RANGE_TEMPLATE[ekKind]} ${ekTrust === 'factory' ? 'factory-trusted' : 'no NV certificate'}` : undefined;
+        tpmInfo = { manufacturer: caps.manufacturer, firmwareVersion: caps.firmwareVersion, ...(label ? { ek: label } : {}) };
         if (ek) this.#log('info', 'EK in use', { kind: ek.kind, template: ek.template, nvIndex: hex32(ek.nvIndex) });
+        else if (label) this.#log('info', 'EK in use', { kind: ekKind, template: label });
       } catch (e) {
         this.#log('warn', 'could not read TPM capabilities', { code: isCodedError(e) ? e.code : undefined });
       }

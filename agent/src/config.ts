@@ -24,6 +24,11 @@ export const bootstrapSchema = object({
    * not verify); absent in older files: the agent's own order, ECC then RSA.
    */
   ekKind: optional(oneOf(['ecc', 'rsa'] as const)),
+  /**
+   * 'factory': the TPM has no EK certificate and the station registered its EK under the factory-trusted
+   * EK policy (docs/hardware.md); the agent then enrolls with the `ekKind` EK and no certificate.
+   */
+  ekTrust: optional(literal('factory')),
   baseTopic: optional(str({ max: 128, pattern: /^[A-Za-z0-9._-]+(\/[A-Za-z0-9._-]+)*$/ })),
   enrollUrl: url,
   deviceUrl: url,

@@ -222,13 +222,14 @@ class EnrollmentRun {
     const ekKind = p.ekKind ?? (await this.#findEkKind());
     const csr = p.csr ?? (await buildTpmCsr(this.#tpm, this.#key!, this.#d.config.deviceId)).toString('base64');
     const ek = await this.#loadEk(ekKind);
+    // None in NV: the bridge judges the EK by what the station registered (a certificate supplied
+    // for the device, or the factory-trusted EK policy).
     const ekCertificate = await this.#tpm.readEkCertificate(ekKind);
-    if (!ekCertificate) throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', `the TPM's ${ekKind} EK certificate disappeared`);
     const body: EnrollRequest = {
       deviceId: this.#d.config.deviceId,
       ...(this.#mode === 'reattest' ? { mode: 'reattest' as const } : { token: this.#d.config.token }),
       ekKind,
-      ekCertificate,
+      ...(ekCertificate ? { ekCertificate } : {}),
       ekPublic: ek.publicArea,
       akPublic: this.#d.ak.publicArea,
       keyPublic: this.#key!.publicArea,
@@ -250,12 +251,18 @@ class EnrollmentRun {
     return next;
   }
 
-  /** The station's registered kind (bootstrap), else ECC before RSA (native/lib/ek-order.ts). */
+  /**
+   * The station's registered kind (bootstrap), certificate in NV or not: a TPM without one was
+   * registered with a certificate supplied for it or under the factory-trusted EK policy, and createEk
+   * then derives the EK from the TCG low-range template, as firmware TPMs do. Without a registered
+   * kind: ECC before RSA among the certificates in NV (native/lib/ek-order.ts).
+   */
   async #findEkKind(): Promise<EkKind> {
     const registered = this.#d.config.ekKind;
-    const ek = await preferredEk(this.#tpm, registered);
+    if (registered) return registered;
+    const ek = await preferredEk(this.#tpm);
     if (ek) return ek.kind;
-    throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', registered ? `the TPM has no ${registered} EK certificate, the kind the station registered` : 'the TPM has no EK certificate (neither ECC nor RSA)');
+    throw new EnrollmentError('AGENT_NO_EK_CERTIFICATE', 'the TPM has no EK certificate (neither ECC nor RSA), and the bootstrap names no EK kind');
   }
 
   async #loadEk(kind: EkKind): Promise<TpmKey> {

@@ -45,6 +45,8 @@ export interface EmbeddedFleetOptions {
   readonly clock: Clock;
   readonly trustDomain: string;
   readonly ekTrust: EkTrustStore;
+  /** Stations whose factory-trusted EKs (TPMs without an EK certificate) the bridge registers. Default none. */
+  readonly factoryTrustedEkStations?: readonly string[];
   readonly baseTopic?: string;
   /** Where the issuing CA key lives; default a key file in `dir/ca`. */
   readonly caBackend?: BackendSpec;
@@ -258,7 +260,14 @@ export class EmbeddedFleet {
         ingest,
         operator,
         new TimeService({ topics: this.topics, clock: o.clock }),
-        new StationRegistrationHandler({ topics: this.topics, inventory: this.inventory, ekTrust: o.ekTrust, clock: o.clock, ...logger }),
+        new StationRegistrationHandler({
+          topics: this.topics,
+          inventory: this.inventory,
+          ekTrust: o.ekTrust,
+          clock: o.clock,
+          ...logger,
+          ...(o.factoryTrustedEkStations ? { factoryTrustedEkStations: o.factoryTrustedEkStations } : {}),
+        }),
         new OperatorHandler({ topics: this.topics, inventory: this.inventory, clock: o.clock, publish: (t, p, opts) => this.#publish(t, p, opts), ...logger }),
         ...(o.extraHandlers?.({
           inventory: this.inventory,

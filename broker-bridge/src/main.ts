@@ -33,6 +33,7 @@ import { isCodedError } from '../../common/coded-error.js';
 import { Topics } from '../../common/protocol/topics.js';
 import { array, int, num, object, oneOf, optional, parseMessage, SchemaError, str } from '../../common/protocol/schema.js';
 import { MqttTransport } from '../../common/transport/mqtt-transport.js';
+import { STATION_ID_PATTERN } from '../../common/protocol/station.js';
 import { parseCertificates } from '../../native/lib/ek-certificate.js';
 import { BRIDGE_SESSION, Bridge, DEFAULT_BRIDGE_CLIENT_ID } from './bridge.js';
 import { applyBrokerFileAccess, defaultBrokerUser, planBrokerFileAccess } from './broker/broker-file-access.js';
@@ -109,6 +110,11 @@ const configSchema = object({
   manufacturerIntermediates: optional(array(str({ max: 512 }), { max: 256 })),
   /** 'ignore-expiry' (default) or 'strict' (see native/lib/ek-certificate.ts). */
   ekValidity: optional(oneOf(['ignore-expiry', 'strict'] as const)),
+  /**
+   * Station ids whose factory-trusted EKs (TPMs without an EK certificate, docs/hardware.md) the bridge
+   * registers. Default none: every device must bring an EK certificate.
+   */
+  factoryTrustedEkStations: optional(array(str({ max: 64, pattern: STATION_ID_PATTERN }), { max: 64 })),
   certificateLifetimeSec: optional(int({ min: 3600, max: 366 * 86_400 })),
   sharedGroup: optional(str({ max: 64, pattern: /^[A-Za-z0-9_-]+$/ })),
   /** MQTT client id of the bridge's persistent session; stable across restarts. Default `role:bridge`. */
@@ -521,7 +527,7 @@ async function main(): Promise<void> {
         transport,
         topics,
         handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock }),
-          new StationRegistrationHandler({ topics, inventory, ekTrust, clock: systemClock, logger }),
+          new StationRegistrationHandler({ topics, inventory, ekTrust, clock: systemClock, logger, ...(cfg.factoryTrustedEkStations ? { factoryTrustedEkStations: cfg.factoryTrustedEkStations } : {}) }),
           new OperatorHandler({ topics, inventory, clock: systemClock, publish: (topic, p, opts) => transport.publish(topic, p, opts), logger }),
         ],
         trustBundle: () => trustBundleSigner.message([root]),

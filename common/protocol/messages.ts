@@ -53,8 +53,11 @@ export const enrollRequestBody = object({
   /** The one-time enrollment token from the bootstrap config (the bridge stores only its hash). Required in mode 'token', absent in 'reattest'. */
   token: optional(str({ min: 16, max: 128, pattern: /^[A-Za-z0-9_-]+$/ })),
   ekKind: oneOf(['rsa', 'ecc'] as const),
-  /** DER EK certificate as read from the TPM's NV index. */
-  ekCertificate: base64({ maxBytes: 4096, minBytes: 64 }),
+  /**
+   * DER EK certificate as read from the TPM's NV index. Absent only for a TPM without one, which the
+   * bridge accepts when the device was registered under the factory-trusted EK policy.
+   */
+  ekCertificate: optional(base64({ maxBytes: 4096, minBytes: 64 })),
   /** Marshalled TPM2B_PUBLIC of the EK (the bridge checks it against the certificate). */
   ekPublic: base64({ maxBytes: 1024, minBytes: 16 }),
   /** Marshalled TPM2B_PUBLIC of the attestation key. */

@@ -32,7 +32,7 @@ describe('protocol messages', () => {
     const wire = encode('enroll', 'req-00000001', 1000, body);
     const msg = decode('enroll', wire);
     expect(msg.requestId).toBe('req-00000001');
-    expect(msg.body.ekCertificate.equals(body.ekCertificate)).toBe(true);
+    expect(msg.body.ekCertificate!.equals(body.ekCertificate)).toBe(true);
     expect(msg.body.deviceId).toBe('dev-001');
   });
 

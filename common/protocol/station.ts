@@ -114,16 +114,24 @@ export const REGISTER_REPLY_MAX_BYTES = 64 * 1024;
 /** DER EK certificates larger than this are refused (real ones are 0.5–1.5 KB). */
 export const EK_CERTIFICATE_MAX_BYTES = 4096;
 
+/** DER SubjectPublicKeyInfo of an EK: RSA-4096 at most (~550 bytes). */
+export const EK_PUBLIC_MAX_BYTES = 1024;
+
 /**
  * One device of a `register` request. `ekPublicHash` is the hex SHA-256 of the DER SubjectPublicKeyInfo
- * of the key `ekCertificate` certifies (the bridge checks it). `tokenCreatedAt`/`tokenExpiresAt` are
- * the station's clock, ms since the epoch.
+ * of the key `ekCertificate` certifies (the bridge checks it). A TPM without an EK certificate comes
+ * instead with `ekTrust: 'factory'` and the EK's SPKI in `ekPublic`, which the bridge accepts only from
+ * the stations its factory-trusted EK policy names (docs/hardware.md). `tokenCreatedAt`/`tokenExpiresAt`
+ * are the station's clock, ms since the epoch.
  */
 export const stationDevice = object({
   deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
   ekKind: oneOf(['rsa', 'ecc'] as const),
-  /** DER, standard base64. */
-  ekCertificate: base64({ maxBytes: EK_CERTIFICATE_MAX_BYTES, minBytes: 1 }),
+  /** DER, standard base64. Absent for a factory-trusted EK. */
+  ekCertificate: optional(base64({ maxBytes: EK_CERTIFICATE_MAX_BYTES, minBytes: 1 })),
+  ekTrust: optional(literal('factory')),
+  /** DER SubjectPublicKeyInfo of a factory-trusted EK, standard base64. */
+  ekPublic: optional(base64({ maxBytes: EK_PUBLIC_MAX_BYTES, minBytes: 1 })),
   ekPublicHash: hex64,
   metadata: metadataSchema,
   tokenHash: hex64,
@@ -244,7 +252,9 @@ export function encodeStationRegister(requestIdValue: string, devices: readonly 
       devices: devices.map((d) => ({
         deviceId: d.deviceId,
         ekKind: d.ekKind,
-        ekCertificate: d.ekCertificate.toString('base64'),
+        ...(d.ekCertificate ? { ekCertificate: d.ekCertificate.toString('base64') } : {}),
+        ...(d.ekTrust ? { ekTrust: d.ekTrust } : {}),
+        ...(d.ekPublic ? { ekPublic: d.ekPublic.toString('base64') } : {}),
         ekPublicHash: d.ekPublicHash,
         metadata: d.metadata,
         tokenHash: d.tokenHash,

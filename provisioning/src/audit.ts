@@ -17,6 +17,8 @@ export interface AuditEntry {
   /** Why a device was refused. */
   readonly message?: string;
   readonly ekPublicHash?: string;
+  /** 'factory': registered under the factory-trusted EK policy (no EK certificate). */
+  readonly ekTrust?: 'factory';
   readonly bootstrapPath?: string;
 }
 

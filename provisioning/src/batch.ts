@@ -34,6 +34,10 @@ export interface BatchOptions {
   /** Devices worked on at once, each on its own TPM; default 1. Registrations stay one at a time. */
   readonly concurrency?: number;
   readonly progress?: (event: ProgressEvent) => void;
+  /** The factory-trusted EK policy (StationPolicy.factoryTrustedEk); default off. */
+  readonly factoryTrustedEk?: boolean;
+  /** StationPolicy.stationName. */
+  readonly stationName?: string;
 }
 
 export interface BatchSummary {
@@ -62,7 +66,14 @@ export async function provisionBatch(o: BatchOptions): Promise<BatchSummary> {
   } catch (e) {
     throw toStationError(e, `cannot use output directory ${o.outDir}`);
   }
-  const policy: StationPolicy = { manufacturers: o.manufacturers, fleet: o.fleet, clock: o.clock ?? systemClock, tokenTtlSec };
+  const policy: StationPolicy = {
+    manufacturers: o.manufacturers,
+    fleet: o.fleet,
+    clock: o.clock ?? systemClock,
+    tokenTtlSec,
+    ...(o.factoryTrustedEk ? { factoryTrustedEk: true } : {}),
+    ...(o.stationName ? { stationName: o.stationName } : {}),
+  };
   const device = new DeviceRun(o, policy, audit);
   const outcomes: AuditEntry[] = [];
   let next = 0;
@@ -122,7 +133,7 @@ class DeviceRun {
     try {
       const p = await this.#withTpm(entry.tcti, (tpm) => provisionDevice(tpm, entry, this.#policy));
       await this.#serialized(() => this.#commit(p, bootstrapPath));
-      outcome = { at: at(), deviceId, result: 'provisioned', ekPublicHash: p.device.ekPublicHash, bootstrapPath };
+      outcome = { at: at(), deviceId, result: 'provisioned', ekPublicHash: p.device.ekPublicHash, ...(p.device.ekTrust ? { ekTrust: p.device.ekTrust } : {}), bootstrapPath };
     } catch (e) {
       const err = toStationError(e, `${deviceId} (${entry.tcti})`);
       outcome = { at: at(), deviceId, result: 'refused', code: err.code, message: err.message };

@@ -11,6 +11,8 @@ export interface BootstrapConfig {
   readonly tcti: string;
   /** The EK the station verified and registered: the agent attests with it (absent: the agent's own order). */
   readonly ekKind?: 'ecc' | 'rsa';
+  /** 'factory': no EK certificate, the EK registered under the factory-trusted EK policy. */
+  readonly ekTrust?: 'factory';
   readonly baseTopic: string;
   readonly enrollUrl: string;
   readonly deviceUrl: string;

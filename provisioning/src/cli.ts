@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { Clock } from '../../common/clock.js';
 import { isCodedError } from '../../common/coded-error.js';
 import { LevelInventory } from '../../broker-bridge/src/inventory/level-inventory.js';
@@ -97,8 +98,10 @@ async function runImport(c: Extract<StationCommand, { kind: 'import' }>, io: Sta
 }
 
 async function runProvision(c: Extract<StationCommand, { kind: 'provision' }>, io: StationIo): Promise<number> {
-  const run = async (sink: RegistrationSink) => {
+  const run = async (sink: RegistrationSink, stationName: string) => {
     const s = await provisionBatch({
+      factoryTrustedEk: c.factoryTrustedEk,
+      stationName,
       manifestPath: c.manifest,
       outDir: c.out,
       manufacturers: { roots: c.roots, intermediates: c.intermediates, ekValidity: c.ekValidity },
@@ -114,11 +117,13 @@ async function runProvision(c: Extract<StationCommand, { kind: 'provision' }>, i
     return s.refused > 0 ? 1 : 0;
   };
   const target = c.sink;
-  if ('bridge' in target) return withBridge(target.bridge, io, (client) => run(new BridgeSink(client)));
-  if ('export' in target) return run(new ExportFileSink(target.export));
+  // Who vouches for factory-trusted EKs: the bridge records the station id itself; offline, this host.
+  const local = `station@${hostname()}`;
+  if ('bridge' in target) return withBridge(target.bridge, io, (client) => run(new BridgeSink(client), target.bridge.stationId));
+  if ('export' in target) return run(new ExportFileSink(target.export), local);
   const inventory = await openInventory(target.inventory);
   try {
-    return await run(new InventorySink(inventory));
+    return await run(new InventorySink(inventory), local);
   } finally {
     await inventory.close();
   }

@@ -6,7 +6,7 @@ import { StationError } from './errors.js';
 /** A TPM's endorsement key, proven to be the key its manufacturer certified. */
 export interface VerifiedEk {
   readonly kind: EkKind;
-  /** DER EK certificate as read from the TPM's NV. */
+  /** DER EK certificate as read from the TPM's NV (or the file supplied for the device). */
   readonly certificate: Buffer;
   /** DER SubjectPublicKeyInfo of the EK. */
   readonly spki: Buffer;
@@ -14,6 +14,13 @@ export interface VerifiedEk {
   readonly publicHash: string;
   /** Subject of the manufacturer root the certificate chains to. */
   readonly root: string;
+}
+
+/** An EK registered under the factory-trusted EK policy: no certificate, its public key read from the TPM. */
+export interface FactoryTrustedEk {
+  readonly kind: EkKind;
+  readonly spki: Buffer;
+  readonly publicHash: string;
 }
 
 const KINDS: readonly EkKind[] = ['ecc', 'rsa'];
@@ -64,4 +71,53 @@ export async function verifyTpmEk(tpm: Tpm, trust: EkTrustStore, now: number, op
   throw new StationError('STATION_EK_UNTRUSTED', `EK certificate refused: ${refusals.map((r) => `${r.kind}: [${r.code}] ${r.message}`).join('; ')}`, {
     details: { cause: first.code, refusals: refusals.map(({ kind, code }) => ({ kind, code })) },
   });
+}
+
+/**
+ * The EK certificate supplied for a device (a vendor that serves it online, keyed by the EK's hash:
+ * fetched before the device reached the line), verified as one read from NV: chain to a trusted
+ * manufacturer, then the EK derived in this TPM (its certificate's kind, from the TCG template of the
+ * index that kind's certificate would be in) must be the certified key (STATION_EK_MISMATCH).
+ * Refused: STATION_EK_UNTRUSTED with the verifier's code in `details.cause`.
+ */
+export async function verifySuppliedEk(tpm: Tpm, certificate: Buffer, trust: EkTrustStore, now: number, options?: EkVerifyOptions): Promise<VerifiedEk> {
+  let verified;
+  try {
+    verified = verifyEkCertificate(certificate, trust, now, options);
+  } catch (e) {
+    if (!(e instanceof EkCertificateError)) throw e;
+    throw new StationError('STATION_EK_UNTRUSTED', `the supplied EK certificate is refused: [${e.code}] ${e.message}`, { details: { cause: e.code } });
+  }
+  const kind: EkKind = verified.ekKeyType === 'ec' ? 'ecc' : 'rsa';
+  const ek = await tpm.createEk(kind);
+  try {
+    if (!ek.spki.equals(verified.ekSpki)) throw new StationError('STATION_EK_MISMATCH', `the ${kind} EK derived in the TPM is not the key the supplied EK certificate certifies`);
+  } finally {
+    await tpm.flush(ek);
+  }
+  return { kind, certificate, spki: verified.ekSpki, publicHash: ekPublicHash(verified.ekSpki), root: verified.root };
+}
+
+/**
+ * The factory-trusted EK of a TPM that holds no EK certificate (docs/hardware.md): ECC P-256 from the
+ * TCG L-2 template, or RSA-2048 (L-1) on a chip that cannot make the ECC one. Only the public key is
+ * read; what vouches for it is the station that read it on the line.
+ */
+export async function readFactoryTrustedEk(tpm: Tpm): Promise<FactoryTrustedEk> {
+  let firstError: unknown;
+  for (const kind of KINDS) {
+    let ek;
+    try {
+      ek = await tpm.createEk(kind);
+    } catch (e) {
+      firstError ??= e;
+      continue;
+    }
+    try {
+      return { kind, spki: ek.spki, publicHash: ekPublicHash(ek.spki) };
+    } finally {
+      await tpm.flush(ek);
+    }
+  }
+  throw firstError;
 }

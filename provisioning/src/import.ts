@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { DeviceRecord, Inventory } from '../../broker-bridge/src/inventory/inventory.js';
+import { ekEvidenceOf, sameEkEvidence, type DeviceRecord, type Inventory } from '../../broker-bridge/src/inventory/inventory.js';
 import { REGISTER_MAX_DEVICES, encodeStationRegister } from '../../common/protocol/station.js';
 import type { BridgeClient } from './bridge-client.js';
 import { StationError, toStationError } from './errors.js';
@@ -191,7 +191,7 @@ function batches<T extends { reg: Registration }>(items: readonly T[]): T[][] {
 
 function sameRegistration(existing: DeviceRecord, reg: Registration): boolean {
   return (
-    existing.ekCertificate === reg.device.ekCertificate &&
+    sameEkEvidence(ekEvidenceOf(existing), ekEvidenceOf(reg.device)) &&
     existing.ekKind === reg.device.ekKind &&
     sameMetadata(existing.metadata, reg.device.metadata)
   );

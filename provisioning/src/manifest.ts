@@ -1,11 +1,16 @@
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { pemBlocks } from '../../common/der.js';
+import { readCertificate } from '../../native/lib/ek-certificate.js';
 import { object, optional, parseMessage, str, type Infer } from '../../common/protocol/schema.js';
 import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
 import { StationError, toStationError } from './errors.js';
 import { metadataSchema } from './metadata.js';
 
 /**
- * The line manifest: JSON lines `{ "deviceId", "tcti", "metadata": { … } }`. The whole manifest is
+ * The line manifest: JSON lines `{ "deviceId", "tcti", "metadata": { … }, "ekCertificateFile"? }`
+ * (the EK certificate a vendor serves online for a TPM without one in NV; PEM or DER, a path relative
+ * to the manifest, read and checked here). The whole manifest is
  * validated before any TPM is touched, and every bad line is reported with its number, so a typo
  * stops the batch at once instead of half-way through the line.
  */
@@ -13,12 +18,15 @@ const manifestLine = object({
   deviceId: str({ max: 64, pattern: DEVICE_ID_PATTERN }),
   tcti: str({ min: 1, max: 256 }),
   metadata: optional(metadataSchema),
+  ekCertificateFile: optional(str({ min: 1, max: 512 })),
 });
 
 export interface ManifestEntry {
   readonly deviceId: string;
   readonly tcti: string;
   readonly metadata: Readonly<Record<string, string>>;
+  /** DER of the line's ekCertificateFile. */
+  readonly ekCertificate?: Buffer;
   /** 1-based line number in the manifest file. */
   readonly line: number;
 }
@@ -33,10 +41,11 @@ export function readManifest(path: string): ManifestEntry[] {
   } catch (e) {
     throw toStationError(e, `cannot read manifest ${path}`);
   }
-  return parseManifest(text, path);
+  return parseManifest(text, path, dirname(path));
 }
 
-export function parseManifest(text: string, name: string): ManifestEntry[] {
+/** `baseDir`: where ekCertificateFile paths are relative to (default: the working directory). */
+export function parseManifest(text: string, name: string, baseDir = '.'): ManifestEntry[] {
   const entries: ManifestEntry[] = [];
   const problems: { line: number; reason: string }[] = [];
   const ids = new Map<string, number>();
@@ -60,9 +69,18 @@ export function parseManifest(text: string, name: string): ManifestEntry[] {
       if (sameId !== undefined) problems.push({ line, reason: `deviceId ${parsed.deviceId} already on line ${sameId}` });
       else if (sameTpm !== undefined) problems.push({ line, reason: `tcti ${parsed.tcti} already on line ${sameTpm}` });
       else {
+        let ekCertificate: Buffer | undefined;
+        if (parsed.ekCertificateFile !== undefined) {
+          try {
+            ekCertificate = readEkCertificateFile(resolve(baseDir, parsed.ekCertificateFile));
+          } catch (e) {
+            problems.push({ line, reason: `ekCertificateFile ${parsed.ekCertificateFile}: ${(e as Error).message}` });
+            return;
+          }
+        }
         ids.set(parsed.deviceId, line);
         tctis.set(parsed.tcti, line);
-        entries.push({ deviceId: parsed.deviceId, tcti: parsed.tcti, metadata: parsed.metadata ?? {}, line });
+        entries.push({ deviceId: parsed.deviceId, tcti: parsed.tcti, metadata: parsed.metadata ?? {}, ...(ekCertificate ? { ekCertificate } : {}), line });
       }
     });
   if (problems.length > 0) {
@@ -72,4 +90,12 @@ export function parseManifest(text: string, name: string): ManifestEntry[] {
   }
   if (entries.length === 0) throw new StationError('STATION_MANIFEST_INVALID', `${name}: the manifest lists no device`);
   return entries;
+}
+
+/** One certificate, PEM or DER, readable as the EK verifier reads certificates. */
+function readEkCertificateFile(path: string): Buffer {
+  const bytes = readFileSync(path);
+  const pems = bytes[0] === 0x30 ? [bytes] : pemBlocks(bytes.toString('latin1'), 'CERTIFICATE');
+  if (pems.length !== 1) throw new Error(`expected one certificate, found ${pems.length}`);
+  return readCertificate(pems[0]!).der;
 }

@@ -21,13 +21,18 @@ export const HELP: Record<CommandName, string> = {
   provision: `usage: station provision --manifest FILE --out DIR --roots PEM [--roots PEM …] [--intermediates PEM …]
                          --enroll-url mqtts://HOST:PORT --device-url mqtts://HOST:PORT --trust-bundle PEM
                          [--base-topic fleet/v1] [--token-ttl 7d] [--parallel 1]
-                         [--ek-validity ignore-expiry|strict]
+                         [--ek-validity ignore-expiry|strict] [--factory-trusted-ek]
                          (${BRIDGE_FLAGS} | --export FILE | --inventory DIR)
 
 Provisions every device of the manifest (JSON lines {"deviceId","tcti","metadata"}): verifies its
 EK certificate against the TPM manufacturers (--roots, --intermediates), mints a one-time enrollment
 token, registers the device, then writes out/devices/<id>.json (mode 0600) with the token. Resumable:
 a re-run skips provisioned devices. out/audit.jsonl records every outcome (never a token).
+A manifest line may name "ekCertificateFile" (PEM or DER, relative to the manifest): the EK
+certificate its vendor serves online, used instead of the TPM's NV and verified the same way.
+--factory-trusted-ek (off by default): a TPM holding no EK certificate at all is registered by its EK
+public key instead of refused (STATION_EK_MISSING); audited as ekTrust "factory", and the bridge
+accepts it only from stations its factoryTrustedEkStations lists (docs/hardware.md).
 Where registrations go:
   --bridge      online, through the running bridge over MQTT with this station's role:station:<id>
                 certificate (--cert/--key, --ca the fleet root); each device waits for the bridge's
@@ -84,6 +89,8 @@ export type StationCommand =
       readonly tokenTtlSec: number;
       readonly parallel: number;
       readonly sink: RegistrationTarget;
+      /** The factory-trusted EK policy (station.ts StationPolicy). */
+      readonly factoryTrustedEk: boolean;
     }
   | { readonly kind: 'import'; readonly file: string; readonly target: { readonly inventory: string } | { readonly bridge: BridgeSettings } };
 
@@ -113,7 +120,7 @@ export function parseCommand(argv: readonly string[]): StationCommand {
   return command === 'provision' ? parseProvision(rest) : parseImport(rest);
 }
 
-type Spec = Record<string, { type: 'string'; multiple?: boolean; default?: string }>;
+type Spec = Record<string, { type: 'string'; multiple?: boolean; default?: string } | { type: 'boolean'; default?: boolean }>;
 
 function parse<O extends Spec>(args: string[], options: O) {
   try {
@@ -158,6 +165,7 @@ function parseProvision(args: string[]): StationCommand {
     'token-ttl': { type: 'string', default: '7d' },
     parallel: { type: 'string', default: '1' },
     'ek-validity': { type: 'string', default: DEFAULT_EK_VALIDITY },
+    'factory-trusted-ek': { type: 'boolean', default: false },
     export: { type: 'string' },
     inventory: { type: 'string' },
     ...bridgeOptions,
@@ -192,6 +200,7 @@ function parseProvision(args: string[]): StationCommand {
     tokenTtlSec,
     parallel,
     sink,
+    factoryTrustedEk: v['factory-trusted-ek'] === true,
   };
 }
 

@@ -60,7 +60,9 @@ export function stationDeviceOf(device: DeviceRegistration, token: TokenRecord):
   return {
     deviceId: device.deviceId,
     ekKind: device.ekKind,
-    ekCertificate: Buffer.from(device.ekCertificate, 'base64'),
+    ...(device.ekCertificate !== undefined ? { ekCertificate: Buffer.from(device.ekCertificate, 'base64') } : {}),
+    ...(device.ekTrust !== undefined ? { ekTrust: device.ekTrust } : {}),
+    ...(device.ekPublic !== undefined ? { ekPublic: Buffer.from(device.ekPublic, 'base64') } : {}),
     ekPublicHash: device.ekPublicHash,
     metadata: { ...device.metadata },
     tokenHash: token.tokenHash,

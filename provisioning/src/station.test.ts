@@ -83,7 +83,7 @@ describe('factory station (real swtpm, real LevelDB)', () => {
       const device = inventory.getDevice(id)!;
       // The agent attests with the EK the station verified and registered.
       expect(boot.ekKind).toBe(device.ekKind);
-      const cert = new X509Certificate(Buffer.from(device.ekCertificate, 'base64'));
+      const cert = new X509Certificate(Buffer.from(device.ekCertificate!, 'base64'));
       const ekHash = createHash('sha256').update(cert.publicKey.export({ type: 'spki', format: 'der' })).digest('hex');
       expect(device).toMatchObject({ ekPublicHash: ekHash, ekKind: 'ecc', registeredAt: clock.now(), metadata: { model: 'gw-1', serial: `SN-${i}`, owner: 'plant-7' } });
       expect(inventory.getToken(hashEnrollmentToken(boot.token))).toEqual({

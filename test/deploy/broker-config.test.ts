@@ -251,6 +251,7 @@ describe('bridge.json', () => {
       [{ challengeTtlSec: '60' }, 'challengeTtlSec'],
       [{ rotationTtlSec: 100_000 }, 'rotationTtlSec'],
       [{ reconnectMs: 10 }, 'reconnectMs'],
+      [{ factoryTrustedEkStations: ['line 1'] }, 'factoryTrustedEkStations[0]'],
     ] as const) {
       const r = await withConfig({ ...base, ...cfg });
       expectUserError(r, 'BRIDGE_CONFIG_INVALID');
@@ -285,6 +286,7 @@ describe('bridge.json', () => {
       revocationCheckSec: 30,
       crlNextUpdateSec: 3600,
       reconnectMs: 500,
+      factoryTrustedEkStations: ['line1'],
     });
     expect(r.code).not.toBe(0);
     expect(r.err + r.out).not.toMatch(/CONFIG_INVALID|SCHEMA_/);

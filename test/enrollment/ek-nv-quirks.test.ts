@@ -4,7 +4,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { isCodedError } from '../../common/coded-error.js';
+import { pemBlocks, seq, tlv } from '../../common/der.js';
+import { OID, readCertificateFields } from '../../native/lib/certificate-fields.js';
+import { buildCertificate, defaultEkExtensions } from '../../native/lib/ek-test-pki.js';
+import { NativeTpm } from '../../native/lib/native-tpm.js';
 import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { eventually, startFleetFixture, type FleetFixture } from '../agent/fleet-fixture.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
@@ -50,6 +55,35 @@ describe('EK certificate NV quirks and EK variants of real chips (real swtpm, tp
     await tpm2(tpm, 'tpm2_nvread', ECC_EK_CERT, '-C', 'o', '-o', back);
     seen.der = der;
     seen.nv = readFileSync(back);
+  };
+
+  /** An EK certificate index as a platform defines it, holding `content`. */
+  const defineIndex = async (tpm: TestTpm, index: string, content: Buffer) => {
+    const path = join(scratch, `index-${index}-${content.length}.bin`);
+    writeFileSync(path, content);
+    await tpm2(tpm, 'tpm2_nvdefine', '-C', 'p', '-s', String(content.length), '-a', 'ppwrite|ppread|ownerread|authread|no_da|platformcreate', index);
+    await tpm2(tpm, 'tpm2_nvwrite', '-C', 'p', '-i', path, index);
+  };
+
+  /** An EK certificate for `ek` from the TPM's own manufacturer (swtpm_localca's intermediate and its key). */
+  const issueByManufacturer = (tpm: TestTpm, ek: KeyObject): Buffer => {
+    const issuerDer = pemBlocks(tpm.manufacturerIntermediatePem, 'CERTIFICATE')[0]!;
+    const issuer = readCertificateFields(issuerDer);
+    const signingKey = createPrivateKey(readFileSync(join(tpm.manufacturerCaDir, 'signkey.pem')));
+    const now = Date.now();
+    return buildCertificate({
+      subject: [],
+      issuer: issuer.subject,
+      serial: 0x4832,
+      notBefore: now - 86_400_000,
+      notAfter: now + 3650 * 86_400_000,
+      publicKey: ek,
+      signingKey,
+      extensions: [
+        ...defaultEkExtensions(ek, createPublicKey(signingKey)).filter((e) => e.oid !== OID.authorityKeyIdentifier),
+        { oid: OID.authorityKeyIdentifier, critical: false, value: seq(tlv(0x80, issuer.subjectKeyId!)) },
+      ],
+    });
   };
 
   const pcClientPrefix = (der: Buffer) => Buffer.concat([Buffer.from([0x10, 0x01, 0x00, der.length >> 8, der.length & 0xff]), der]);
@@ -109,6 +143,46 @@ describe('EK certificate NV quirks and EK variants of real chips (real swtpm, tp
     } finally {
       await tpm.stop();
     }
+  }, 60_000);
+
+  it('an H-2 chip (ECC P-256 in the high range, 0x01c00014): the agent derives the EK from the H-2 template and enrolls', async () => {
+    const H2 = '0x01c00014';
+    let h2Key: Buffer | undefined;
+    let l2Key: Buffer | undefined;
+    const d = await fx.device('ek-h2', {
+      beforeRegister: async (tpm) => {
+        // A chip that ships only the H-2 certificate: the others removed with tpm2-tools.
+        await tpm2(tpm, 'tpm2_nvundefine', '-C', 'p', ECC_EK_CERT);
+        await tpm2(tpm, 'tpm2_nvundefine', '-C', 'p', '0x01c00002');
+        // Each context reads the indices once: one before and one after the H-2 index exists.
+        const ekOf = async () => {
+          const t = await NativeTpm.open(tpm.tcti);
+          try {
+            const k = await t.createEk('ecc');
+            await t.flush(k);
+            return k.spki;
+          } finally {
+            await t.close();
+          }
+        };
+        l2Key = await ekOf(); // no index: the low-range template
+        // The vendor's certificate for the H-2 EK: first learn its key with a placeholder in the index.
+        await defineIndex(tpm, H2, seq(Buffer.alloc(8)));
+        h2Key = await ekOf();
+        await tpm2(tpm, 'tpm2_nvundefine', '-C', 'p', H2);
+        await defineIndex(tpm, H2, issueByManufacturer(tpm, createPublicKey({ key: h2Key!, format: 'der', type: 'spki' })));
+      },
+    });
+    expect(h2Key!.equals(l2Key!)).toBe(false);
+    expect(createPublicKey({ key: h2Key!, format: 'der', type: 'spki' }).asymmetricKeyDetails?.namedCurve).toBe('prime256v1');
+    const ek = await readEk(d.tpm.tcti);
+    expect(ek.ekPublicHash).toBe(createHash('sha256').update(h2Key!).digest('hex'));
+    const a = fx.agent(d);
+    await a.start();
+    expect(a.state).toBe('online');
+    expect(a.status().ek).toEqual({ kind: 'ecc', template: 'H-2 ECC P-256', nvIndex: H2 });
+    await eventually(() => fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.status?.tpmEk === `H-2 ECC P-256 ${H2}`, 10_000, 'the EK in the ingested status');
+    await a.stop();
   }, 60_000);
 
   it('refuses an index that holds a cut-off certificate: TPM_EK_NV_INVALID, with the reason', async () => {

@@ -120,7 +120,7 @@ describe('station registers devices online through the bridge', () => {
       const device: StationDevice = {
         deviceId: 'dev-a',
         ekKind: d.ekKind,
-        ekCertificate: Buffer.from(d.ekCertificate, 'base64'),
+        ekCertificate: Buffer.from(d.ekCertificate!, 'base64'),
         ekPublicHash: d.ekPublicHash,
         metadata: { model: 'gw-1' },
         tokenHash: token.tokenHash,

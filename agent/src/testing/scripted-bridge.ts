@@ -156,7 +156,8 @@ export class ScriptedBridge {
     const body: EnrollRequest = msg.body;
     const { deviceId } = body;
     const ek = parsePublic2b(body.ekPublic);
-    const certKey = new X509Certificate(body.ekCertificate).publicKey.export({ type: 'spki', format: 'der' });
+    if (!body.ekCertificate) refuse('EK_UNTRUSTED', 'no EK certificate');
+    const certKey = new X509Certificate(body.ekCertificate!).publicKey.export({ type: 'spki', format: 'der' });
     if (!certKey.equals(publicToSpki(ek))) refuse('EK_MISMATCH', 'EK certificate does not match the EK public area');
     const ak = parsePublic2b(body.akPublic);
     const key = parsePublic2b(body.keyPublic);

@@ -30,6 +30,7 @@ import {
   checkCsr,
   checkDeviceActive,
   checkEk,
+  checkEkAttributes,
   checkEkKind,
   parseWirePublic,
   reject,
@@ -226,7 +227,7 @@ export class EnrollmentService {
     if (token && sha256Hex(ekSpki) !== token.ekPublicHash) reject('TOKEN_MISMATCH', 'token is bound to another EK');
     // Re-attestation has no token to blame: an EK other than the registered one is an EK mismatch.
     if (device && sha256Hex(ekSpki) !== device.ekPublicHash) reject('EK_MISMATCH', 'EK is not the one registered for this device');
-    const { root } = checkEk(body.ekCertificate, ek, this.#o.ekTrust, now);
+    const root = this.#ekTrustedAs(body.ekCertificate, ek, device ?? this.#o.inventory.getDevice(deviceId), now);
 
     const ak = parseWirePublic(body.akPublic, 'AK_INVALID', 'AK public');
     if (device) checkAkMatches(ak, device.akName);
@@ -268,6 +269,21 @@ export class EnrollmentService {
     }, now);
     this.#log.info({ deviceId, requestId: msg.requestId, challengeId, mode }, 'enrollment challenge issued');
     return { topic: this.#o.topics.enrollment(clientId, 'enrollChallenge'), payload: reply };
+  }
+
+  /**
+   * Why this EK is trusted, as recorded with the enrollment (`manufacturer`): the root its certificate
+   * chains to. A device that sends no certificate (none in its TPM's NV) is judged by its registration:
+   * the certificate the station registered for it (supplied per device), verified again now; or, under
+   * the factory-trusted EK policy, the station that recorded its EK, whose hash the token or the device
+   * record already pinned. A certificate that is sent is always verified. Nothing to judge by: EK_UNTRUSTED.
+   */
+  #ekTrustedAs(ekCertificate: Buffer | undefined, ek: TpmPublic, registered: DeviceRecord | undefined, now: number): string {
+    if (ekCertificate) return checkEk(ekCertificate, ek, this.#o.ekTrust, now).root;
+    if (registered?.ekCertificate !== undefined) return checkEk(Buffer.from(registered.ekCertificate, 'base64'), ek, this.#o.ekTrust, now).root;
+    if (registered?.ekTrust !== 'factory') return reject('EK_UNTRUSTED', 'no EK certificate, and none registered for this device');
+    checkEkAttributes(ek);
+    return `factory-trusted EK (station ${registered.ekTrustedBy ?? 'unknown'})`;
   }
 
   /** One live challenge per device; expired ones are swept so memory stays bounded. */

@@ -67,12 +67,19 @@ export function checkEk(
     return reject('EK_MISMATCH', 'EK public area holds no valid key', e);
   }
   if (!spki.equals(verified.ekSpki)) reject('EK_MISMATCH', 'EK certificate does not certify this EK public key');
+  checkEkAttributes(ekPublic);
+  return { root: verified.root, certificate: verified.certificate, acceptedOutsideValidity: verified.acceptedOutsideValidity };
+}
+
+/**
+ * MakeCredential needs a storage-type EK: a restricted decryption key bound to its TPM (fixedTPM) with
+ * a symmetric algorithm. Checked for every EK, with a certificate or factory-trusted.
+ */
+export function checkEkAttributes(ekPublic: TpmPublic): void {
   const a = attributesOf(ekPublic);
-  // MakeCredential needs a storage-type EK: restricted decryption key with a symmetric algorithm.
   if (!a.restricted || !a.decrypt || !a.fixedTPM || ekPublic.symmetric.algorithm !== ALG.AES) {
     reject('EK_MISMATCH', 'EK public area is not a restricted decryption key');
   }
-  return { root: verified.root, certificate: verified.certificate, acceptedOutsideValidity: verified.acceptedOutsideValidity };
 }
 
 /** The `ekKind` the device declares is the kind of the EK it sent: an RSA EK sent as 'ecc' (or the reverse) is refused. */

@@ -127,15 +127,43 @@ export type InventoryErrorCode =
 
 export class InventoryError extends CodedError<InventoryErrorCode> {}
 
-export interface DeviceRegistration {
+export interface DeviceRegistration extends EkEvidence {
   readonly deviceId: string;
   /** hex SHA-256 of the EK's DER SubjectPublicKeyInfo. */
   readonly ekPublicHash: string;
-  /** DER EK certificate, base64. */
-  readonly ekCertificate: string;
   readonly ekKind: 'rsa' | 'ecc';
   readonly metadata: Readonly<Record<string, string>>;
   readonly registeredAt: number;
+}
+
+/**
+ * Why the fleet trusts a device's EK (docs/hardware.md): its certificate (`ekCertificate`, chained to
+ * a trusted TPM manufacturer), or the factory-trusted EK policy for TPMs that hold no certificate
+ * (`ekTrust: 'factory'`, the EK's public key recorded at the factory, `ekTrustedBy` the station the
+ * bridge let vouch for it). Exactly one of the two.
+ */
+export interface EkEvidence {
+  /** DER EK certificate, base64. */
+  readonly ekCertificate?: string;
+  readonly ekTrust?: 'factory';
+  /** DER SubjectPublicKeyInfo of a factory-trusted EK, base64. */
+  readonly ekPublic?: string;
+  /** The station that registered a factory-trusted EK. */
+  readonly ekTrustedBy?: string;
+}
+
+/** The EK evidence fields of a registration, those it has only. */
+export function ekEvidenceOf(d: EkEvidence): EkEvidence {
+  return {
+    ...(d.ekCertificate !== undefined ? { ekCertificate: d.ekCertificate } : {}),
+    ...(d.ekTrust !== undefined ? { ekTrust: d.ekTrust } : {}),
+    ...(d.ekPublic !== undefined ? { ekPublic: d.ekPublic } : {}),
+    ...(d.ekTrustedBy !== undefined ? { ekTrustedBy: d.ekTrustedBy } : {}),
+  };
+}
+
+export function sameEkEvidence(a: EkEvidence, b: EkEvidence): boolean {
+  return a.ekCertificate === b.ekCertificate && a.ekTrust === b.ekTrust && a.ekPublic === b.ekPublic && a.ekTrustedBy === b.ekTrustedBy;
 }
 
 export interface DeviceRecord extends DeviceRegistration {

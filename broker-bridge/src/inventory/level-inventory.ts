@@ -19,6 +19,7 @@ import {
   type DeviceStatusSnapshot,
   type Inventory,
   type TokenRecord,
+  sameEkEvidence,
 } from './inventory.js';
 
 type Sub<V> = ReturnType<Level<string, unknown>['sublevel']> & { get(key: string): Promise<V | undefined> };
@@ -150,10 +151,11 @@ export class LevelInventory implements Inventory {
         throw new InventoryError('INVENTORY_CONFLICT', 'token is not bound to this device and EK');
       }
       const sameToken = !token || JSON.stringify(this.#tokens.get(token.tokenHash)) === JSON.stringify(token);
-      if (existing && sameToken && JSON.stringify(existing.metadata) === JSON.stringify(device.metadata) && existing.ekCertificate === device.ekCertificate) {
+      if (existing && sameToken && JSON.stringify(existing.metadata) === JSON.stringify(device.metadata) && sameEkEvidence(existing, device)) {
         return; // already registered exactly like this: nothing to write, not even an audit event
       }
-      const record: DeviceRecord = existing ? { ...existing, ...device, registeredAt: existing.registeredAt } : device;
+      // The new registration's EK evidence replaces the old one whole (a certificate, or the factory policy).
+      const record: DeviceRecord = existing ? { ...withoutEkEvidence(existing), ...device, registeredAt: existing.registeredAt } : device;
       const ops: Op[] = [this.#put(this.#devicesDb, device.deviceId, record)];
       // A device has at most one live token: a new one (a re-provisioned device) supersedes the rest.
       const superseded = token
@@ -529,4 +531,9 @@ function isActive(c: CertificateRecord): boolean {
 
 function supersededAudit(c: CertificateRecord, at: number, reason: 'abandoned' | 'confirmed-newer' | 'reattested'): AuditEventInput {
   return { at, type: 'certificate.superseded', deviceId: c.deviceId, details: { serial: c.serial, reason } };
+}
+
+function withoutEkEvidence(d: DeviceRecord): DeviceRecord {
+  const { ekCertificate: _c, ekTrust: _t, ekPublic: _p, ekTrustedBy: _b, ...rest } = d;
+  return rest;
 }

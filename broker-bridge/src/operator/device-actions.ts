@@ -5,7 +5,7 @@ import { mintEnrollmentToken } from '../../../common/enrollment-token.js';
 import { encode, type DeviceCommandName } from '../../../common/protocol/messages.js';
 import { OPERATOR_DEVICE_COMMAND, type OperatorReplyCode, type OperatorRequestOf, type OperatorResultOf } from '../../../common/protocol/operator.js';
 import type { Topics } from '../../../common/protocol/topics.js';
-import type { DeviceRecord, Inventory } from '../inventory/inventory.js';
+import { ekEvidenceOf, type DeviceRecord, type Inventory } from '../inventory/inventory.js';
 import { requireDevice } from './queries.js';
 
 /**
@@ -44,7 +44,7 @@ export async function reissueToken(
   const tokenExpiresAt = now + (req.ttlSec ?? o.defaultTtlSec ?? DEFAULT_REISSUED_TOKEN_TTL_SEC) * 1000;
   const { token, tokenHash } = mintEnrollmentToken();
   await o.inventory.registerDevice(
-    { deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ekCertificate: d.ekCertificate, ekKind: d.ekKind, metadata: d.metadata, registeredAt: now },
+    { deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ...ekEvidenceOf(d), ekKind: d.ekKind, metadata: d.metadata, registeredAt: now },
     { tokenHash, deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, createdAt: now, expiresAt: tokenExpiresAt },
   );
   await o.inventory.appendAudit([{ at: now, type: 'operator.token-reissue', deviceId: d.deviceId, details: { operator: operatorId, expiresAt: tokenExpiresAt } }]);

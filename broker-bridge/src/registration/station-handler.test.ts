@@ -120,6 +120,56 @@ describe('StationRegistrationHandler', () => {
     expect(await results([device()])).toMatchObject([{ ok: false, code: 'REGISTRATION_REVOKED', retryable: false }]);
   });
 
+  it('factory-trusted EKs: only from the stations the policy names, with exactly the evidence the policy needs', async () => {
+    const spkiOf = (cert: Buffer) => new X509Certificate(cert).publicKey.export({ type: 'spki', format: 'der' });
+    // A TPM of its own: the other tests hold this one's EKs.
+    const other = await startTpm();
+    let own: { cert: Buffer; hash: string };
+    try {
+      const t = await NativeTpm.open(other.tcti);
+      const cert = (await t.readEkCertificate('rsa'))!;
+      await t.close();
+      own = { cert, hash: createHash('sha256').update(spkiOf(cert)).digest('hex') };
+    } finally {
+      await other.stop();
+    }
+    const factory = (over: Partial<StationDevice> = {}) => device({ deviceId: 'fw-1', ekCertificate: undefined, ekTrust: 'factory', ekPublic: spkiOf(ecc.cert), ekPublicHash: ecc.hash, ...over });
+    // This handler's policy names no station: refused whatever the evidence.
+    expect(await results([factory()])).toMatchObject([{ ok: false, code: 'EK_UNTRUSTED', message: expect.stringMatching(/station line1 may not register factory-trusted EKs/) }]);
+    const trust = { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] };
+    const trusting = new StationRegistrationHandler({ topics, inventory, clock, ekTrust: trust, factoryTrustedEkStations: ['line1'] });
+    const ask = async (devices: StationDevice[]) => (decodeStationRegisterReply((await trusting.handle(topic.command, encodeStationRegister(`f-${n++}`, devices)))!.payload) as StationRegisterAccepted).results;
+    const refused = await ask([
+      factory({ deviceId: 'fw-2', ekPublic: undefined }),
+      factory({ deviceId: 'fw-3', ekCertificate: ecc.cert }),
+      factory({ deviceId: 'fw-4', ekPublicHash: rsa.hash }),
+      factory({ deviceId: 'fw-5', ekKind: 'rsa' }),
+      factory({ deviceId: 'fw-6', ekPublic: Buffer.from('not a key') }),
+      device({ deviceId: 'fw-7', ekCertificate: undefined }),
+      device({ deviceId: 'fw-8', ekPublic: spkiOf(ecc.cert) }),
+    ]);
+    expect(refused.map((r) => [r.deviceId, r.ok ? r.outcome : r.code])).toEqual([
+      ['fw-2', 'REGISTRATION_INVALID'],
+      ['fw-3', 'REGISTRATION_INVALID'],
+      ['fw-4', 'REGISTRATION_INVALID'],
+      ['fw-5', 'REGISTRATION_INVALID'],
+      ['fw-6', 'REGISTRATION_INVALID'],
+      ['fw-7', 'REGISTRATION_INVALID'],
+      ['fw-8', 'REGISTRATION_INVALID'],
+    ]);
+    // Registered from line1 with the station recorded; the same again is unchanged.
+    const ok = factory({ deviceId: 'fw-1', ekPublic: spkiOf(own.cert), ekPublicHash: own.hash, ekKind: 'rsa' });
+    expect(await ask([ok])).toEqual([{ deviceId: 'fw-1', ok: true, outcome: 'registered' }]);
+    expect(inventory.getDevice('fw-1')).toMatchObject({ ekTrust: 'factory', ekTrustedBy: 'line1', ekPublic: spkiOf(own.cert).toString('base64'), ekKind: 'rsa' });
+    expect(inventory.getDevice('fw-1')?.ekCertificate).toBeUndefined();
+    expect(await ask([ok])).toEqual([{ deviceId: 'fw-1', ok: true, outcome: 'unchanged' }]);
+    // Later registered with its certificate (one supplied for it): the certificate replaces the factory evidence.
+    expect(await ask([device({ deviceId: 'fw-1', ekCertificate: own.cert, ekKind: 'rsa', ekPublicHash: own.hash })])).toEqual([{ deviceId: 'fw-1', ok: true, outcome: 'updated' }]);
+    expect(inventory.getDevice('fw-1')).toMatchObject({ ekCertificate: own.cert.toString('base64') });
+    expect(inventory.getDevice('fw-1')?.ekTrust).toBeUndefined();
+    expect(inventory.getDevice('fw-1')?.ekPublic).toBeUndefined();
+  });
+
   it('ignores retained messages and other topics; answers a repeat byte for byte; an outage is retryable and not remembered', async () => {
     const payload = encodeStationRegister('same', [device({ deviceId: 'gw-9', ekCertificate: rsa.cert, ekKind: 'rsa', ekPublicHash: rsa.hash })]);
     expect(await handler.handle(topic.command, payload, { retain: true })).toBeUndefined();

@@ -35,6 +35,8 @@ export interface StationRegistrationOptions {
   readonly ekTrust: EkTrustStore;
   readonly clock: Clock;
   readonly logger?: EnrollmentLogger;
+  /** Stations that may register factory-trusted EKs (Registrar). Default: none. */
+  readonly factoryTrustedEkStations?: readonly string[];
 }
 
 /** Answers remembered per (station, requestId); the oldest go first. */
@@ -52,7 +54,12 @@ export class StationRegistrationHandler implements RequestHandler {
 
   constructor(o: StationRegistrationOptions) {
     this.#topics = o.topics;
-    this.#registrar = new Registrar({ inventory: o.inventory, ekTrust: o.ekTrust, clock: o.clock });
+    this.#registrar = new Registrar({
+      inventory: o.inventory,
+      ekTrust: o.ekTrust,
+      clock: o.clock,
+      ...(o.factoryTrustedEkStations ? { factoryTrustedEkStations: o.factoryTrustedEkStations } : {}),
+    });
     this.#logger = o.logger;
   }
 
@@ -105,14 +112,14 @@ export class StationRegistrationHandler implements RequestHandler {
   async #registerOne(station: string, requestId: string, d: Parameters<Registrar['register']>[0]): Promise<StationDeviceResult> {
     let r: StationDeviceResult;
     try {
-      r = await this.#registrar.register(d);
+      r = await this.#registrar.register(d, station);
     } catch (e) {
       const code = isCodedError(e) ? e.code : undefined;
       const as: StationReplyCode = code !== undefined && UNAVAILABLE.has(code) ? 'UNAVAILABLE' : 'INTERNAL';
       this.#logger?.error({ station, requestId, deviceId: d.deviceId, code, err: e }, 'station registration failed');
       return deviceRefusal(d.deviceId, as);
     }
-    const log = { station, requestId, deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ...(r.ok ? { outcome: r.outcome } : { code: r.code, reason: r.message }) };
+    const log = { station, requestId, deviceId: d.deviceId, ekPublicHash: d.ekPublicHash, ...(d.ekTrust ? { ekTrust: d.ekTrust } : {}), ...(r.ok ? { outcome: r.outcome } : { code: r.code, reason: r.message }) };
     if (r.ok) this.#logger?.info(log, 'station registration');
     else this.#logger?.warn(log, 'station registration refused');
     return r;

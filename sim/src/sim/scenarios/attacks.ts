@@ -352,7 +352,7 @@ async function attackersGotNothing(sim: SimFleet, kit: Kit): Promise<Invariant> 
 
 /** A device's EK public area as anyone can rebuild it: the TCG template with the point from its EK certificate. */
 function publicEk(sim: SimFleet, id: string): { certificate: Buffer; publicArea: Buffer } {
-  const certificate = Buffer.from(sim.fleet.inventory.getDevice(id)!.ekCertificate, 'base64');
+  const certificate = Buffer.from(sim.fleet.inventory.getDevice(id)!.ekCertificate!, 'base64');
   const jwk = new X509Certificate(certificate).publicKey.export({ format: 'jwk' });
   return { certificate, publicArea: marshalPublic2b({ ...ekEccTemplate(), x: Buffer.from(jwk.x!, 'base64url'), y: Buffer.from(jwk.y!, 'base64url') }) };
 }
