@@ -5,13 +5,17 @@
  * proxy sharing the agent's event loop could not answer the very signature the loop is waiting for.
  *
  * argv: the swtpm command port, then optionally the rules as JSON. Messages in: `{ type: 'rules', id,
- * rules }`, `{ type: 'stats', id }`. Messages out: `{ type: 'ready', port }` once listening, then `{ type:
+ * rules }`, `{ type: 'nv', id, index, fixture }` (fixture: base64 bytes, 'missing', or null for swtpm's
+ * own contents), `{ type: 'stats', id }`. Messages out: `{ type: 'ready', port }` once listening, then `{ type:
  * 'ok' | 'stats' | 'error', id, ... }` per request. Exits when the channel closes or on SIGTERM.
  */
 import { isCodedError } from '../../common/coded-error.js';
 import { TpmProxy, type TpmProxyRule } from './sim/tpm-proxy.js';
 
-type Request = { readonly type: 'rules'; readonly id: number; readonly rules: TpmProxyRule[] } | { readonly type: 'stats'; readonly id: number };
+type Request =
+  | { readonly type: 'rules'; readonly id: number; readonly rules: TpmProxyRule[] }
+  | { readonly type: 'nv'; readonly id: number; readonly index: number; readonly fixture: string | null }
+  | { readonly type: 'stats'; readonly id: number };
 
 function send(m: object): void {
   if (process.connected) process.send!(m);
@@ -29,6 +33,9 @@ async function main(): Promise<void> {
     try {
       if (m.type === 'rules') {
         proxy.setRules(Array.isArray(m.rules) ? m.rules : []);
+        send({ type: 'ok', id: m.id });
+      } else if (m.type === 'nv') {
+        proxy.setNv(m.index, m.fixture === null ? undefined : m.fixture === 'missing' ? 'missing' : Buffer.from(m.fixture, 'base64'));
         send({ type: 'ok', id: m.id });
       } else if (m.type === 'stats') {
         const s = proxy.stats();

@@ -1,7 +1,12 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { TPM_CC, TPM_RC } from '../../sim/src/sim/tpm-proxy.js';
 import { TpmProxyProcess } from '../../sim/src/sim/tpm-proxy-process.js';
+import { readEk } from '../../sim/src/sim/register-device.js';
 import { eventually, startFleetFixture, type FleetFixture } from './fleet-fixture.js';
+
+const run = promisify(execFile);
 
 /**
  * The agent on a TPM that behaves like a chip (issue 13): busy answers, dictionary-attack lockout and
@@ -47,6 +52,23 @@ describe('agent on a faulty TPM (proxy in front of swtpm, real bridge and mosqui
     expect(a.state).toBe('online');
     expect((await proxy.stats()).injected).toBe(21);
     expect(fx.fleet.inventory.getDevice(d.bootstrap.deviceId)?.certSerial).toBe(a.status().certSerial);
+    await a.stop();
+  }, 60_000);
+
+  it('enrolls through a proxy whose EK certificate index reports a chip layout (ST33 padding to 1,600 bytes), swtpm untouched', async () => {
+    const { proxy, d } = await deviceBehindProxy('faulty-nv-padded');
+    const der = (await readEk(d.tpm.tcti)).ekCertificateDer;
+    await proxy.setNv(0x01c00016, Buffer.concat([der, Buffer.alloc(1600 - der.length, 0xff)]));
+    await proxy.setRules([{ commandCode: TPM_CC.NV_Read, respond: { rc: TPM_RC.RETRY, times: 2 } }]);
+    // What the device's TPM now reports, seen with tpm2-tools; swtpm itself still holds the bare certificate.
+    const size = async (tcti: string) => /^\s*size: (\d+)$/m.exec((await run('tpm2_nvreadpublic', ['-T', tcti, '0x01c00016'])).stdout)?.[1];
+    expect(await size(proxy.tcti)).toBe('1600');
+    expect(await size(d.tpm.tcti)).toBe(String(der.length));
+    const a = fx.agent(d);
+    await a.start();
+    expect(a.state).toBe('online');
+    expect(a.status().ek).toEqual({ kind: 'ecc', template: 'H-3 ECC P-384', nvIndex: '0x01c00016' });
+    expect((await proxy.stats()).commands.get(TPM_CC.NV_Read)).toBeGreaterThanOrEqual(2);
     await a.stop();
   }, 60_000);
 

@@ -2,7 +2,7 @@ import { fork, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { CodedError } from '../../../common/coded-error.js';
-import type { TpmProxyErrorCode, TpmProxyRule, TpmProxyStats } from './tpm-proxy.js';
+import type { NvFixture, TpmProxyErrorCode, TpmProxyRule, TpmProxyStats } from './tpm-proxy.js';
 
 /**
  * The faulty-TPM proxy in a child process (`dist/tpm-proxy.mjs`), for a TPM user in this process
@@ -38,6 +38,12 @@ export class TpmProxyProcess {
 
   setRules(rules: readonly TpmProxyRule[]): Promise<void> {
     return this.#request({ type: 'rules', rules }).then(() => undefined);
+  }
+
+  /** TpmProxy.setNv in the proxy process. */
+  setNv(index: number, fixture: NvFixture | undefined): Promise<void> {
+    const wire = fixture === undefined ? null : fixture === 'missing' ? 'missing' : fixture.toString('base64');
+    return this.#request({ type: 'nv', index, fixture: wire }).then(() => undefined);
   }
 
   async stats(): Promise<TpmProxyStats> {

@@ -1,9 +1,17 @@
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { preferredEk } from '../../../native/lib/ek-order.js';
 import { NativeTpm } from '../../../native/lib/native-tpm.js';
 import type { TpmKey } from '../../../native/lib/tpm.js';
 import { startTpm, stopAll, type TestTpm } from '../../../test/harness/index.js';
 import { TPM_CC, TPM_RC, TpmProxy, type TpmProxyRule } from './tpm-proxy.js';
+
+const run = promisify(execFile);
 
 /**
  * The faulty-TPM proxy in front of a real swtpm, driven through the native addon (tpm2-tss ESAPI) as
@@ -102,5 +110,73 @@ describe('faulty-TPM proxy (real swtpm, native addon)', () => {
     expect(() => proxy.setRules([{ latencyMs: -1 }])).toThrow(expect.objectContaining({ code: 'TPM_PROXY_INVALID' }));
     expect(() => proxy.setRules([{ respond: { rc: 0 } }])).toThrow(expect.objectContaining({ code: 'TPM_PROXY_INVALID' }));
     expect(() => proxy.setRules([{ respond: { rc: TPM_RC.RETRY }, drop: {} }])).toThrow(expect.objectContaining({ code: 'TPM_PROXY_INVALID' }));
+  });
+
+  describe('NV fixtures: the EK certificate index as real chips report it, swtpm untouched', () => {
+    const ECC_INDEX = 0x01c00016;
+    const hexIndex = '0x01c00016';
+    const scratch = () => mkdtempSync(join(tmpdir(), 'proxy-nv-'));
+    /** tpm2_nvread (tpm2-tools, not our addon) of the index through `tcti`. */
+    const nvread = async (tcti: string): Promise<Buffer> => {
+      const dir = scratch();
+      try {
+        await run('tpm2_nvread', ['-T', tcti, hexIndex, '-C', 'o', '-o', join(dir, 'nv.bin')], { timeout: 20_000 });
+        return readFileSync(join(dir, 'nv.bin'));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    };
+    /** tpm2_nvreadpublic's size of the index through `tcti`. tpm2_nvread authorizes with an HMAC session, which a fixture cannot answer. */
+    const nvSize = async (tcti: string): Promise<number> => {
+      const { stdout } = await run('tpm2_nvreadpublic', ['-T', tcti, hexIndex], { timeout: 20_000 });
+      return Number(/^\s*size: (\d+)$/m.exec(stdout)?.[1]);
+    };
+    /** A fresh context (EK indices are read once per context). */
+    const ekThroughProxy = async () => {
+      const t = await NativeTpm.open(proxy.tcti);
+      try {
+        const choice = await preferredEk(t).catch((e: unknown) => e);
+        return { choice, ecc: await t.readEkCertificate('ecc').catch((e: unknown) => e) };
+      } finally {
+        await t.close();
+      }
+    };
+    let der: Buffer;
+    beforeAll(async () => {
+      der = await nvread(sw.tcti);
+    });
+    afterEach(() => proxy.setNv(ECC_INDEX, undefined));
+
+    it.each<[string, (d: Buffer) => Buffer]>([
+      ['0xFF padding to 1,600 bytes (ST33HTPHF2EI2C)', (d) => Buffer.concat([d, Buffer.alloc(1600 - d.length, 0xff)])],
+      ['the PC Client prefix 10 01 00 <len> (Intel)', (d) => Buffer.concat([Buffer.from([0x10, 0x01, 0x00, d.length >> 8, d.length & 0xff]), d])],
+    ])('%s: tpm2_nvreadpublic sees the fixture, the addon reads the certificate alone', async (_name, make) => {
+      const fixture = make(der);
+      proxy.setNv(ECC_INDEX, fixture);
+      expect(await nvSize(proxy.tcti)).toBe(fixture.length);
+      // swtpm's NV is unchanged.
+      expect(await nvSize(sw.tcti)).toBe(der.length);
+      expect((await nvread(sw.tcti)).equals(der)).toBe(true);
+      const ek = await ekThroughProxy();
+      expect(ek.choice).toEqual({ kind: 'ecc', nvIndex: ECC_INDEX, template: 'H-3 ECC P-384' });
+      expect((ek.ecc as Buffer).equals(der)).toBe(true);
+    });
+
+    it('a missing certificate: tpm2_nvreadpublic finds no index, the addon falls back to the RSA EK', async () => {
+      proxy.setNv(ECC_INDEX, 'missing');
+      await expect(run('tpm2_nvreadpublic', ['-T', proxy.tcti, hexIndex], { timeout: 20_000 })).rejects.toThrow();
+      const ek = await ekThroughProxy();
+      expect(ek.choice).toEqual({ kind: 'rsa', nvIndex: 0x01c00002, template: 'L-1 RSA-2048' });
+      expect(ek.ecc).toBeNull();
+    });
+
+    it('a cut-off certificate is TPM_EK_NV_INVALID; a fixture that is not an NV index or is empty is refused', async () => {
+      proxy.setNv(ECC_INDEX, der.subarray(0, 300));
+      const ek = await ekThroughProxy();
+      expect((ek.choice as { code?: string }).code).toBe('TPM_EK_NV_INVALID');
+      expect((ek.ecc as Error).message).toMatch(/declares \d+ bytes but the index holds 300/);
+      expect(() => proxy.setNv(0x81000001, der)).toThrow(expect.objectContaining({ code: 'TPM_PROXY_INVALID' }));
+      expect(() => proxy.setNv(ECC_INDEX, Buffer.alloc(0))).toThrow(expect.objectContaining({ code: 'TPM_PROXY_INVALID' }));
+    });
   });
 });

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { CodedError } from '../../../common/coded-error.js';
 import { freePorts } from '../../../common/managed-process.js';
@@ -11,6 +12,11 @@ import { freePorts } from '../../../common/managed-process.js';
  * - `respond`: the command is not forwarded, the TPM "answers" a response code of our choice (RETRY,
  *   YIELDED, TESTING, LOCKOUT, FAILURE...), for the next `times` matching commands or always;
  * - `drop`: the connection is closed when a matching command arrives.
+ * And NV fixtures (`setNv`): what an NV index the TPM has reports to NV_ReadPublic and NV_Read is
+ * replaced by fixture bytes (an EK certificate with a chip's padding or prefix), or the index is
+ * reported missing (TPM_RC_HANDLE), without touching swtpm's NV. NV_ReadPublic goes to swtpm and comes
+ * back with the fixture's size and the Name recomputed from it (ESAPI checks it); NV_Read is answered
+ * from the fixture (password sessions, as the addon and tpm2-tools read EK certificates).
  * Rules can be replaced while the proxy runs. Every device gets its own proxy on its own timers, so one
  * slow or faulty TPM never delays another. The control port is passed through untouched.
  */
@@ -39,6 +45,17 @@ export const TPM_RC = {
   LOCKOUT: 0x921,
   FAILURE: 0x101,
 } as const;
+
+/** TPM_RC_HANDLE for the first handle: what a TPM answers for an NV index it does not have. */
+const RC_HANDLE_1 = 0x18b;
+/** TPM_RC_NV_RANGE: a read past the index's data. */
+const RC_NV_RANGE = 0x146;
+const TPM_RS_PW = 0x40000009;
+const TPM_ST_SESSIONS = 0x8002;
+const NAME_HASHES: Readonly<Record<number, string>> = { 0x0004: 'sha1', 0x000b: 'sha256', 0x000c: 'sha384', 0x000d: 'sha512' };
+
+/** What an NV index reports through the proxy: these bytes, or that it does not exist. */
+export type NvFixture = Buffer | 'missing';
 
 export interface TpmProxyRule {
   /** The command this rule applies to; every command when absent. */
@@ -74,6 +91,7 @@ export class TpmProxy {
   readonly #servers: Server[] = [];
   readonly #sockets = new Set<Socket>();
   #rules: LiveRule[] = [];
+  readonly #nv = new Map<number, NvFixture>();
   readonly #commands = new Map<number, number>();
   #injected = 0;
   #dropped = 0;
@@ -108,6 +126,19 @@ export class TpmProxy {
   setRules(rules: readonly TpmProxyRule[]): void {
     for (const r of rules) validate(r);
     this.#rules = rules.map((rule) => ({ rule, respondLeft: rule.respond?.times ?? Infinity, dropLeft: rule.drop?.times ?? Infinity }));
+  }
+
+  /**
+   * What NV index `index` reports from now on (undefined: swtpm's own contents again). A fixture of
+   * bytes applies to an index swtpm has (its attributes and auth stay swtpm's); 'missing' to any.
+   */
+  setNv(index: number, fixture: NvFixture | undefined): void {
+    if (!Number.isInteger(index) || index >>> 24 !== 0x01) throw new CodedError<TpmProxyErrorCode>('TPM_PROXY_INVALID', `TPM proxy NV fixture: 0x${index.toString(16)} is not an NV index`);
+    if (Buffer.isBuffer(fixture) && (fixture.length === 0 || fixture.length > 0xffff)) {
+      throw new CodedError<TpmProxyErrorCode>('TPM_PROXY_INVALID', 'TPM proxy NV fixture: 1 to 65535 bytes');
+    }
+    if (fixture === undefined) this.#nv.delete(index);
+    else this.#nv.set(index, Buffer.isBuffer(fixture) ? Buffer.from(fixture) : fixture);
   }
 
   stats(): TpmProxyStats {
@@ -146,7 +177,8 @@ export class TpmProxy {
     const { upstream, kill } = this.#connect(client, target);
     let fromClient = Buffer.alloc(0);
     let fromTpm = Buffer.alloc(0);
-    let waiting: { delayMs: number } | undefined; // a forwarded command whose response is awaited
+    // A forwarded command whose response is awaited (and changed by `patch`, for NV fixtures).
+    let waiting: { delayMs: number; patch?: (response: Buffer) => Buffer } | undefined;
     let holding = false; // a response is being held (latency)
 
     const release = (response: Buffer, delayMs: number) => {
@@ -182,7 +214,9 @@ export class TpmProxy {
         r.writeUInt32BE(live.rule.respond.rc, 6);
         return release(r, delayMs);
       }
-      waiting = { delayMs };
+      const nv = this.#nvFixtureFor(code, command);
+      if (nv?.kind === 'answer') return release(nv.response, delayMs);
+      waiting = nv?.kind === 'patch' ? { delayMs, patch: nv.patch } : { delayMs };
       upstream.write(command);
     };
     client.on('data', (d: Buffer) => {
@@ -197,11 +231,99 @@ export class TpmProxy {
       if (fromTpm.length < size) return;
       const response = fromTpm.subarray(0, size);
       fromTpm = fromTpm.subarray(size);
-      const { delayMs } = waiting;
+      const { delayMs, patch } = waiting;
       waiting = undefined;
-      release(response, delayMs);
+      release(patch ? patch(response) : response, delayMs);
     });
   }
+
+  /** How a command touches an NV fixture: answered from it, forwarded and patched, or not at all. */
+  #nvFixtureFor(code: number, command: Buffer): { kind: 'answer'; response: Buffer } | { kind: 'patch'; patch: (r: Buffer) => Buffer } | undefined {
+    if (code !== TPM_CC.NV_ReadPublic && code !== TPM_CC.NV_Read) return undefined;
+    // NV_ReadPublic: the index is the only handle; NV_Read: authHandle, then the index.
+    const at = code === TPM_CC.NV_ReadPublic ? HEADER : HEADER + 4;
+    if (command.length < at + 4) return undefined;
+    const index = command.readUInt32BE(at);
+    const fixture = this.#nv.get(index);
+    if (fixture === undefined) return undefined;
+    if (fixture === 'missing') return { kind: 'answer', response: rcResponse(code === TPM_CC.NV_ReadPublic ? RC_HANDLE_1 : 0x28b) };
+    if (code === TPM_CC.NV_ReadPublic) return { kind: 'patch', patch: (r) => withDataSize(r, fixture.length) };
+    return { kind: 'answer', response: nvReadResponse(command, fixture) };
+  }
+}
+
+function rcResponse(rc: number): Buffer {
+  const r = Buffer.alloc(HEADER);
+  r.writeUInt16BE(TPM_ST_NO_SESSIONS, 0);
+  r.writeUInt32BE(HEADER, 2);
+  r.writeUInt32BE(rc, 6);
+  return r;
+}
+
+/**
+ * An NV_ReadPublic response with TPMS_NV_PUBLIC.dataSize set to `size` and the Name recomputed
+ * (nameAlg ‖ H(TPMS_NV_PUBLIC)). Anything unexpected (an error, a malformed response) goes on as it is.
+ */
+function withDataSize(response: Buffer, size: number): Buffer {
+  if (response.length < HEADER + 2 || response.readUInt32BE(6) !== 0) return response;
+  const out = Buffer.from(response);
+  const publicSize = out.readUInt16BE(HEADER);
+  const pub = HEADER + 2;
+  // nvIndex(4) nameAlg(2) attributes(4) authPolicy(2+n) dataSize(2)
+  if (publicSize < 14 || pub + publicSize + 2 > out.length) return response;
+  const nameAlg = out.readUInt16BE(pub + 4);
+  const policySize = out.readUInt16BE(pub + 10);
+  const dataSizeAt = pub + 12 + policySize;
+  if (dataSizeAt + 2 !== pub + publicSize) return response;
+  out.writeUInt16BE(size, dataSizeAt);
+  const hash = NAME_HASHES[nameAlg];
+  const nameAt = pub + publicSize;
+  const nameSize = out.readUInt16BE(nameAt);
+  if (!hash || nameAt + 2 + nameSize > out.length) return response;
+  const digest = createHash(hash).update(out.subarray(pub, pub + publicSize)).digest();
+  if (nameSize !== 2 + digest.length) return response;
+  digest.copy(out, nameAt + 4);
+  return out;
+}
+
+/**
+ * NV_Read answered from `data`: TPM2B_MAX_NV_BUFFER of data[offset, offset + size), and a password
+ * session's response (empty nonce, its attributes echoed, empty HMAC). Commands authorized otherwise,
+ * or reads past the data, are answered as a TPM would refuse them.
+ */
+function nvReadResponse(command: Buffer, data: Buffer): Buffer {
+  let p = HEADER + 8; // authHandle, nvIndex
+  if (command.readUInt16BE(0) !== TPM_ST_SESSIONS || command.length < p + 4) return rcResponse(0x0c4); // TPM_RC_AUTH_MISSING
+  const authSize = command.readUInt32BE(p);
+  p += 4;
+  const authEnd = p + authSize;
+  if (authEnd + 4 > command.length) return rcResponse(0x095); // TPM_RC_COMMAND_SIZE
+  const attributes: number[] = [];
+  while (p < authEnd) {
+    const handle = command.readUInt32BE(p);
+    const nonceSize = command.readUInt16BE(p + 4);
+    const attr = command.readUInt8(p + 6 + nonceSize);
+    const hmacSize = command.readUInt16BE(p + 7 + nonceSize);
+    if (handle !== TPM_RS_PW) return rcResponse(0x9a2); // not a password session: a fixture cannot answer its HMAC
+    attributes.push(attr);
+    p += 9 + nonceSize + hmacSize;
+  }
+  const size = command.readUInt16BE(authEnd);
+  const offset = command.readUInt16BE(authEnd + 2);
+  if (offset + size > data.length) return rcResponse(RC_NV_RANGE);
+  const chunk = data.subarray(offset, offset + size);
+  const params = Buffer.alloc(2 + chunk.length);
+  params.writeUInt16BE(chunk.length, 0);
+  chunk.copy(params, 2);
+  const auth = Buffer.concat(attributes.map((a) => Buffer.from([0, 0, a & 0x01, 0, 0])));
+  const out = Buffer.alloc(HEADER + 4 + params.length + auth.length);
+  out.writeUInt16BE(TPM_ST_SESSIONS, 0);
+  out.writeUInt32BE(out.length, 2);
+  out.writeUInt32BE(0, 6);
+  out.writeUInt32BE(params.length, HEADER);
+  params.copy(out, HEADER + 4);
+  auth.copy(out, HEADER + 4 + params.length);
+  return out;
 }
 
 function matches(r: LiveRule, code: number): boolean {
