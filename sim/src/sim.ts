@@ -139,7 +139,14 @@ function table(s: Scenario, o: ScenarioOutcome, r: ReturnType<typeof report>): s
 async function runOne(s: Scenario, o: ReturnType<typeof options>, log: (l: string) => void, record: (section: ReportSection) => void): Promise<boolean> {
   const dir = mkdtempSync(join(tmpdir(), `tpm-fleet-sim-${s.name}-`));
   log(`${s.name}: ${o.devices} devices, seed ${o.seed}, in ${dir}`);
-  const sim = await SimFleet.start({ dir, devices: o.devices, ...(o.workers ? { workers: o.workers } : {}), ...(o.tpmLatencyMs ? { tpmLatencyMs: o.tpmLatencyMs } : {}), log });
+  const sim = await SimFleet.start({
+    dir,
+    devices: o.devices,
+    ...(o.workers ? { workers: o.workers } : {}),
+    ...(o.tpmLatencyMs ? { tpmLatencyMs: o.tpmLatencyMs } : {}),
+    ...(s.tpmProxy ? { tpmProxy: true } : {}),
+    log,
+  });
   let stopping = false;
   const interrupt = () => {
     if (stopping) process.exit(130);

@@ -13,6 +13,8 @@ export interface Scenario {
   readonly summary: string;
   /** What the latency samples measure (for the table). */
   readonly measures: string;
+  /** Devices reach their TPMs through the faulty-TPM proxy, for SimFleet.setTpmFaults. */
+  readonly tpmProxy?: boolean;
   run(sim: SimFleet, ctx: ScenarioContext): Promise<ScenarioOutcome>;
 }
 

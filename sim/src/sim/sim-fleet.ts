@@ -15,6 +15,7 @@ import { TpmFactory, type ManufacturedTpm } from '../factory.js';
 import type { SwtpmProcess } from '../swtpm.js';
 import type { FromWorker, ToWorker } from './ipc.js';
 import { TpmLatencyProxy } from './tpm-latency.js';
+import type { TpmProxyRule, TpmProxyStats } from './tpm-proxy.js';
 import { registerDevice } from './register-device.js';
 
 /**
@@ -41,6 +42,8 @@ export interface SimFleetOptions {
    * per device in front of its swtpm). Default 0: swtpm's own speed.
    */
   readonly tpmLatencyMs?: number;
+  /** Every device reaches its TPM through the faulty-TPM proxy even without latency, so a scenario can inject TPM faults (setTpmFaults). */
+  readonly tpmProxy?: boolean;
 }
 
 export type SimErrorCode = 'SIM_TIMEOUT' | 'SIM_WORKER_FAILED' | 'SIM_SETUP_FAILED';
@@ -156,9 +159,9 @@ export class SimFleet {
       const ids = Array.from({ length: o.devices }, (_, i) => `${prefix}-${String(i).padStart(4, '0')}`);
       made.push(...(await factory.manufactureMany(ids.length, (i) => join(o.dir, 'tpm', ids[i]!), { concurrency: Math.max(2, 2 * cpus().length) })));
       log(`manufactured ${ids.length} TPMs with EK certificates in ${Date.now() - t0} ms`);
-      if (o.tpmLatencyMs) {
-        for (const m of made) proxies.push(await TpmLatencyProxy.start(m.tpm.port, o.tpmLatencyMs));
-        log(`every TPM command takes ${o.tpmLatencyMs} ms more (a latency proxy per device)`);
+      if (o.tpmLatencyMs || o.tpmProxy) {
+        for (const m of made) proxies.push(await TpmLatencyProxy.start(m.tpm.port, o.tpmLatencyMs ?? 0));
+        log(o.tpmLatencyMs ? `every TPM command takes ${o.tpmLatencyMs} ms more (a latency proxy per device)` : 'every device reaches its TPM through the faulty-TPM proxy');
       }
 
       const policy = new SimEnrollmentPolicy({ lifetimeSec: o.fleet?.certificateLifetimeSec ?? DEFAULT_LIFETIME_SEC, backdateSec: DEFAULT_BACKDATE_SEC });
@@ -188,6 +191,26 @@ export class SimFleet {
       await Promise.all(made.map((m) => m.tpm.stop().catch(() => undefined)));
       throw e;
     }
+  }
+
+  /**
+   * TPM faults for device `id` from now on (the faulty-TPM proxy's rules, in front of the latency);
+   * [] clears them. Needs `tpmProxy` (or a TPM latency).
+   */
+  setTpmFaults(id: string, rules: readonly TpmProxyRule[]): void {
+    this.#proxyOf(id).setFaults(rules);
+  }
+
+  /** What device `id`'s TPM proxy saw: commands by code, faults injected. */
+  tpmStats(id: string): TpmProxyStats {
+    return this.#proxyOf(id).stats();
+  }
+
+  #proxyOf(id: string): TpmLatencyProxy {
+    const tcti = this.#device(id).bootstrap.tcti;
+    const proxy = this.#proxies.find((p) => p.tcti === tcti);
+    if (!proxy) throw new CodedError<SimErrorCode>('SIM_SETUP_FAILED', `device ${id} has no TPM proxy (start the fleet with tpmProxy)`);
+    return proxy;
   }
 
   /** Warnings and errors the agents logged (their codes make the failure table). */

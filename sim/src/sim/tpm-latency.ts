@@ -1,5 +1,5 @@
 import { CodedError } from '../../../common/coded-error.js';
-import { TpmProxy } from './tpm-proxy.js';
+import { TpmProxy, type TpmProxyRule, type TpmProxyStats } from './tpm-proxy.js';
 
 /**
  * A TPM at hardware speed in front of a fast swtpm: the faulty-TPM proxy (tpm-proxy.ts) with one rule,
@@ -38,6 +38,15 @@ export class TpmLatencyProxy {
       throw new CodedError<TpmLatencyErrorCode>('TPM_LATENCY_INVALID', `TPM latency must be 0–60000 ms, not ${latencyMs}`);
     }
     return new TpmLatencyProxy(await TpmProxy.start(targetPort, [{ latencyMs }]), latencyMs);
+  }
+
+  /** Faults on top of the latency (first matching rule wins; the latency applies to everything else). [] clears them. */
+  setFaults(rules: readonly TpmProxyRule[]): void {
+    this.#proxy.setRules([...rules, { latencyMs: this.latencyMs }]);
+  }
+
+  stats(): TpmProxyStats {
+    return this.#proxy.stats();
   }
 
   stop(): Promise<void> {
