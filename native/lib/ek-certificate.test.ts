@@ -2,7 +2,8 @@ import { X509Certificate } from 'node:crypto';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { seq, tlv } from '../../common/der.js';
 import { OID } from './certificate-fields.js';
-import { EkCertificateError, verifyEkCertificate, type EkCertificateErrorCode, type EkTrustStore, type EkValidityPolicy } from './ek-certificate.js';
+import { verifyEkCertificate, type EkTrustStore, type EkValidityPolicy } from './ek-certificate.js';
+import { ekRefusal } from './ek-test-expect.js';
 import {
   X509_V,
   attime,
@@ -42,20 +43,7 @@ function trustOf(roots: readonly TestCa[], intermediates: readonly TestCa[] = []
   return { roots: roots.map((r) => r.pem), intermediates: intermediates.map((i) => i.pem), ...(ekValidity ? { ekValidity } : {}) };
 }
 
-function refusal(fn: () => unknown, code: EkCertificateErrorCode): EkCertificateError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(EkCertificateError);
-  const err = caught as EkCertificateError;
-  expect(err.code).toBe(code);
-  // Real EK certificates have an empty subject: messages name certificates by issuer and serial.
-  expect(err.message).not.toMatch(/undefined|""/);
-  return err;
-}
+const refusal = ekRefusal;
 
 /** The EK profile's extensions with `replace` swapped in for the one of the same OID (or added). */
 function ekExtensions(ek: TestKeyPair, issuer: TestCa, ...replace: TestExtension[]): TestExtension[] {

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TAG, contentOf, encodeOid, readSingle, readTlv, seq, tlv, toPem } from '../../common/der.js';
-import { EkCertificateError, verifyEkCertificate, type EkCertificateErrorCode, type EkTrustStore } from './ek-certificate.js';
+import { verifyEkCertificate, type EkTrustStore } from './ek-certificate.js';
+import { ekRefusal } from './ek-test-expect.js';
 import { encodeMultiValuedName, encodeName, ecKey, opensslVerify, rsaKey, testCa, testEkCertificate, type TestCa, type TestKeyPair, type TestName } from './ek-test-pki.js';
 
 /**
@@ -68,17 +69,7 @@ const nodeParses = (der: Buffer): boolean => {
   }
 };
 
-function refusal(fn: () => unknown, code: EkCertificateErrorCode): EkCertificateError {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(EkCertificateError);
-  expect((caught as EkCertificateError).code).toBe(code);
-  return caught as EkCertificateError;
-}
+const refusal = ekRefusal;
 
 /** The certificate with the last octet of its signature flipped. */
 function badSignature(der: Buffer): Buffer {

@@ -9,7 +9,8 @@ import { systemClock } from '../../common/clock.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { Agent } from '../../agent/src/agent.js';
 import { parseBootstrap } from '../../agent/src/config.js';
-import { runStation, type StationIo } from '../../provisioning/src/cli.js';
+import { runStation } from '../../provisioning/src/cli.js';
+import { captureIo, provisionArgs, writeStationFiles } from './station-kit.js';
 import { eventually, TEST_AGENT_CONFIG } from '../agent/fleet-fixture.js';
 import { newManufacturer, startTpm, type TestTpm } from '../harness/index.js';
 
@@ -64,12 +65,7 @@ describe('devices without an EK certificate: the factory-trusted EK policy and s
       stationIdentities: ['role:station:line1', 'role:station:line2'],
       factoryTrustedEkStations: ['line1'],
     });
-    for (const id of ['line1', 'line2'] as const) {
-      const c = await fleet.clientCertificate(`role:station:${id}`);
-      station[id] = { cert: file(`${id}.crt`, c.certPem), key: file(`${id}.key`, c.keyPem) };
-    }
-    file('root.pem', fleet.ca.rootCertificatePem);
-    file('bundle.pem', fleet.trustBundle.join(''));
+    Object.assign(station, await writeStationFiles(fleet, dir, ['line1', 'line2'] as const));
     file('vendors.pem', bare.manufacturerRootPem + rogue.manufacturerRootPem);
     file('vendor-int.pem', bare.manufacturerIntermediatePem + rogue.manufacturerIntermediatePem);
   }, 120_000);
@@ -81,27 +77,11 @@ describe('devices without an EK certificate: the factory-trusted EK policy and s
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const io = (over: Partial<StationIo> = {}) => {
-    const out = { stdout: '', stderr: '' };
-    return { out, io: { stdout: { write: (s: string) => (out.stdout += s) }, stderr: { write: (s: string) => (out.stderr += s) }, ...over } };
-  };
+  const io = captureIo;
   const provision = async (name: string, devices: object[], extra: string[], who: 'line1' | 'line2' = 'line1') => {
     const p = io();
-    const code = await runStation(
-      [
-        'provision',
-        '--manifest', file(`${name}.jsonl`, devices.map((d) => JSON.stringify({ ...d, metadata: { model: 'fw-tpm' } })).join('\n')),
-        '--out', join(dir, name),
-        '--roots', join(dir, 'vendors.pem'),
-        '--intermediates', join(dir, 'vendor-int.pem'),
-        '--enroll-url', fleet.broker.enrollUrl,
-        '--device-url', fleet.broker.deviceUrl,
-        '--trust-bundle', join(dir, 'bundle.pem'),
-        '--bridge', fleet.broker.deviceUrl, '--cert', station[who].cert, '--key', station[who].key, '--ca', join(dir, 'root.pem'),
-        ...extra,
-      ],
-      p.io,
-    );
+    const bridge = ['--bridge', fleet.broker.deviceUrl, '--cert', station[who].cert, '--key', station[who].key, '--ca', join(dir, 'root.pem')];
+    const code = await runStation(provisionArgs(fleet, dir, name, devices, 'fw-tpm', [...bridge, ...extra]), p.io);
     const auditPath = join(dir, name, 'audit.jsonl');
     const audit = existsSync(auditPath) ? readFileSync(auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>) : [];
     return { code, ...p.out, audit, bootstrapPath: (id: string) => join(dir, name, 'devices', `${id}.json`) };

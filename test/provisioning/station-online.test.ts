@@ -11,7 +11,8 @@ import { MqttTransport } from '../../common/transport/mqtt-transport.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { Agent } from '../../agent/src/agent.js';
 import { parseBootstrap } from '../../agent/src/config.js';
-import { runStation, type StationIo } from '../../provisioning/src/cli.js';
+import { runStation } from '../../provisioning/src/cli.js';
+import { captureIo, provisionArgs as stationProvisionArgs, writeStationFiles } from './station-kit.js';
 import { eventually, TEST_AGENT_CONFIG } from '../agent/fleet-fixture.js';
 import { newManufacturer, startTpm, type TestTpm } from '../harness/index.js';
 
@@ -45,12 +46,7 @@ describe('station registers devices online through the bridge', () => {
       ekTrust: { roots: [tpmA.manufacturerRootPem], intermediates: [tpmA.manufacturerIntermediatePem] },
       stationIdentities: ['role:station:line1', 'role:station:line2'],
     });
-    for (const id of ['line1', 'line2'] as const) {
-      const c = await fleet.clientCertificate(`role:station:${id}`);
-      station[id] = { cert: file(`${id}.crt`, c.certPem), key: file(`${id}.key`, c.keyPem) };
-    }
-    file('root.pem', fleet.ca.rootCertificatePem);
-    file('bundle.pem', fleet.trustBundle.join(''));
+    Object.assign(station, await writeStationFiles(fleet, dir, ['line1', 'line2'] as const));
     // The station trusts both manufacturers; the fleet only the first: the bridge must refuse the rogue TPM itself.
     file('vendors.pem', tpmA.manufacturerRootPem + rogue.manufacturerRootPem);
     file('vendor-int.pem', tpmA.manufacturerIntermediatePem + rogue.manufacturerIntermediatePem);
@@ -62,22 +58,9 @@ describe('station registers devices online through the bridge', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
-  const io = (over: Partial<StationIo> = {}) => {
-    const out = { stdout: '', stderr: '' };
-    return { out, io: { stdout: { write: (s: string) => (out.stdout += s) }, stderr: { write: (s: string) => (out.stderr += s) }, ...over } };
-  };
+  const io = captureIo;
   const bridgeArgs = (who: 'line1' | 'line2' = 'line1') => ['--bridge', fleet.broker.deviceUrl, '--cert', station[who].cert, '--key', station[who].key, '--ca', join(dir, 'root.pem')];
-  const provisionArgs = (name: string, devices: { deviceId: string; tcti: string }[], extra: string[] = bridgeArgs()) => [
-    'provision',
-    '--manifest', file(`${name}.jsonl`, devices.map((d) => JSON.stringify({ ...d, metadata: { model: 'gw-1' } })).join('\n')),
-    '--out', join(dir, name),
-    '--roots', join(dir, 'vendors.pem'),
-    '--intermediates', join(dir, 'vendor-int.pem'),
-    '--enroll-url', fleet.broker.enrollUrl,
-    '--device-url', fleet.broker.deviceUrl,
-    '--trust-bundle', join(dir, 'bundle.pem'),
-    ...extra,
-  ];
+  const provisionArgs = (name: string, devices: { deviceId: string; tcti: string }[], extra: string[] = bridgeArgs()) => stationProvisionArgs(fleet, dir, name, devices, 'gw-1', extra);
   const bootstrapOf = (out: string, id: string) => JSON.parse(readFileSync(join(dir, out, 'devices', `${id}.json`), 'utf8')) as { token: string };
   const devicesIn = (out: string) => (existsSync(join(dir, out, 'devices')) ? readdirSync(join(dir, out, 'devices')) : []);
 
