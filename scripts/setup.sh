@@ -35,9 +35,10 @@ apt_packages=(swtpm swtpm-tools libtss2-dev libtss2-tcti-swtpm0 libtss2-tcti-dev
 # container test backend (docs/testing.md); tpm2-abrmd + libtss2-tcti-tabrmd0 (which tpm2-abrmd does
 # not pull in) + dbus-daemon/dbus-bin: the agent through the user-space resource manager;
 # python3-cryptography: the strict X.509 parser (Rust asn1) keylime uses, to show that the vendor
-# EK certificate quirks the tests build are the ones it refuses.
+# EK certificate quirks the tests build are the ones it refuses; systemd: systemd-analyze for the
+# agent package's unit (scripts/package.sh).
 if [[ $profile == test ]]; then
-  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin python3-cryptography)
+  apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin python3-cryptography systemd)
 fi
 ensure_apt_packages "${apt_packages[@]}"
 

@@ -1,0 +1,121 @@
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { promisify } from 'node:util';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { systemClock } from '../../common/clock.js';
+import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
+import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
+import { startTpm, type TestTpm } from '../harness/index.js';
+
+const run = promisify(execFile);
+const ROOT = resolve(import.meta.dirname, '../..');
+
+/**
+ * `npm run package` (scripts/package.sh) as a release build runs it: the Debian package, read back with
+ * dpkg-deb (fields, files, maintainer scripts), its unit checked by systemd-analyze, and the packaged
+ * agent, on the Node 24 runtime it carries, enrolling a swtpm device against a real fleet from the
+ * extracted package. (Installing it with dpkg into a clean Debian root is issue 10's next step.)
+ */
+describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
+  let built: { package: string; packageBytes: number; installedKiB: number; node: string; systemdExposure: number };
+  let deb: string;
+  let dir: string;
+  let extracted: string;
+
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'agent-package-'));
+    const { stdout } = await run('bash', ['scripts/package.sh'], { cwd: ROOT, timeout: 300_000, maxBuffer: 16 << 20 });
+    built = JSON.parse(stdout.trim().split('\n').pop()!) as typeof built;
+    deb = join(ROOT, built.package);
+    extracted = join(dir, 'root');
+    await run('dpkg-deb', ['-x', deb, extracted]);
+  }, 330_000);
+  afterAll(() => {
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  const field = async (name: string) => (await run('dpkg-deb', ['--field', deb, name])).stdout.trim();
+
+  it('is a Debian package with its dependencies, a conffile, maintainer scripts, and the sizes it reports', async () => {
+    expect(await field('Package')).toBe('tpm-fleet-agent');
+    expect(await field('Architecture')).toBe((await run('dpkg', ['--print-architecture'])).stdout.trim());
+    expect(await field('Depends')).toMatch(/libtss2-esys-3\.0\.2-0.*libtss2-tctildr0.*libtss2-tcti-device0.*adduser/);
+    expect(built.packageBytes).toBe(statSync(deb).size);
+    const info = (await run('dpkg-deb', ['--info', deb])).stdout;
+    for (const s of ['postinst', 'prerm', 'postrm', 'conffiles']) expect(info).toContain(` ${s}`);
+    const control = async (file: string) => (await run('sh', ['-c', `dpkg-deb --ctrl-tarfile '${deb}' | tar -xO ./${file}`])).stdout;
+    expect((await control('conffiles')).trim()).toBe('/etc/tpm-fleet/agent.json');
+    // The purge warning says what is lost.
+    expect(await control('postrm')).toMatch(/identity .* is lost/s);
+  });
+
+  it('carries the agent, its addon, Node 24 and only this architecture of the LevelDB binding; nothing of the fleet side', async () => {
+    const lib = join(extracted, 'usr/lib/tpm-fleet-agent');
+    for (const f of ['agent.mjs', 'tpm_native.node', 'node', 'node_modules/level/package.json', 'node_modules/classic-level/package.json']) expect(existsSync(join(lib, f)), f).toBe(true);
+    expect(readdirSync(join(lib, 'node_modules/classic-level/prebuilds'))).toEqual([`linux-${process.arch}`]);
+    expect(existsSync(join(lib, 'node_modules/pkcs11js'))).toBe(false);
+    expect(built.node).toMatch(/^v24\./);
+    expect((await run(join(lib, 'node'), ['--version'])).stdout.trim()).toBe(built.node);
+    expect(existsSync(join(extracted, 'lib/systemd/system/tpm-fleet-agent.service'))).toBe(true);
+    expect((await run(join(extracted, 'usr/bin/agent'), ['--version'])).stdout).toMatch(/\d+\.\d+\.\d+/);
+  });
+
+  it('its unit passes systemd-analyze verify and rates an exposure of at most 2.5', async () => {
+    expect(built.systemdExposure).toBeLessThanOrEqual(2.5);
+    // The unit as packaged, with what the sandbox must not lose.
+    const unit = (await run('cat', [join(extracted, 'lib/systemd/system/tpm-fleet-agent.service')])).stdout;
+    for (const line of ['User=tpm-fleet-agent', 'SupplementaryGroups=tss', 'StateDirectoryMode=0700', 'DeviceAllow=/dev/tpmrm0 rw', 'ProtectSystem=strict', 'NoNewPrivileges=yes', 'SystemCallFilter=@system-service', 'CapabilityBoundingSet=', 'Restart=on-failure']) {
+      expect(unit).toContain(line);
+    }
+  });
+
+  describe('the packaged agent on its own Node 24 against a real fleet', () => {
+    let fleet: EmbeddedFleet;
+    let tpm: TestTpm;
+    let child: ChildProcess | undefined;
+    beforeAll(async () => {
+      tpm = await startTpm();
+      fleet = await EmbeddedFleet.start({
+        dir: join(dir, 'fleet'),
+        clock: systemClock,
+        trustDomain: 'package.fleet',
+        ekTrust: { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] },
+      });
+    }, 60_000);
+    afterAll(async () => {
+      child?.kill('SIGKILL');
+      await fleet?.stop();
+      await tpm?.stop();
+    });
+
+    it('enrolls and goes online with its default config, then stops cleanly on SIGTERM', async () => {
+      const boot = await registerDevice(fleet, { deviceId: 'pkg-1', tcti: tpm.tcti, ...(await readEk(tpm.tcti)) });
+      const bootstrap = join(dir, 'bootstrap.json');
+      writeFileSync(bootstrap, JSON.stringify(boot), { mode: 0o600 });
+      child = spawn(join(extracted, 'usr/bin/agent'), ['run', '--bootstrap', bootstrap, '--data', join(dir, 'state'), '--config', join(extracted, 'etc/tpm-fleet/agent.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
+      await new Promise<void>((resolveOnline, reject) => {
+        const timer = setTimeout(() => reject(new Error(`not online within 30 s:\n${out}`)), 30_000);
+        const check = setInterval(() => {
+          if (out.includes('"msg":"online"')) {
+            clearInterval(check);
+            clearTimeout(timer);
+            resolveOnline();
+          }
+        }, 50);
+        void exited.then((code) => reject(new Error(`agent exited (${code}) before going online:\n${out}`)));
+      });
+      expect(fleet.inventory.getDevice('pkg-1')?.enrolledAt).toBeDefined();
+      // The process is the packaged Node runtime, not the machine's.
+      expect(readlinkSync(`/proc/${child.pid}/exe`)).toBe(join(extracted, 'usr/lib/tpm-fleet-agent/node'));
+      child.kill('SIGTERM');
+      expect(await exited).toBe(0);
+      child = undefined;
+    }, 60_000);
+  });
+});
