@@ -8,15 +8,19 @@ import { systemClock } from '../../common/clock.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
 import { startTpm, type TestTpm } from '../harness/index.js';
+import { CHROOT_ENV, openDebianRoot, type DebianRoot } from './debian-root.js';
+
+/** What the package depends on, preinstalled so the test needs no apt inside the root. */
+const DEBIAN_ROOT_PACKAGES = ['adduser', 'libtss2-esys-3.0.2-0', 'libtss2-sys1', 'libtss2-mu0', 'libtss2-rc0', 'libtss2-tctildr0', 'libtss2-tcti-device0', 'libtss2-tcti-swtpm0', 'libstdc++6'];
 
 const run = promisify(execFile);
 const ROOT = resolve(import.meta.dirname, '../..');
 
 /**
  * `npm run package` (scripts/package.sh) as a release build runs it: the Debian package, read back with
- * dpkg-deb (fields, files, maintainer scripts), its unit checked by systemd-analyze, and the packaged
- * agent, on the Node 24 runtime it carries, enrolling a swtpm device against a real fleet from the
- * extracted package. (Installing it with dpkg into a clean Debian root is issue 10's next step.)
+ * dpkg-deb (fields, files, maintainer scripts), its unit checked by systemd-analyze, the packaged agent
+ * on the Node 24 runtime it carries enrolling a swtpm device against a real fleet from the extracted
+ * package, and install, upgrade, remove and purge with dpkg in a clean Debian root.
  */
 describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   let built: { package: string; packageBytes: number; installedKiB: number; node: string; systemdExposure: number };
@@ -117,5 +121,92 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
       expect(await exited).toBe(0);
       child = undefined;
     }, 60_000);
+  });
+
+  describe('installed with dpkg in a clean Debian root (chroot), against a real fleet', () => {
+    let fleet: EmbeddedFleet;
+    let tpm: TestTpm;
+    let debian: DebianRoot;
+    let agentChild: ChildProcess | undefined;
+    beforeAll(async () => {
+      [tpm, debian] = await Promise.all([startTpm(), openDebianRoot(join(dir, 'debian'), DEBIAN_ROOT_PACKAGES)]);
+      fleet = await EmbeddedFleet.start({
+        dir: join(dir, 'fleet2'),
+        clock: systemClock,
+        trustDomain: 'install.fleet',
+        ekTrust: { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] },
+      });
+    }, 600_000);
+    afterAll(async () => {
+      agentChild?.kill('SIGKILL');
+      await fleet?.stop();
+      await tpm?.stop();
+      await debian?.close();
+    });
+
+    const dpkg = (...args: string[]) => debian.chroot(['dpkg', ...args]);
+    const inRoot = (p: string) => join(debian.dir, p);
+    /** The packaged service's command, as systemd would run it, as the packaged user, in the root. */
+    const runAgent = async () => {
+      const child = spawn('chroot', ['--userspec=tpm-fleet-agent:tpm-fleet-agent', '--groups=tss', debian.dir, '/usr/bin/agent', 'run', '--bootstrap', '/etc/tpm-fleet/bootstrap.json', '--data', '/var/lib/tpm-fleet-agent', '--config', '/etc/tpm-fleet/agent.json'], { env: CHROOT_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
+      agentChild = child;
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+      await new Promise<void>((ok, fail) => {
+        const timer = setTimeout(() => fail(new Error(`not online within 30 s:\n${out}`)), 30_000);
+        const poll = setInterval(() => {
+          if (!out.includes('"msg":"online"')) return;
+          clearInterval(poll);
+          clearTimeout(timer);
+          ok();
+        }, 50);
+        void exited.then((code) => fail(new Error(`agent exited (${code}) before going online:\n${out}`)));
+      });
+      return { stop: async () => (child.kill('SIGTERM'), (agentChild = undefined), await exited) };
+    };
+
+    it('installs (user in group tss, store 0700), enrolls as the packaged user; an upgrade keeps the identity; remove keeps the state, purge destroys it and says so', async () => {
+      await run('cp', [deb, inRoot('tmp/agent.deb')]);
+      await dpkg('-i', '/tmp/agent.deb');
+      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Status: install ok installed$/m);
+      expect((await debian.chroot(['id', '-nG', 'tpm-fleet-agent'])).stdout.trim().split(' ')).toEqual(expect.arrayContaining(['tpm-fleet-agent', 'tss']));
+      expect((await debian.chroot(['stat', '-c', '%U %a', '/var/lib/tpm-fleet-agent'])).stdout.trim()).toBe('tpm-fleet-agent 700');
+
+      // The factory's bootstrap file, handed over as docs/install.md says.
+      const boot = await registerDevice(fleet, { deviceId: 'inst-1', tcti: tpm.tcti, ...(await readEk(tpm.tcti)) });
+      writeFileSync(inRoot('tmp/bootstrap.json'), JSON.stringify(boot));
+      await debian.chroot(['install', '-o', 'tpm-fleet-agent', '-g', 'tpm-fleet-agent', '-m', '0600', '/tmp/bootstrap.json', '/etc/tpm-fleet/bootstrap.json']);
+      const first = await runAgent();
+      const enrolled = fleet.inventory.getDevice('inst-1');
+      expect(enrolled?.certSerial).toBeDefined();
+      expect(await first.stop()).toBe(0);
+
+      // Upgrade: the same package under a newer version (as a new build would be).
+      const next = join(dir, 'next');
+      await run('dpkg-deb', ['-R', deb, next]);
+      await run('sed', ['-i', 's/^Version: .*/&+upgrade1/', join(next, 'DEBIAN/control')]);
+      await run('dpkg-deb', ['--root-owner-group', '--build', next, join(dir, 'next.deb')]);
+      await run('cp', [join(dir, 'next.deb'), inRoot('tmp/next.deb')]);
+      await dpkg('-i', '/tmp/next.deb');
+      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Version: .*\+upgrade1$/m);
+      const again = await runAgent();
+      // The same identity: no new enrollment, no new certificate.
+      const after = fleet.inventory.getDevice('inst-1');
+      expect(after?.certSerial).toBe(enrolled!.certSerial);
+      expect(after?.enrolledAt).toBe(enrolled!.enrolledAt);
+      expect(fleet.inventory.listCertificates('inst-1')).toHaveLength(1);
+      expect(await again.stop()).toBe(0);
+
+      await dpkg('-r', 'tpm-fleet-agent');
+      expect(existsSync(inRoot('usr/bin/agent'))).toBe(false);
+      expect(existsSync(inRoot('var/lib/tpm-fleet-agent'))).toBe(true);
+      const purge = await dpkg('-P', 'tpm-fleet-agent');
+      expect(purge.stderr).toMatch(/identity .* is lost/s);
+      expect(existsSync(inRoot('var/lib/tpm-fleet-agent'))).toBe(false);
+      expect(existsSync(inRoot('etc/tpm-fleet/agent.json'))).toBe(false);
+      expect(existsSync(inRoot('etc/tpm-fleet/bootstrap.json'))).toBe(true);
+    }, 180_000);
   });
 });

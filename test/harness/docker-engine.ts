@@ -146,7 +146,7 @@ export async function ensureDockerEngine(log: (s: string) => void): Promise<Dock
   });
 }
 
-function debianMirror(): string {
+export function debianMirror(): string {
   const files: string[] = [];
   try {
     files.push(
