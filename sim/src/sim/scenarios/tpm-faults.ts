@@ -6,7 +6,7 @@ import { rotateAll } from './rotation-campaign.js';
 
 /** How long the locked-out devices stay locked out (the chip's recovery time, or until the owner clears it). */
 const LOCKOUT_MS = 3_000;
-/** Signatures a locked-out agent may ask for during the lockout: its backoff's pace, not a hammering loop. */
+/** Signatures a locked-out agent may ask for while locked out (LOCKOUT_MS after its first): its backoff's pace, not a hammering loop. */
 const MAX_SIGNS_IN_LOCKOUT = 15;
 /** Each busy answer comes this many times in a row (ESAPI resubmits 5 times, the addon pauses and asks again). */
 const BURST = 3;
@@ -45,6 +45,9 @@ export const tpmFaults: Scenario = {
     const signs = (id: string) => sim.tpmStats(id).commands.get(TPM_CC.Sign) ?? 0;
     const poweredOn = Date.now();
     sim.powerOn(ids);
+    // The lockout lasts LOCKOUT_MS from each locked device's first refused signature (a loaded
+    // machine may take a while to get there).
+    await sim.until(() => locked.every((id) => signs(id) >= 1), enrollTimeoutMs(ids.length), 'every locked-out device asked for a signature').catch(() => undefined);
     await sleep(LOCKOUT_MS);
     const signsInLockout = new Map(locked.map((id) => [id, signs(id)]));
     for (const id of locked) sim.setTpmFaults(id, []); // the recovery time passed
