@@ -22,6 +22,39 @@ const ROOT = resolve(import.meta.dirname, '../..');
  * on the Node 24 runtime it carries enrolling a swtpm device against a real fleet from the extracted
  * package, and install, upgrade, remove and purge with dpkg in a clean Debian root.
  */
+/** A real fleet (bridge, CA, mosquitto) trusting the manufacturer of one swtpm, for one packaged device. */
+async function fleetWithTpm(dir: string, trustDomain: string): Promise<{ fleet: EmbeddedFleet; tpm: TestTpm; stop(): Promise<void> }> {
+  const tpm = await startTpm();
+  const fleet = await EmbeddedFleet.start({ dir, clock: systemClock, trustDomain, ekTrust: { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] } });
+  return { fleet, tpm, stop: async () => (await fleet.stop(), await tpm.stop()) };
+}
+
+/** Starts an agent process and resolves once it logged `online`; `stop()` sends SIGTERM and resolves its exit code. */
+async function agentOnline(command: string, args: readonly string[], env?: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; stop(): Promise<number | null> }> {
+  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  try {
+    await new Promise<void>((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error(`not online within 30 s:\n${out}`)), 30_000);
+      const poll = setInterval(() => {
+        if (!out.includes('"msg":"online"')) return;
+        clearInterval(poll);
+        clearTimeout(timer);
+        ok();
+      }, 50);
+      void exited.then((code) => fail(new Error(`agent exited (${code}) before going online:\n${out}`)));
+    });
+  } catch (e) {
+    child.kill('SIGKILL');
+    throw e;
+  }
+  return { child, stop: async () => (child.kill('SIGTERM'), await exited) };
+}
+
+
 describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   let built: { package: string; packageBytes: number; installedKiB: number; node: string; systemdExposure: number };
   let deb: string;
@@ -76,96 +109,46 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   });
 
   describe('the packaged agent on its own Node 24 against a real fleet', () => {
-    let fleet: EmbeddedFleet;
-    let tpm: TestTpm;
-    let child: ChildProcess | undefined;
+    let f: Awaited<ReturnType<typeof fleetWithTpm>>;
     beforeAll(async () => {
-      tpm = await startTpm();
-      fleet = await EmbeddedFleet.start({
-        dir: join(dir, 'fleet'),
-        clock: systemClock,
-        trustDomain: 'package.fleet',
-        ekTrust: { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] },
-      });
+      f = await fleetWithTpm(join(dir, 'fleet'), 'package.fleet');
     }, 60_000);
     afterAll(async () => {
-      child?.kill('SIGKILL');
-      await fleet?.stop();
-      await tpm?.stop();
+      await f?.stop();
     });
 
     it('enrolls and goes online with its default config, then stops cleanly on SIGTERM', async () => {
-      const boot = await registerDevice(fleet, { deviceId: 'pkg-1', tcti: tpm.tcti, ...(await readEk(tpm.tcti)) });
+      const boot = await registerDevice(f.fleet, { deviceId: 'pkg-1', tcti: f.tpm.tcti, ...(await readEk(f.tpm.tcti)) });
       const bootstrap = join(dir, 'bootstrap.json');
       writeFileSync(bootstrap, JSON.stringify(boot), { mode: 0o600 });
-      child = spawn(join(extracted, 'usr/bin/agent'), ['run', '--bootstrap', bootstrap, '--data', join(dir, 'state'), '--config', join(extracted, 'etc/tpm-fleet/agent.json')], { stdio: ['ignore', 'pipe', 'pipe'] });
-      let out = '';
-      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<number | null>((r) => child!.once('exit', (code) => r(code)));
-      await new Promise<void>((resolveOnline, reject) => {
-        const timer = setTimeout(() => reject(new Error(`not online within 30 s:\n${out}`)), 30_000);
-        const check = setInterval(() => {
-          if (out.includes('"msg":"online"')) {
-            clearInterval(check);
-            clearTimeout(timer);
-            resolveOnline();
-          }
-        }, 50);
-        void exited.then((code) => reject(new Error(`agent exited (${code}) before going online:\n${out}`)));
-      });
-      expect(fleet.inventory.getDevice('pkg-1')?.enrolledAt).toBeDefined();
+      const agent = await agentOnline(join(extracted, 'usr/bin/agent'), ['run', '--bootstrap', bootstrap, '--data', join(dir, 'state'), '--config', join(extracted, 'etc/tpm-fleet/agent.json')]);
+      expect(f.fleet.inventory.getDevice('pkg-1')?.enrolledAt).toBeDefined();
       // The process is the packaged Node runtime, not the machine's.
-      expect(readlinkSync(`/proc/${child.pid}/exe`)).toBe(join(extracted, 'usr/lib/tpm-fleet-agent/node'));
-      child.kill('SIGTERM');
-      expect(await exited).toBe(0);
-      child = undefined;
+      expect(readlinkSync(`/proc/${agent.child.pid}/exe`)).toBe(join(extracted, 'usr/lib/tpm-fleet-agent/node'));
+      expect(await agent.stop()).toBe(0);
     }, 60_000);
   });
 
   describe('installed with dpkg in a clean Debian root (chroot), against a real fleet', () => {
-    let fleet: EmbeddedFleet;
-    let tpm: TestTpm;
+    let f: Awaited<ReturnType<typeof fleetWithTpm>>;
     let debian: DebianRoot;
-    let agentChild: ChildProcess | undefined;
     beforeAll(async () => {
-      [tpm, debian] = await Promise.all([startTpm(), openDebianRoot(join(dir, 'debian'), DEBIAN_ROOT_PACKAGES)]);
-      fleet = await EmbeddedFleet.start({
-        dir: join(dir, 'fleet2'),
-        clock: systemClock,
-        trustDomain: 'install.fleet',
-        ekTrust: { roots: [tpm.manufacturerRootPem], intermediates: [tpm.manufacturerIntermediatePem] },
-      });
+      [f, debian] = await Promise.all([fleetWithTpm(join(dir, 'fleet2'), 'install.fleet'), openDebianRoot(join(dir, 'debian'), DEBIAN_ROOT_PACKAGES)]);
     }, 600_000);
     afterAll(async () => {
-      agentChild?.kill('SIGKILL');
-      await fleet?.stop();
-      await tpm?.stop();
+      await f?.stop();
       await debian?.close();
     });
 
     const dpkg = (...args: string[]) => debian.chroot(['dpkg', ...args]);
     const inRoot = (p: string) => join(debian.dir, p);
     /** The packaged service's command, as systemd would run it, as the packaged user, in the root. */
-    const runAgent = async () => {
-      const child = spawn('chroot', ['--userspec=tpm-fleet-agent:tpm-fleet-agent', '--groups=tss', debian.dir, '/usr/bin/agent', 'run', '--bootstrap', '/etc/tpm-fleet/bootstrap.json', '--data', '/var/lib/tpm-fleet-agent', '--config', '/etc/tpm-fleet/agent.json'], { env: CHROOT_ENV, stdio: ['ignore', 'pipe', 'pipe'] });
-      agentChild = child;
-      let out = '';
-      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-      const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-      await new Promise<void>((ok, fail) => {
-        const timer = setTimeout(() => fail(new Error(`not online within 30 s:\n${out}`)), 30_000);
-        const poll = setInterval(() => {
-          if (!out.includes('"msg":"online"')) return;
-          clearInterval(poll);
-          clearTimeout(timer);
-          ok();
-        }, 50);
-        void exited.then((code) => fail(new Error(`agent exited (${code}) before going online:\n${out}`)));
-      });
-      return { stop: async () => (child.kill('SIGTERM'), (agentChild = undefined), await exited) };
-    };
+    const runAgent = () =>
+      agentOnline(
+        'chroot',
+        ['--userspec=tpm-fleet-agent:tpm-fleet-agent', '--groups=tss', debian.dir, '/usr/bin/agent', 'run', '--bootstrap', '/etc/tpm-fleet/bootstrap.json', '--data', '/var/lib/tpm-fleet-agent', '--config', '/etc/tpm-fleet/agent.json'],
+        CHROOT_ENV,
+      );
 
     it('installs (user in group tss, store 0700), enrolls as the packaged user; an upgrade keeps the identity; remove keeps the state, purge destroys it and says so', async () => {
       await run('cp', [deb, inRoot('tmp/agent.deb')]);
@@ -175,11 +158,11 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
       expect((await debian.chroot(['stat', '-c', '%U %a', '/var/lib/tpm-fleet-agent'])).stdout.trim()).toBe('tpm-fleet-agent 700');
 
       // The factory's bootstrap file, handed over as docs/install.md says.
-      const boot = await registerDevice(fleet, { deviceId: 'inst-1', tcti: tpm.tcti, ...(await readEk(tpm.tcti)) });
+      const boot = await registerDevice(f.fleet, { deviceId: 'inst-1', tcti: f.tpm.tcti, ...(await readEk(f.tpm.tcti)) });
       writeFileSync(inRoot('tmp/bootstrap.json'), JSON.stringify(boot));
       await debian.chroot(['install', '-o', 'tpm-fleet-agent', '-g', 'tpm-fleet-agent', '-m', '0600', '/tmp/bootstrap.json', '/etc/tpm-fleet/bootstrap.json']);
       const first = await runAgent();
-      const enrolled = fleet.inventory.getDevice('inst-1');
+      const enrolled = f.fleet.inventory.getDevice('inst-1');
       expect(enrolled?.certSerial).toBeDefined();
       expect(await first.stop()).toBe(0);
 
@@ -193,10 +176,10 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
       expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Version: .*\+upgrade1$/m);
       const again = await runAgent();
       // The same identity: no new enrollment, no new certificate.
-      const after = fleet.inventory.getDevice('inst-1');
+      const after = f.fleet.inventory.getDevice('inst-1');
       expect(after?.certSerial).toBe(enrolled!.certSerial);
       expect(after?.enrolledAt).toBe(enrolled!.enrolledAt);
-      expect(fleet.inventory.listCertificates('inst-1')).toHaveLength(1);
+      expect(f.fleet.inventory.listCertificates('inst-1')).toHaveLength(1);
       expect(await again.stop()).toBe(0);
 
       await dpkg('-r', 'tpm-fleet-agent');
