@@ -54,16 +54,7 @@ export async function verifyTpmEk(tpm: Tpm, trust: EkTrustStore, now: number, op
       refusals.push({ kind, code: e.code, message: e.message });
       continue;
     }
-    const ek = await tpm.createEk(kind);
-    let matches: boolean;
-    try {
-      matches = ek.spki.equals(verified.ekSpki);
-    } finally {
-      await tpm.flush(ek);
-    }
-    if (!matches) {
-      throw new StationError('STATION_EK_MISMATCH', `the ${kind} EK derived in the TPM is not the key its EK certificate certifies`);
-    }
+    await requireCertifiedEk(tpm, kind, verified.ekSpki, 'its EK certificate');
     return { kind, certificate, spki: verified.ekSpki, publicHash: ekPublicHash(verified.ekSpki), root: verified.root };
   }
   const [first] = refusals;
@@ -89,13 +80,23 @@ export async function verifySuppliedEk(tpm: Tpm, certificate: Buffer, trust: EkT
     throw new StationError('STATION_EK_UNTRUSTED', `the supplied EK certificate is refused: [${e.code}] ${e.message}`, { details: { cause: e.code } });
   }
   const kind: EkKind = verified.ekKeyType === 'ec' ? 'ecc' : 'rsa';
+  await requireCertifiedEk(tpm, kind, verified.ekSpki, 'the supplied EK certificate');
+  return { kind, certificate, spki: verified.ekSpki, publicHash: ekPublicHash(verified.ekSpki), root: verified.root };
+}
+
+/**
+ * Derives the `kind` EK in the TPM and requires it to be `certifiedSpki`: a certificate copied from
+ * another TPM proves nothing about this one (STATION_EK_MISMATCH, naming `certificate`).
+ */
+async function requireCertifiedEk(tpm: Tpm, kind: EkKind, certifiedSpki: Buffer, certificate: string): Promise<void> {
   const ek = await tpm.createEk(kind);
+  let matches: boolean;
   try {
-    if (!ek.spki.equals(verified.ekSpki)) throw new StationError('STATION_EK_MISMATCH', `the ${kind} EK derived in the TPM is not the key the supplied EK certificate certifies`);
+    matches = ek.spki.equals(certifiedSpki);
   } finally {
     await tpm.flush(ek);
   }
-  return { kind, certificate, spki: verified.ekSpki, publicHash: ekPublicHash(verified.ekSpki), root: verified.root };
+  if (!matches) throw new StationError('STATION_EK_MISMATCH', `the ${kind} EK derived in the TPM is not the key ${certificate} certifies`);
 }
 
 /**

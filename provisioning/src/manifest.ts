@@ -1,7 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { pemBlocks } from '../../common/der.js';
-import { readCertificate } from '../../native/lib/ek-certificate.js';
+import { parseCertificates } from '../../native/lib/ek-certificate.js';
 import { object, optional, parseMessage, str, type Infer } from '../../common/protocol/schema.js';
 import { DEVICE_ID_PATTERN } from '../../common/protocol/topics.js';
 import { StationError, toStationError } from './errors.js';
@@ -94,8 +93,7 @@ export function parseManifest(text: string, name: string, baseDir = '.'): Manife
 
 /** One certificate, PEM or DER, readable as the EK verifier reads certificates. */
 function readEkCertificateFile(path: string): Buffer {
-  const bytes = readFileSync(path);
-  const pems = bytes[0] === 0x30 ? [bytes] : pemBlocks(bytes.toString('latin1'), 'CERTIFICATE');
-  if (pems.length !== 1) throw new Error(`expected one certificate, found ${pems.length}`);
-  return readCertificate(pems[0]!).der;
+  const certs = parseCertificates([readFileSync(path)]);
+  if (certs.length !== 1) throw new Error(`expected one certificate, found ${certs.length}`);
+  return certs[0]!.der;
 }

@@ -208,11 +208,7 @@ export class TpmProxy {
       if (live?.rule.respond && live.respondLeft > 0) {
         live.respondLeft--;
         this.#injected++;
-        const r = Buffer.alloc(HEADER);
-        r.writeUInt16BE(TPM_ST_NO_SESSIONS, 0);
-        r.writeUInt32BE(HEADER, 2);
-        r.writeUInt32BE(live.rule.respond.rc, 6);
-        return release(r, delayMs);
+        return release(rcResponse(live.rule.respond.rc), delayMs);
       }
       const nv = this.#nvFixtureFor(code, command);
       if (nv?.kind === 'answer') return release(nv.response, delayMs);
