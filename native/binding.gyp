@@ -7,6 +7,7 @@
         "src/context.cc",
         "src/engine.cc",
         "src/errors.cc",
+        "src/sd-notify.cc",
         "src/worker.cc"
       ],
       "include_dirs": [

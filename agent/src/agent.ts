@@ -171,6 +171,9 @@ export class Agent {
   #clockCheckAt: number | undefined;
   #wake: (() => void) | undefined;
   #woken = false;
+  /** Liveness for a watchdog: the supervisor's moves (steps, waits begun and ended), and its timed waits under way. */
+  #moves = 0;
+  #waits = 0;
   /** The broker refused a publish on our own topics: re-attest at the next step. */
   #unusable = false;
   #lifetimeWarned = false;
@@ -211,7 +214,9 @@ export class Agent {
   constructor(options: AgentOptions) {
     this.#o = options;
     this.#clock = options.clock ?? systemClock;
-    this.#sleep = options.sleep ?? realSleep;
+    const sleep = options.sleep ?? realSleep;
+    // Every retry wait of the supervisor (its own, the links', enrollment's, rotation's) goes through here.
+    this.#sleep = (ms, signal) => this.#waitOn(sleep(ms, signal));
     this.#config = options.config ?? DEFAULT_AGENT_CONFIG;
     this.#topics = new Topics(options.bootstrap.baseTopic ?? DEFAULT_BASE_TOPIC);
     this.#stepBackoff = this.#newBackoff();
@@ -236,6 +241,16 @@ export class Agent {
    */
   diagnostics(): { readonly phase: string; readonly link: string; readonly stopping?: string } {
     return { phase: this.#phase, link: this.#device?.phase ?? 'none', ...(this.#stopPhase ? { stopping: this.#stopPhase } : {}) };
+  }
+
+  /**
+   * For a watchdog (service-manager.ts): `moves` counts the supervisor's steps and the starts and ends of
+   * its waits; `waiting` is true while it sleeps on a timer (a wait that ends by itself on a running
+   * event loop). A supervisor that neither waits nor moves for long is stuck, e.g. on a TPM call that
+   * never returns. Read-only; changes nothing.
+   */
+  liveness(): { readonly moves: number; readonly waiting: boolean } {
+    return { moves: this.#moves, waiting: this.#waits > 0 };
   }
 
   /** Calls `listener` on every state change; returns the function that removes it. */
@@ -491,6 +506,7 @@ export class Agent {
   async #supervise(signal: AbortSignal): Promise<void> {
     for (;;) {
       if (signal.aborted) return;
+      this.#moves++;
       try {
         await this.#step(signal);
         this.#stepBackoff.reset();
@@ -1262,13 +1278,25 @@ export class Agent {
     const onStop = () => wake.abort();
     signal.addEventListener('abort', onStop, { once: true });
     try {
-      const sleep = kind === 'tick' ? realSleep : this.#sleep;
-      await sleep(Number.isFinite(ms) ? Math.min(ms, 2 ** 31 - 1) : 2 ** 31 - 1, wake.signal).catch(() => undefined);
+      const waitMs = Number.isFinite(ms) ? Math.min(ms, 2 ** 31 - 1) : 2 ** 31 - 1;
+      await (kind === 'tick' ? this.#waitOn(realSleep(waitMs, wake.signal)) : this.#sleep(waitMs, wake.signal)).catch(() => undefined);
     } finally {
       signal.removeEventListener('abort', onStop);
       this.#wake = undefined;
     }
     if (signal.aborted) throw abortError();
+  }
+
+  /** A timed wait, counted for liveness(). */
+  async #waitOn(wait: Promise<void>): Promise<void> {
+    this.#moves++;
+    this.#waits++;
+    try {
+      await wait;
+    } finally {
+      this.#waits--;
+      this.#moves++;
+    }
   }
 
   // ---- state -------------------------------------------------------------------------------------

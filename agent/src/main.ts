@@ -8,16 +8,19 @@
  * condition ends it. A non-retryable rejection or corrupt local state leaves it up in state `error` or
  * `revoked` (logged, and in its retained status when it can publish); it ends only on SIGINT/SIGTERM.
  * Logs JSON lines to stdout (never the token or key blobs). Exit codes: 0 stopped by a signal, 1 could
- * not start (config, store, TPM), 2 usage.
+ * not start (config, store, TPM), 2 usage. Under systemd it reports readiness, status and watchdog pings
+ * (service-manager.ts).
  */
 import { parseArgs } from 'node:util';
 import type { Logger } from 'pino';
 import { createProgramLogger } from '../../common/logger.js';
 import { systemClock } from '../../common/clock.js';
+import { nativeServiceNotifier } from '../../native/lib/sd-notify.js';
 import { Agent } from './agent.js';
 import { loadAgentConfig } from './agent-config.js';
 import { loadBootstrap } from './config.js';
 import { CHECK_HELP, runCheck } from './check/check-cli.js';
+import { attachServiceManager } from './service-manager.js';
 import { runVerify } from './verify-cli.js';
 import { AGENT_VERSION } from './version.js';
 
@@ -122,6 +125,9 @@ try {
 
 // Transitions at debug: connection loss and return are logged once each by the agent itself.
 agent.onStateChange((state) => logger.debug({ state }, 'state'));
+// Under systemd (Type=notify: $NOTIFY_SOCKET, and $WATCHDOG_USEC with WatchdogSec=): start-up extensions,
+// READY=1 once online, watchdog pings while the agent is live, STATUS= and STOPPING=1. Nothing otherwise.
+attachServiceManager(agent, { notifier: nativeServiceNotifier(), env: process.env, logger });
 let stopping = false;
 const stop = (signal: NodeJS.Signals) => {
   if (stopping) return;

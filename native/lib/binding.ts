@@ -29,6 +29,14 @@ export interface RawBinding {
   readonly engineId: string;
   /** Tss2_RC_Decode. */
   rcDecode(rc: number): string;
+  /**
+   * Synchronous sd_notify(3): sends `state` as one datagram to the AF_UNIX socket in $NOTIFY_SOCKET (a
+   * path, or '@name' in the abstract namespace), never blocking. false when NOTIFY_SOCKET is unset or
+   * empty. Throws SD_NOTIFY_BAD_SOCKET (not an absolute path or '@name', or too long for sun_path),
+   * SD_NOTIFY_FAILED (socket/sendto failed; the message has the errno text, `errno` its number),
+   * TPM_BAD_ARGUMENT (not a string, or empty). Use it through sd-notify.ts.
+   */
+  sdNotify(state: string): boolean;
 }
 
 export interface RawContext {

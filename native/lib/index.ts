@@ -1,5 +1,5 @@
 // Public surface of native/: the Tpm interface and its ESAPI implementation, errors, EK certificate
-// verification, and the TPM wire format + software crypto the fleet side verifies with.
+// verification, the TPM wire format + software crypto the fleet side verifies with, and sd_notify.
 export type * from './tpm.js';
 export { NativeTpm, DEFAULT_SRK_HANDLE } from './native-tpm.js';
 export { TpmError, codeForRc, rcSubject, type TpmErrorCode, type TssLayer } from './tpm-error.js';
@@ -11,3 +11,4 @@ export * from './wire/signature.js';
 export * from './wire/pcr.js';
 export * from './wire/constants.js';
 export { TpmWireError, type TpmWireErrorCode } from './wire/errors.js';
+export { nativeServiceNotifier, SdNotifyError, type SdNotifyErrorCode, type ServiceNotifier } from './sd-notify.js';

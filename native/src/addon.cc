@@ -1,4 +1,4 @@
-// Module init: binding.open(tcti), binding.engineId, binding.rcDecode(rc).
+// Module init: binding.open(tcti), binding.engineId, binding.rcDecode(rc), binding.sdNotify(state).
 #include <napi.h>
 #include <tss2/tss2_rc.h>
 
@@ -9,6 +9,7 @@
 #include "context.h"
 #include "engine.h"
 #include "errors.h"
+#include "sd-notify.h"
 
 namespace tpmnative {
 namespace {
@@ -43,6 +44,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
 
   exports.Set("open", Napi::Function::New<Open>(env, "open"));
   exports.Set("rcDecode", Napi::Function::New<RcDecode>(env, "rcDecode"));
+  exports.Set("sdNotify", Napi::Function::New<SdNotify>(env, "sdNotify"));
   exports.DefineProperty(Napi::PropertyDescriptor::Value("engineId", Napi::String::New(env, engine::EngineId()),
                                                          napi_enumerable));
   return exports;
