@@ -23,6 +23,22 @@ const programs = {
   bench: 'test/bench/all.ts',
 };
 
+/** Bundles that run on devices (source → output name), built lean below. */
+const deviceBundles = { 'agent/src/main.ts': 'agent' };
+
+/** esbuild plugin: MQTT.js's ws:// and socks proxy transports, replaced by a module that refuses. */
+const withoutUnusedMqttTransports = {
+  name: 'without-unused-mqtt-transports',
+  setup(b) {
+    b.onResolve({ filter: /^\.\/(ws|socks)$/ }, (args) => (/[\\/]mqtt[\\/]build[\\/]lib[\\/]connect$/.test(args.resolveDir) ? { path: args.path, namespace: 'unused-mqtt-transport' } : undefined));
+    b.onLoad({ filter: /.*/, namespace: 'unused-mqtt-transport' }, (args) => ({
+      loader: 'js',
+      contents: `const refuse = () => { throw Object.assign(new Error('the device agent connects with mqtts:// or mqtt:// only: MQTT.js ${args.path.slice(2)} transport is not in its bundle'), { code: 'AGENT_TRANSPORT_UNSUPPORTED' }); };
+module.exports = { default: refuse, streamBuilder: refuse, browserStreamBuilder: refuse };`,
+    }));
+  },
+};
+
 // Stamped into the agent (agent/src/version.ts) and reported in its status: package version + commit.
 const pkgVersion = JSON.parse(readFileSync('package.json', 'utf8')).version;
 let commit = 'unknown';
@@ -34,9 +50,8 @@ try {
 const version = `${pkgVersion}+${commit}`.slice(0, 32);
 
 mkdirSync('dist', { recursive: true });
-const entryPoints = Object.fromEntries(Object.entries(programs).filter(([, src]) => existsSync(src)));
-await build({
-  entryPoints,
+const entryPoints = Object.fromEntries(Object.entries(programs).filter(([, src]) => existsSync(src) && !(src in deviceBundles)));
+const common = {
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
   bundle: true,
@@ -49,6 +64,22 @@ await build({
   external: ['*.node', 'level', 'classic-level', 'pkcs11js'],
   // CommonJS dependencies inside an ESM bundle still call require() for Node built-ins.
   banner: { js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);" },
+};
+await build({ ...common, entryPoints });
+// The device agent: what runs on the device, built for a small resident footprint (docs/install.md,
+// "Footprint"). V8 keeps a bundle's source in memory for as long as the process lives, as two bytes per
+// character once a single character is outside Latin-1 (a "→" in a comment does it): whitespace and
+// comments go, and the output is ASCII. Identifiers stay, so stack traces read as the source does.
+// MQTT.js loads its WebSocket and SOCKS transports on the first connect although the agent speaks
+// mqtts:// only: they are replaced by a module that refuses with a clear error.
+await build({
+  ...common,
+  entryPoints: Object.fromEntries(Object.entries(deviceBundles).filter(([src]) => existsSync(src)).map(([src, name]) => [name, src])),
+  minifyWhitespace: true,
+  minifySyntax: true,
+  charset: 'ascii',
+  legalComments: 'none',
+  plugins: [withoutUnusedMqttTransports],
 });
 const addon = 'native/build/Release/tpm_native.node';
 // Copy, then rename over: a process running from dist/ has the old file mapped, and overwriting it in

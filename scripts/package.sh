@@ -12,12 +12,14 @@
 # and prints the package's size.
 #
 # Environment: TPM_FLEET_DEB_VERSION overrides the Debian version (default package.json's version);
-# TPM_FLEET_NODE_CACHE where the Node runtime package is kept between builds (default ~/.cache/tpm-fleet).
+# TPM_FLEET_NODE_CACHE where the Node runtime package is kept between builds (default ~/.cache/tpm-fleet;
+# scripts/setup.sh --test fetches the same one for the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 log() { echo "package: $*" >&2; }
 source scripts/lib/apt.sh
+source scripts/lib/node-runtime.sh
 # dpkg-deb (dpkg) builds the package; systemd-analyze (systemd) checks its unit.
 ensure_apt_packages dpkg systemd
 
@@ -39,20 +41,10 @@ trap 'rm -rf "$stage" "$analyze"' EXIT
 lib=$stage/usr/lib/tpm-fleet-agent
 mkdir -p "$lib" "$stage/usr/bin" "$stage/etc/tpm-fleet" "$stage/lib/systemd/system" "$stage/usr/share/doc/tpm-fleet-agent" "$stage/DEBIAN"
 
-# --- Node runtime: node-linux-<arch>@24 from the npm registry, cached -----------------------------------
-cache=${TPM_FLEET_NODE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tpm-fleet}
-mkdir -p "$cache"
-tgz=$(ls -1 "$cache"/node-linux-"$node_arch"-"$NODE_RANGE".*.tgz 2>/dev/null | sort -V | tail -1 || true)
-if [[ -z $tgz ]]; then
-  echo "package: fetching node-linux-$node_arch@$NODE_RANGE from the npm registry" >&2
-  name=$(cd "$cache" && npm pack --silent "node-linux-$node_arch@$NODE_RANGE" | tail -1)
-  tgz=$cache/$name
-fi
-tar -xzf "$tgz" -C "$analyze" package/bin/node
-install -m 0755 "$analyze/package/bin/node" "$lib/node"
-rm -rf "$analyze/package"
+# --- Node runtime: node-linux-<arch>@24 from the npm registry, cached (scripts/lib/node-runtime.sh) -------
+node_bin=$(ensure_node_runtime "$NODE_RANGE")
+install -m 0755 "$node_bin" "$lib/node"
 node_version=$("$lib/node" --version)
-[[ $node_version == v$NODE_RANGE.* ]] || { echo "package: $tgz holds Node $node_version, not $NODE_RANGE" >&2; exit 1; }
 
 # --- The agent -----------------------------------------------------------------------------------------
 install -m 0644 dist/agent.mjs "$lib/agent.mjs"
@@ -89,8 +81,15 @@ find "$lib/node_modules" \( -name '*.md' -o -name '*.ts' -o -name '*.map' -o -na
 cat > "$stage/usr/bin/agent" <<'SH'
 #!/bin/sh
 # The device agent's CLI on the packaged Node runtime (tpm-fleet-agent package).
-here=$(dirname "$(readlink -f "$0")")
-exec "$here/../lib/tpm-fleet-agent/node" "$here/../lib/tpm-fleet-agent/agent.mjs" "$@"
+# Runtime settings for a small resident footprint (docs/install.md, "Footprint"): a 1 MiB young
+# generation (V8 otherwise grows it to 8 MiB and keeps it), V8's lite mode (no optimizing compilers:
+# the agent spends its time waiting on the network and the TPM, not in JavaScript), and at most two
+# malloc arenas (glibc otherwise keeps one per thread that ever allocated). NODE_OPTIONS and
+# MALLOC_ARENA_MAX in the environment still apply on top.
+lib=$(dirname "$(readlink -f "$0")")/../lib/tpm-fleet-agent
+MALLOC_ARENA_MAX=${MALLOC_ARENA_MAX:-2}
+export MALLOC_ARENA_MAX
+exec "$lib/node" --max-semi-space-size=1 --lite-mode "$lib/agent.mjs" "$@"
 SH
 chmod 0755 "$stage/usr/bin/agent"
 install -m 0644 deploy/agent/debian/agent.json "$stage/etc/tpm-fleet/agent.json"

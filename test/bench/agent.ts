@@ -15,9 +15,17 @@
  *    signs its handshake synchronously inside OpenSSL, so its event loop stops for that long: measured
  *    as the largest event-loop delay (perf_hooks) while a started agent connects on its stored identity,
  *    RESTARTS times; baseline in the same run: the same with no latency added.
+ * 5. Footprint (issue 10): `npm run package` builds the Debian package; a third device enrolls with the
+ *    packaged agent (its own Node 24, its /usr/bin/agent and default config) and stays connected
+ *    BENCH_IDLE_MS (default 30 s); then its resident set (VmRSS) is read, and that of bare Node (the
+ *    same binary, flags and environment, an idle setInterval) measured the same way in the same run.
+ *    Targets: idleRssMiB <= 50, systemdExposure <= 2.5 (systemd-analyze security, from the build).
  * Ends with one JSON line. Latencies on swtpm are context, not targets.
  */
 import mqtt from 'mqtt';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { TPM_CC } from '../../sim/src/sim/tpm-proxy.js';
 import { TpmProxyProcess } from '../../sim/src/sim/tpm-proxy-process.js';
@@ -25,11 +33,13 @@ import { DEFAULT_AGENT_CONFIG } from '../../agent/src/agent-config.js';
 import { stopAll } from '../harness/index.js';
 import { eventually, startFleetFixture } from '../agent/fleet-fixture.js';
 import { percentile, round } from './stats.js';
+import { buildPackage, idleFootprint, type BuiltPackage, type IdleFootprint } from './footprint.js';
 
 const ROTATIONS = Number(process.env['BENCH_ROTATIONS'] ?? 30);
 const RESTARTS = Number(process.env['BENCH_RESTARTS'] ?? 5);
 const EVENTS = Number(process.env['BENCH_EVENTS'] ?? 2000);
 const CHIP_SIGN_MS = Number(process.env['BENCH_CHIP_SIGN_MS'] ?? 300);
+const IDLE_MS = Number(process.env['BENCH_IDLE_MS'] ?? 30_000);
 
 async function main(): Promise<void> {
   const fx = await startFleetFixture();
@@ -115,6 +125,17 @@ async function main(): Promise<void> {
       await proxy.stop();
     }
 
+    // 5. Footprint of the packaged agent.
+    const unpacked = mkdtempSync(join(tmpdir(), 'bench-agent-package-'));
+    let built: BuiltPackage;
+    let footprint: IdleFootprint;
+    try {
+      built = buildPackage(resolve(import.meta.dirname, '..'), unpacked);
+      footprint = await idleFootprint(fx, unpacked, IDLE_MS);
+    } finally {
+      rmSync(unpacked, { recursive: true, force: true });
+    }
+
     const result = {
       bench: 'agent',
       rotations: ROTATIONS,
@@ -130,6 +151,13 @@ async function main(): Promise<void> {
       chipSignMs: CHIP_SIGN_MS,
       tlsLoopStallMaxMs: round(Math.max(...stalls.chip), 1),
       baselineLoopStallMaxMs: round(Math.max(...stalls.swtpm), 1),
+      idleRssMiB: round(footprint.agent.rssMiB, 1),
+      bareNodeRssMiB: round(footprint.bareNode.rssMiB, 1),
+      idlePeakRssMiB: round(footprint.agent.peakRssMiB, 1),
+      idleThreads: footprint.agent.threads,
+      packageBytes: built.packageBytes,
+      packageNode: built.node,
+      systemdExposure: built.systemdExposure,
     };
     const rows: [string, string][] = [
       ['rotation p50 / p99', `${result.rotationP50Ms} / ${result.rotationP99Ms} ms (${ROTATIONS} rotations)`],
@@ -137,6 +165,8 @@ async function main(): Promise<void> {
       ['reconnect after broker restart p50', `${result.reconnectAfterBrokerRestartP50Ms} ms (plain mqtt.js, fixed 1 s period: ${result.baselineReconnectP50Ms} ms, ratio ${result.reconnectVsBaseline})`],
       ['outbox drain', `${result.outboxEventsPerSec} events/s (plain QoS1 publishes: ${result.baselineQos1PerSec}/s)`],
       ['event loop stalled by the TLS signature', `${result.tlsLoopStallMaxMs} ms max with ${CHIP_SIGN_MS} ms per TPM signature (swtpm: ${result.baselineLoopStallMaxMs} ms)`],
+      ['packaged agent idle RSS', `${result.idleRssMiB} MiB after ${IDLE_MS / 1000} s online, peak ${result.idlePeakRssMiB} MiB, ${result.idleThreads} threads (target <= 50; bare Node ${built.node}: ${result.bareNodeRssMiB} MiB, +${round(result.idleRssMiB - result.bareNodeRssMiB, 1)} MiB)`],
+      ['package', `${result.packageBytes} bytes; systemd exposure ${result.systemdExposure} (target <= 2.5)`],
     ];
     const w = Math.max(...rows.map(([k]) => k.length));
     for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
