@@ -411,7 +411,9 @@ export class Agent {
     checkTrustBundle(cfg);
     mkdirSync(this.#o.dataDir, { recursive: true, mode: 0o700 });
     const store = new AgentStore(join(this.#o.dataDir, 'state'));
-    await store.open();
+    const opened = await store.open();
+    // An upgrade from a build with an older store layout (agent/src/store-migrations.ts).
+    if (opened.migrated.length > 0) this.#log('info', 'store migrated', { from: opened.from, to: opened.schema, migrations: opened.migrated });
     let tpm: Tpm | undefined;
     try {
       const counted = countSignatures(this.#o.tpm ?? (await NativeTpm.open(cfg.tcti)));

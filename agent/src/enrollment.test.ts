@@ -143,7 +143,7 @@ describe('agent enrollment against a scripted bridge (real swtpm)', () => {
     const all = await db.iterator().all();
     await db.close();
     // The outbox sublevel holds what the memory broker did not deliver to anyone: events are not its topic here.
-    expect(all.map(([k]) => k).filter((k) => !k.startsWith('!outbox!')).sort()).toEqual(['active', 'ak', 'clockFloor', 'enrolled', 'slot:A', 'trustBundle']);
+    expect(all.map(([k]) => k).filter((k) => !k.startsWith('!outbox!')).sort()).toEqual(['active', 'ak', 'clockFloor', 'enrolled', 'schema', 'slot:A', 'trustBundle']);
     expect(all.some(([, v]) => v.includes(d.bootstrap.token))).toBe(false);
 
     // A restarted agent uses what it stored: no enrollment, no TPM signature outside the handshake.

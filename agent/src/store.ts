@@ -1,6 +1,7 @@
 import { Level } from 'level';
 import { CodedError } from '../../common/coded-error.js';
 import { isLevelLocked } from '../../common/level-lock.js';
+import { STORE_MIGRATIONS, STORE_SCHEMA } from './store-migrations.js';
 
 /**
  * The agent's local state in LevelDB (dataDir/state): everything needed to work offline and to resume
@@ -21,9 +22,20 @@ import { isLevelLocked } from '../../common/level-lock.js';
  *   (no token), never a second token enrollment.
  * - `clockFloor`: the newest trusted timestamp seen (ms); the device clock is never trusted below it.
  * - `lastRotation`: `{ at, result }` of the last rotation attempt that ended.
+ * - `schema`: the layout version (store-migrations.ts); absent on stores written before it existed.
  * - sublevels (`sublevel(name)`): the event outbox (`outbox`), the revocation cache (`revocation`).
  */
-export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT' | 'AGENT_STORE_LOCKED';
+export type AgentStoreErrorCode = 'AGENT_STORE_CLOSED' | 'AGENT_STATE_CORRUPT' | 'AGENT_STORE_LOCKED' | 'AGENT_STORE_TOO_NEW';
+
+/** What open() found and did to the store's layout. */
+export interface StoreOpened {
+  /** The schema version the store was at (0: written before versioning; undefined: a new store). */
+  readonly from: number | undefined;
+  /** The schema version it is at now. */
+  readonly schema: number;
+  /** The migrations applied, in order (their `what`). */
+  readonly migrated: readonly string[];
+}
 
 export class AgentStoreError extends CodedError<AgentStoreErrorCode> {}
 
@@ -134,8 +146,14 @@ export class AgentStore {
     return this.#path;
   }
 
-  async open(): Promise<void> {
-    if (this.#db) return;
+  /**
+   * Opens the store and brings its layout to this build's schema (store-migrations.ts), each migration
+   * one atomic batch. `migrate: false` reads the store as it is (a diagnostic that must not write).
+   * Throws AGENT_STORE_LOCKED when another process holds it, AGENT_STORE_TOO_NEW when a newer build
+   * wrote it.
+   */
+  async open(opts: { readonly migrate?: boolean } = {}): Promise<StoreOpened> {
+    if (this.#db) return { from: STORE_SCHEMA, schema: STORE_SCHEMA, migrated: [] };
     const db = new Level<string, unknown>(this.#path, { valueEncoding: 'json' });
     try {
       await db.open();
@@ -143,7 +161,19 @@ export class AgentStore {
       if (!isLevelLocked(e)) throw e;
       throw new AgentStoreError('AGENT_STORE_LOCKED', `the agent store ${this.#path} is in use by another process (is an agent already running with this data directory?)`, { cause: e });
     }
-    this.#db = db;
+    try {
+      const opened = await migrateStore(db, opts.migrate ?? true);
+      this.#db = db;
+      return opened;
+    } catch (e) {
+      await db.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /** The layout version of the open store. */
+  async schema(): Promise<number> {
+    return ((await this.#get<number>('schema')) ?? 0);
   }
 
   async close(): Promise<void> {
@@ -322,4 +352,34 @@ export class AgentStore {
   sublevel(name: string): ReturnType<Level<string, unknown>['sublevel']> {
     return this.#require().sublevel<string, unknown>(name, { valueEncoding: 'json' }) as unknown as ReturnType<Level<string, unknown>['sublevel']>;
   }
+}
+
+async function migrateStore(db: Level<string, unknown>, write: boolean): Promise<StoreOpened> {
+  const stored = await db.get('schema');
+  if (stored !== undefined && (typeof stored !== 'number' || !Number.isInteger(stored) || stored < 1)) {
+    throw new AgentStoreError('AGENT_STATE_CORRUPT', `the store's schema record is ${JSON.stringify(stored)}, not a version`);
+  }
+  if (typeof stored === 'number' && stored > STORE_SCHEMA) {
+    throw new AgentStoreError('AGENT_STORE_TOO_NEW', `the agent store is at schema ${stored}, written by a newer agent; this build knows schema ${STORE_SCHEMA} at most (reinstall the newer build: docs/install.md, "Upgrade and rollback")`);
+  }
+  let from: number | undefined = stored;
+  if (from === undefined) {
+    // No version: a store from before versioning (any record at all), or a new one.
+    for await (const _ of db.keys({ limit: 1 })) from = 0;
+  }
+  if (from === undefined) {
+    if (write) await db.put('schema', STORE_SCHEMA);
+    return { from, schema: write ? STORE_SCHEMA : 0, migrated: [] };
+  }
+  const migrated: string[] = [];
+  let schema: number = from;
+  if (!write) return { from, schema, migrated };
+  for (const m of STORE_MIGRATIONS) {
+    if (m.to <= schema) continue;
+    const ops = await m.plan(async (key) => db.get(key));
+    await db.batch([...ops, { type: 'put', key: 'schema', value: m.to }]);
+    schema = m.to;
+    migrated.push(m.what);
+  }
+  return { from, schema, migrated };
 }

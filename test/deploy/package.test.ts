@@ -1,5 +1,6 @@
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { X509Certificate } from 'node:crypto';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
@@ -7,7 +8,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { systemClock } from '../../common/clock.js';
 import { EmbeddedFleet } from '../../broker-bridge/src/embedded-fleet.js';
 import { readEk, registerDevice } from '../../sim/src/sim/register-device.js';
+import { Level } from 'level';
 import { startTpm, type TestTpm } from '../harness/index.js';
+import { spawnUntil } from '../harness/spawn-until.js';
+import { buildPreviousPackage, PREVIOUS_BUILD_COMMIT } from './previous-build.js';
+import { STORE_SCHEMA } from '../../agent/src/store-migrations.js';
 import { CHROOT_ENV, openDebianRoot, type DebianRoot } from './debian-root.js';
 
 /** What the package depends on, preinstalled so the test needs no apt inside the root. */
@@ -30,30 +35,18 @@ async function fleetWithTpm(dir: string, trustDomain: string): Promise<{ fleet: 
 }
 
 /** Starts an agent process and resolves once it logged `online`; `stop()` sends SIGTERM and resolves its exit code. */
-async function agentOnline(command: string, args: readonly string[], env?: NodeJS.ProcessEnv): Promise<{ child: ChildProcess; stop(): Promise<number | null> }> {
-  const child = spawn(command, args, { stdio: ['ignore', 'pipe', 'pipe'], ...(env ? { env } : {}) });
-  let out = '';
-  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
-  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  try {
-    await new Promise<void>((ok, fail) => {
-      const timer = setTimeout(() => fail(new Error(`not online within 30 s:\n${out}`)), 30_000);
-      const poll = setInterval(() => {
-        if (!out.includes('"msg":"online"')) return;
-        clearInterval(poll);
-        clearTimeout(timer);
-        ok();
-      }, 50);
-      void exited.then((code) => fail(new Error(`agent exited (${code}) before going online:\n${out}`)));
-    });
-  } catch (e) {
-    child.kill('SIGKILL');
-    throw e;
-  }
-  return { child, stop: async () => (child.kill('SIGTERM'), await exited) };
+function agentOnline(command: string, args: readonly string[], env?: NodeJS.ProcessEnv): ReturnType<typeof spawnUntil> {
+  return spawnUntil(command, args, (out) => out.includes('"msg":"online"'), 30_000, env);
 }
 
+/** Every record of a (closed) agent store, read with `level` itself. */
+async function storeRecords(path: string): Promise<Record<string, unknown>> {
+  const db = new Level<string, unknown>(path, { valueEncoding: 'json' });
+  const out: Record<string, unknown> = {};
+  for await (const [k, v] of db.iterator()) out[k] = v;
+  await db.close();
+  return out;
+}
 
 describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   let built: { package: string; packageBytes: number; installedKiB: number; node: string; systemdExposure: number };
@@ -99,6 +92,19 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
     expect((await run(join(extracted, 'usr/bin/agent'), ['--version'])).stdout).toMatch(/\d+\.\d+\.\d+/);
   });
 
+  it('is built for a small footprint: an ASCII bundle without comments or MQTT.js transports the agent never uses, run with the footprint settings', async () => {
+    const lib = join(extracted, 'usr/lib/tpm-fleet-agent');
+    const bundle = readFileSync(join(lib, 'agent.mjs'));
+    // One byte per character in V8's heap: no byte outside ASCII.
+    expect(bundle.findIndex((b) => b > 0x7f)).toBe(-1);
+    const text = bundle.toString('latin1');
+    expect(text).not.toMatch(/class WebSocket\b|SocksClient/);
+    expect(text).toContain('AGENT_TRANSPORT_UNSUPPORTED');
+    const wrapper = readFileSync(join(extracted, 'usr/bin/agent'), 'utf8');
+    expect(wrapper).toMatch(/^exec "\$lib\/node" --max-semi-space-size=1 --lite-mode "\$lib\/agent\.mjs" "\$@"$/m);
+    expect(wrapper).toMatch(/^MALLOC_ARENA_MAX=\$\{MALLOC_ARENA_MAX:-2\}$/m);
+  });
+
   it('its unit passes systemd-analyze verify and rates an exposure of at most 2.5', async () => {
     expect(built.systemdExposure).toBeLessThanOrEqual(2.5);
     // The unit as packaged, with what the sandbox must not lose.
@@ -132,8 +138,15 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   describe('installed with dpkg in a clean Debian root (chroot), against a real fleet', () => {
     let f: Awaited<ReturnType<typeof fleetWithTpm>>;
     let debian: DebianRoot;
+    let previous: string;
     beforeAll(async () => {
-      [f, debian] = await Promise.all([fleetWithTpm(join(dir, 'fleet2'), 'install.fleet'), openDebianRoot(join(dir, 'debian'), DEBIAN_ROOT_PACKAGES)]);
+      const version = await field('Version');
+      [f, debian, previous] = await Promise.all([
+        fleetWithTpm(join(dir, 'fleet2'), 'install.fleet'),
+        openDebianRoot(join(dir, 'debian'), DEBIAN_ROOT_PACKAGES),
+        // The build before the store had a schema, under a lower Debian version ("~" sorts first).
+        buildPreviousPackage(ROOT, PREVIOUS_BUILD_COMMIT, join(dir, 'previous'), `${version}~schema0`),
+      ]);
     }, 600_000);
     afterAll(async () => {
       await f?.stop();
@@ -150,10 +163,10 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
         CHROOT_ENV,
       );
 
-    it('installs (user in group tss, store 0700), enrolls as the packaged user; an upgrade keeps the identity; remove keeps the state, purge destroys it and says so', async () => {
-      await run('cp', [deb, inRoot('tmp/agent.deb')]);
-      await dpkg('-i', '/tmp/agent.deb');
-      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Status: install ok installed$/m);
+    it('installs the previous build (user in group tss, store 0700) and enrolls as the packaged user; the upgrade to this build migrates the store and keeps the identity; remove keeps the state, purge destroys it and says so', async () => {
+      await run('cp', [previous, inRoot('tmp/previous.deb')]);
+      await dpkg('-i', '/tmp/previous.deb');
+      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Version: .*~schema0$/m);
       expect((await debian.chroot(['id', '-nG', 'tpm-fleet-agent'])).stdout.trim().split(' ')).toEqual(expect.arrayContaining(['tpm-fleet-agent', 'tss']));
       expect((await debian.chroot(['stat', '-c', '%U %a', '/var/lib/tpm-fleet-agent'])).stdout.trim()).toBe('tpm-fleet-agent 700');
 
@@ -165,22 +178,35 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
       const enrolled = f.fleet.inventory.getDevice('inst-1');
       expect(enrolled?.certSerial).toBeDefined();
       expect(await first.stop()).toBe(0);
+      // The previous build's layout: no schema record (version 0). Its slots already record notBefore
+      // (older builds' did not: store-migrations.test.ts covers that part of migration 1).
+      const store = inRoot('var/lib/tpm-fleet-agent/state');
+      const old = await storeRecords(store);
+      expect(old['schema']).toBeUndefined();
+      const active = old[`slot:${String(old['active'])}`] as { certificate: string; notBefore?: number };
 
-      // Upgrade: the same package under a newer version (as a new build would be).
-      const next = join(dir, 'next');
-      await run('dpkg-deb', ['-R', deb, next]);
-      await run('sed', ['-i', 's/^Version: .*/&+upgrade1/', join(next, 'DEBIAN/control')]);
-      await run('dpkg-deb', ['--root-owner-group', '--build', next, join(dir, 'next.deb')]);
-      await run('cp', [join(dir, 'next.deb'), inRoot('tmp/next.deb')]);
-      await dpkg('-i', '/tmp/next.deb');
-      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(/^Version: .*\+upgrade1$/m);
+      // Upgrade to this checkout's build.
+      await run('cp', [deb, inRoot('tmp/agent.deb')]);
+      await dpkg('-i', '/tmp/agent.deb');
+      expect((await dpkg('-s', 'tpm-fleet-agent')).stdout).toMatch(new RegExp(`^Version: ${(await field('Version')).replace(/[.+]/g, '\\$&')}$`, 'm'));
       const again = await runAgent();
       // The same identity: no new enrollment, no new certificate.
       const after = f.fleet.inventory.getDevice('inst-1');
       expect(after?.certSerial).toBe(enrolled!.certSerial);
       expect(after?.enrolledAt).toBe(enrolled!.enrolledAt);
       expect(f.fleet.inventory.listCertificates('inst-1')).toHaveLength(1);
+      const migratedLine = again.output().split('\n').find((l) => l.includes('"msg":"store migrated"'));
+      expect(migratedLine && JSON.parse(migratedLine)).toMatchObject({ from: 0, to: STORE_SCHEMA });
       expect(await again.stop()).toBe(0);
+      // Migrated by the versioned migration: the schema recorded; the AK and the identity as they were.
+      const migrated = await storeRecords(store);
+      expect(migrated['schema']).toBe(STORE_SCHEMA);
+      const slot = migrated[`slot:${String(migrated['active'])}`] as { certificate: string; notBefore?: number };
+      expect(slot).toEqual(active);
+      for (const key of ['ak', 'active', 'slot:A', 'slot:B', 'enrolled']) expect(migrated[key], key).toEqual(old[key]);
+      expect(slot.notBefore).toBe(Date.parse(new X509Certificate(slot.certificate).validFrom));
+      // The store still belongs to the service's user, 0700.
+      expect((await debian.chroot(['stat', '-c', '%U %a', '/var/lib/tpm-fleet-agent'])).stdout.trim()).toBe('tpm-fleet-agent 700');
 
       await dpkg('-r', 'tpm-fleet-agent');
       expect(existsSync(inRoot('usr/bin/agent'))).toBe(false);
@@ -190,6 +216,6 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
       expect(existsSync(inRoot('var/lib/tpm-fleet-agent'))).toBe(false);
       expect(existsSync(inRoot('etc/tpm-fleet/agent.json'))).toBe(false);
       expect(existsSync(inRoot('etc/tpm-fleet/bootstrap.json'))).toBe(true);
-    }, 180_000);
+    }, 240_000);
   });
 });

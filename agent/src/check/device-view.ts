@@ -48,7 +48,8 @@ export async function loadDeviceView(o: { readonly dataDir: string; readonly boo
   if (existsSync(join(storePath, 'CURRENT'))) {
     const store = new AgentStore(storePath);
     try {
-      await store.open();
+      // A check only reads: a store from an older build is migrated by the agent, not here.
+      await store.open({ migrate: false });
     } catch (e) {
       if (!(isCodedError(e) && e.code === 'AGENT_STORE_LOCKED')) throw e;
       return fromSnapshot(o, true);

@@ -1,0 +1,36 @@
+import { execFile } from 'node:child_process';
+import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+const run = promisify(execFile);
+
+/**
+ * The last commit whose agent wrote its store without a schema record (version 0): the upgrade test
+ * installs the package built from it, then upgrades to this checkout's package, which must migrate
+ * that store (agent/src/store-migrations.ts) and keep the device's identity.
+ */
+export const PREVIOUS_BUILD_COMMIT = 'ef162ba';
+
+/**
+ * Builds the agent package of `commit` as its own scripts did: its sources from git (`git archive`), this
+ * checkout's node_modules and native addon (the addon's N-API interface is unchanged, and the old
+ * agent calls only what it had), its build.mjs and scripts/package.sh, under Debian version `version`.
+ * Returns the path of the .deb. Fails with a clear message where there is no git history (a tarball).
+ */
+export async function buildPreviousPackage(root: string, commit: string, into: string, version: string): Promise<string> {
+  try {
+    await run('git', ['-C', root, 'cat-file', '-e', `${commit}^{commit}`]);
+  } catch (e) {
+    throw new Error(`the upgrade test needs commit ${commit} in the repository's history (a git clone, not a source tarball): ${(e as Error).message}`);
+  }
+  mkdirSync(into, { recursive: true });
+  await run('sh', ['-c', `git -C "$1" archive --format=tar "$2" | tar -x -C "$3"`, 'sh', root, commit, into]);
+  symlinkSync(join(root, 'node_modules'), join(into, 'node_modules'));
+  mkdirSync(join(into, 'native/build/Release'), { recursive: true });
+  copyFileSync(join(root, 'native/build/Release/tpm_native.node'), join(into, 'native/build/Release/tpm_native.node'));
+  await run('node', ['build.mjs'], { cwd: into, timeout: 120_000 });
+  const { stdout } = await run('bash', ['scripts/package.sh'], { cwd: into, timeout: 300_000, maxBuffer: 16 << 20, env: { ...process.env, TPM_FLEET_DEB_VERSION: version } });
+  const built = JSON.parse(stdout.trim().split('\n').pop()!) as { package: string };
+  return join(into, built.package);
+}
