@@ -4,6 +4,7 @@
 #   2. npm dependencies with `npm ci` (when package-lock.json changed or node_modules is missing),
 #   3. the native TPM addon (node-gyp rebuild when native/ sources changed),
 #   4. the esbuild bundles in dist/.
+# With --test also Node 24 LTS from the npm registry (scripts/lib/node-runtime.sh), for scripts/test.sh.
 # Usage: scripts/setup.sh [--test]
 #   no option: what the programs and the demo use;
 #   --test:    also what the tests and benchmarks use (`npm test`, `npm run bench:*`, `npm run fuzz`).
@@ -14,6 +15,7 @@ root=$(pwd)
 stamps="$root/.setup-stamps"
 log() { printf '[setup] %s\n' "$*" >&2; }
 source "$root/scripts/lib/apt.sh"
+source "$root/scripts/lib/node-runtime.sh"
 
 profile=run
 case "${1:-}" in
@@ -41,6 +43,14 @@ if [[ $profile == test ]]; then
   apt_packages+=(mosquitto-clients softhsm2 tpm2-tools openssl procps tmux docker.io debootstrap iproute2 chromium-headless-shell fonts-dejavu-core tpm2-abrmd libtss2-tcti-tabrmd0 dbus-daemon dbus-bin python3-cryptography systemd)
 fi
 ensure_apt_packages "${apt_packages[@]}"
+
+# --- 1b. Node 24 LTS ------------------------------------------------------------------------------
+# The runtime the device package carries; the tests run on it as well as on the machine's Node
+# (scripts/test.sh). From the npm registry's node-linux-<arch> package, under .tools/ (untracked).
+if [[ $profile == test ]]; then
+  node24=$(ensure_node_runtime 24)
+  log "Node 24: $node24 ($("$node24" --version))"
+fi
 
 # --- 2. npm dependencies ------------------------------------------------------------------------
 # `npm ci` installs exactly the lockfile and never writes it. package-lock.json records every

@@ -256,7 +256,13 @@ export class MqttTransport implements Transport {
     const previous = this.#client;
     this.#client = undefined;
     previous?.end(true);
-    const client = mqttConnect(this.#opts.url, this.#clientOptions());
+    let address: BrokerAddress;
+    try {
+      address = brokerAddress(this.#opts.url);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    const client = mqttConnect({ ...address, ...this.#clientOptions() });
     this.#client = client;
     // Request/response traffic is small packets both ways: with Nagle on, each exchange can wait for
     // a delayed ACK (~40 ms). mqtt.js leaves it on.
@@ -520,6 +526,37 @@ function closedError(cause?: unknown): TransportError {
 const TLS_CODE = /^(ERR_SSL_|ERR_TLS_)|CERT|SIGNATURE|ISSUER|HOSTNAME_MISMATCH/;
 
 /** Maps what MQTT.js / net / tls report while connecting onto the transport's codes. */
+/** What MQTT.js needs of a broker URL, read with the WHATWG URL parser. */
+export interface BrokerAddress {
+  readonly protocol: IClientOptions['protocol'];
+  readonly hostname: string;
+  readonly port?: number;
+  readonly auth?: string;
+}
+
+/**
+ * The broker URL as connect options. MQTT.js would parse a URL string with Node's legacy url.parse(),
+ * which Node 24 flags on every call (DEP0169, a warning on stderr); handing it the parts avoids that.
+ * IPv6 literals lose their brackets, as net.connect wants them. Throws TRANSPORT_INVALID_ARGUMENT for a
+ * string that is not a URL.
+ */
+export function brokerAddress(url: string): BrokerAddress {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch (e) {
+    throw new TransportError('TRANSPORT_INVALID_ARGUMENT', `${JSON.stringify(url)} is not a broker URL`, { cause: e });
+  }
+  const hostname = u.hostname.startsWith('[') && u.hostname.endsWith(']') ? u.hostname.slice(1, -1) : u.hostname;
+  const auth = u.username ? `${decodeURIComponent(u.username)}${u.password ? `:${decodeURIComponent(u.password)}` : ''}` : undefined;
+  return {
+    protocol: u.protocol.replace(/:$/, '') as IClientOptions['protocol'],
+    hostname,
+    ...(u.port ? { port: Number(u.port) } : {}),
+    ...(auth !== undefined ? { auth } : {}),
+  };
+}
+
 export function classifyConnectError(e: unknown, url: string): TransportError {
   const err = e instanceof Error ? e : new Error(String(e));
   const code = (err as { code?: unknown }).code;

@@ -119,7 +119,8 @@ function descendantsCpuMs(): Record<string, number> {
   for (const pid of mine) {
     if (pid === process.pid) continue;
     const { comm, cpuMs } = all.get(pid)!;
-    const kind = comm === 'node' || comm === 'swtpm' || comm === 'mosquitto' ? comm : 'other';
+    // Node 24 names its main thread, and so the process's comm, "MainThread".
+    const kind = comm === 'node' || comm === 'MainThread' ? 'node' : comm === 'swtpm' || comm === 'mosquitto' ? comm : 'other';
     out[kind] = (out[kind] ?? 0) + cpuMs;
   }
   return out;

@@ -10,6 +10,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+/** What /proc/PID/comm says for a Node process: Node 24 names its main thread "MainThread". */
+const NODE_COMMS: readonly string[] = ['node', 'MainThread'];
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface Proc {
@@ -128,7 +130,8 @@ export class DemoPane {
   }
 
   demoPid(): number {
-    const node = [...this.seen.values()].find((p) => p.comm === 'node' && alive(p));
+    // Node 24 names its main thread, and so the process's comm, "MainThread"; earlier Node keeps "node".
+    const node = [...this.seen.values()].find((p) => NODE_COMMS.includes(p.comm) && alive(p));
     if (!node) throw new Error('the demo process is not running');
     return node.pid;
   }
