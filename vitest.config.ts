@@ -1,14 +1,18 @@
 import { defineConfig } from 'vitest/config';
 
+const forks = Number(process.env['TEST_FORKS'] ?? 2);
+if (!Number.isInteger(forks) || forks < 1) throw new Error(`TEST_FORKS=${process.env['TEST_FORKS']}: expected a positive integer`);
+
 export default defineConfig({
   test: {
     include: ['**/*.test.ts'],
     exclude: ['node_modules/**', 'dist/**', 'native/build/**'],
-    // Real swtpm/mosquitto/SoftHSM2 processes: generous per-test budget, bounded pool (2 cores).
+    // Real swtpm/mosquitto/SoftHSM2 processes: generous per-test budget, bounded pool. TEST_FORKS test
+    // files run at once (default 2: the CI machine has 2 cores).
     testTimeout: 60_000,
     hookTimeout: 180_000,
     pool: 'forks',
-    poolOptions: { forks: { maxForks: 2, minForks: 1 } },
+    poolOptions: { forks: { maxForks: forks, minForks: 1 } },
     globalSetup: ['test/harness/global-setup.ts'],
     setupFiles: ['test/harness/teardown.ts'],
   },
