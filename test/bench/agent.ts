@@ -23,6 +23,7 @@
  * Ends with one JSON line. Latencies on swtpm are context, not targets.
  */
 import mqtt from 'mqtt';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -33,7 +34,8 @@ import { DEFAULT_AGENT_CONFIG } from '../../agent/src/agent-config.js';
 import { stopAll } from '../harness/index.js';
 import { eventually, startFleetFixture } from '../agent/fleet-fixture.js';
 import { percentile, round } from './stats.js';
-import { buildPackage, idleFootprint, type BuiltPackage, type IdleFootprint } from './footprint.js';
+import { idleFootprint, type IdleFootprint } from './footprint.js';
+import { runPackageScript, type BuiltPackage } from '../deploy/package-build.js';
 
 const ROTATIONS = Number(process.env['BENCH_ROTATIONS'] ?? 30);
 const RESTARTS = Number(process.env['BENCH_RESTARTS'] ?? 5);
@@ -130,7 +132,8 @@ async function main(): Promise<void> {
     let built: BuiltPackage;
     let footprint: IdleFootprint;
     try {
-      built = buildPackage(resolve(import.meta.dirname, '..'), unpacked);
+      built = await runPackageScript(resolve(import.meta.dirname, '..'));
+      execFileSync('dpkg-deb', ['-x', built.deb, unpacked]);
       footprint = await idleFootprint(fx, unpacked, IDLE_MS);
     } finally {
       rmSync(unpacked, { recursive: true, force: true });

@@ -1,4 +1,3 @@
-import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { FleetFixture } from '../agent/fleet-fixture.js';
@@ -22,23 +21,6 @@ export function processMemory(pid: number): ProcessMemory {
   };
   const threads = /^Threads:\s+(\d+)$/m.exec(status);
   return { rssMiB: kib('VmRSS') / 1024, peakRssMiB: kib('VmHWM') / 1024, threads: Number(threads?.[1] ?? Number.NaN) };
-}
-
-/** The package as `npm run package` builds it (scripts/package.sh's JSON line). */
-export interface BuiltPackage {
-  readonly package: string;
-  readonly packageBytes: number;
-  readonly installedKiB: number;
-  readonly node: string;
-  readonly systemdExposure: number;
-}
-
-/** Builds the agent package with scripts/package.sh from `root` and extracts it into `into`. */
-export function buildPackage(root: string, into: string): BuiltPackage {
-  const out = execFileSync('bash', ['scripts/package.sh'], { cwd: root, encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 16 << 20 });
-  const built = JSON.parse(out.trim().split('\n').pop()!) as BuiltPackage;
-  execFileSync('dpkg-deb', ['-x', join(root, built.package), into]);
-  return built;
 }
 
 /**

@@ -12,6 +12,7 @@ import { Level } from 'level';
 import { startTpm, type TestTpm } from '../harness/index.js';
 import { spawnUntil } from '../harness/spawn-until.js';
 import { buildPreviousPackage, PREVIOUS_BUILD_COMMIT } from './previous-build.js';
+import { runPackageScript, type BuiltPackage } from './package-build.js';
 import { STORE_SCHEMA } from '../../agent/src/store-migrations.js';
 import { CHROOT_ENV, openDebianRoot, type DebianRoot } from './debian-root.js';
 
@@ -49,7 +50,7 @@ async function storeRecords(path: string): Promise<Record<string, unknown>> {
 }
 
 describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
-  let built: { package: string; packageBytes: number; installedKiB: number; node: string; systemdExposure: number };
+  let built: BuiltPackage;
   let deb: string;
   let dir: string;
   let extracted: string;
@@ -57,9 +58,8 @@ describe('the tpm-fleet-agent Debian package (scripts/package.sh)', () => {
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'agent-package-'));
     // xz at level 1: the release's format in seconds instead of the ~45 s level 6 takes.
-    const { stdout } = await run('bash', ['scripts/package.sh'], { cwd: ROOT, timeout: 300_000, maxBuffer: 16 << 20, env: { ...process.env, TPM_FLEET_DEB_COMPRESSION: 'xz 1' } });
-    built = JSON.parse(stdout.trim().split('\n').pop()!) as typeof built;
-    deb = join(ROOT, built.package);
+    built = await runPackageScript(ROOT, { TPM_FLEET_DEB_COMPRESSION: 'xz 1' });
+    deb = built.deb;
     extracted = join(dir, 'root');
     await run('dpkg-deb', ['-x', deb, extracted]);
   }, 330_000);

@@ -2,6 +2,7 @@ import { execFile } from 'node:child_process';
 import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { runPackageScript } from './package-build.js';
 
 const run = promisify(execFile);
 
@@ -34,7 +35,5 @@ export async function buildPreviousPackage(root: string, commit: string, into: s
   // same kind of package in a few seconds.
   await run('sed', ['-i', 's/dpkg-deb --root-owner-group -Zxz --build/dpkg-deb --root-owner-group -Zxz -z1 --build/', join(into, 'scripts/package.sh')]);
   await run('node', ['build.mjs'], { cwd: into, timeout: 120_000 });
-  const { stdout } = await run('bash', ['scripts/package.sh'], { cwd: into, timeout: 300_000, maxBuffer: 16 << 20, env: { ...process.env, TPM_FLEET_DEB_VERSION: version } });
-  const built = JSON.parse(stdout.trim().split('\n').pop()!) as { package: string };
-  return join(into, built.package);
+  return (await runPackageScript(into, { TPM_FLEET_DEB_VERSION: version })).deb;
 }
