@@ -1,4 +1,5 @@
 import { defineConfig } from 'vitest/config';
+import { LongFirstSequencer } from './test/harness/sequencer.js';
 
 const forks = Number(process.env['TEST_FORKS'] ?? 2);
 if (!Number.isInteger(forks) || forks < 1) throw new Error(`TEST_FORKS=${process.env['TEST_FORKS']}: expected a positive integer`);
@@ -13,6 +14,8 @@ export default defineConfig({
     hookTimeout: 180_000,
     pool: 'forks',
     poolOptions: { forks: { maxForks: forks, minForks: 1 } },
+    // The longest files first, so the forks end together (test/harness/sequencer.ts).
+    sequence: { sequencer: LongFirstSequencer },
     globalSetup: ['test/harness/global-setup.ts'],
     setupFiles: ['test/harness/teardown.ts'],
   },

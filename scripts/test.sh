@@ -5,16 +5,19 @@
 #   TEST_FORKS=N                test files at once (vitest.config.ts; default 2, the CI machine's cores:
 #                               at 3 the runs are ~10% faster but timing-sensitive tests fail under the
 #                               load, seen in a CI run);
-#   TEST_BACKEND=process|container|auto   how swtpm and mosquitto run (docs/testing.md).
+#   TEST_BACKEND=process|container|auto   how swtpm and mosquitto run (default process here: local
+#                               processes on loopback ports. The container backend ran the suite about
+#                               100 s slower per runtime on the 2-core machine; docs/testing.md).
 # test/deploy/package.test.ts runs in the Node 24 run only: what it tests (the package, its agent on the
 # package's own Node 24, dpkg in a Debian root) is the same whatever Node runs vitest.
 # Extra arguments go to vitest (e.g. a file filter). Exits non-zero when any runtime's run failed, after
-# running all of them. Measured on the 2-core machine: about 9 min per runtime; the two runs at once
-# were slower (19 min) and timing-sensitive tests failed under the load.
+# running all of them. Measured on the 2-core machine: about 8 min per runtime; the two runs at once
+# were slower and timing-sensitive tests failed under the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[test] %s\n' "$*" >&2; }
 source scripts/lib/node-runtime.sh
+export TEST_BACKEND=${TEST_BACKEND:-process}
 npx --no-install tsc --noEmit -p tsconfig.json
 
 runtimes=()
