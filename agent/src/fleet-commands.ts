@@ -86,6 +86,8 @@ export class FleetCommands {
   }
 
   async #onMessage(payload: Buffer): Promise<void> {
+    // An empty message clears the retained command (the fleet withdrew it, e.g. an aborted campaign).
+    if (payload.length === 0) return;
     let msg;
     try {
       msg = decode('command', payload);

@@ -21,6 +21,7 @@ import { EnrollmentService, type EnrollmentLogger } from './enrollment/enrollmen
 import { DefaultEnrollmentPolicy, type EnrollmentPolicy } from './enrollment/policy.js';
 import { DEFAULT_RATE_LIMITS, RateLimiter, type RateLimit } from './enrollment/rate-limiter.js';
 import { LevelInventory } from './inventory/level-inventory.js';
+import { CampaignService } from './campaign/campaign-service.js';
 import { FleetMetrics } from './metrics/fleet-metrics.js';
 import { MetricsServer } from './metrics/metrics-server.js';
 import { RotationService } from './rotation/rotation-service.js';
@@ -62,6 +63,13 @@ export interface EmbeddedFleetOptions {
   readonly bridgeClientId?: string;
   /** How often the bridge's transport retries a lost broker connection. Default 250 ms. */
   readonly bridgeReconnectMs?: number;
+  /**
+   * The clock device certificates are dated by, when it is not `clock` (a CA with a wrong clock, for
+   * tests of what devices do with certificates their broker refuses). Default `clock`.
+   */
+  readonly issuerClock?: Clock;
+  /** How often the bridge looks at running campaigns (gate windows). Default 1000 ms. */
+  readonly campaignTickMs?: number;
   readonly logger?: EnrollmentLogger;
   /**
    * Read-only observers of every fleet topic (`role:auditor:<id>`); `auditorCertificate(id)` issues
@@ -118,6 +126,7 @@ export class EmbeddedFleet {
   readonly #bridgeTls: { certPem: string; keyPem: string };
   #bridge: Bridge | undefined;
   #transport: MqttTransport | undefined;
+  #campaigns: CampaignService | undefined;
   #issuer: CertificateIssuer;
   /** The fleet's metrics (with the `metrics` option); they live as long as the fleet, across bridge restarts. */
   readonly metrics: FleetMetrics | undefined;
@@ -142,7 +151,7 @@ export class EmbeddedFleet {
     this.trustBundle = [ca.rootCertificatePem];
     this.trustBundleSigner = new TrustBundleSigner({ backend: ca.backend, signerChain: [ca.issuingCertificatePem], stateFile: join(o.dir, 'ca', 'trust-bundle-state.json'), clock: o.clock });
     this.#bridgeTls = bridgeTls;
-    this.#issuer = new CertificateIssuer({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock, trustDomain: o.trustDomain });
+    this.#issuer = new CertificateIssuer({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.issuerClock ?? o.clock, trustDomain: o.trustDomain });
   }
 
   static async start(o: EmbeddedFleetOptions): Promise<EmbeddedFleet> {
@@ -167,7 +176,9 @@ export class EmbeddedFleet {
     let broker: EmbeddedBroker | undefined;
     let fleet: EmbeddedFleet | undefined;
     let revocation: RevocationService | undefined;
-    const metrics = o.metrics ? new FleetMetrics({ inventory, clock: o.clock, crl: { get current() { return revocation?.current; } } }) : undefined;
+    const metrics = o.metrics
+      ? new FleetMetrics({ inventory, clock: o.clock, crl: { get current() { return revocation?.current; } }, campaigns: { list: () => (fleet ? fleet.campaigns()?.list() ?? [] : []) } })
+      : undefined;
     revocation = new RevocationService({
       inventory,
       crlSigner: new CrlSigner({ backend: ca.backend, issuingCertificate: ca.issuingCertificatePem, clock: o.clock }),
@@ -241,7 +252,8 @@ export class EmbeddedFleet {
     };
     const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ekTrust: o.ekTrust, ...metrics, ...(o.challengeTtlMs === undefined ? {} : { challengeTtlMs: o.challengeTtlMs }) });
     const rotation = new RotationService({ ...common, limiter: limiter(), ...metrics, ...(o.rotationTtlMs === undefined ? {} : { rotationTtlMs: o.rotationTtlMs }) });
-    const ingest = new IngestService({ inventory: this.inventory, clock: o.clock, topics: this.topics, ...logger });
+    const campaigns = new CampaignService({ store: this.inventory, clock: o.clock, topics: this.topics, publish: (t, p, opts) => this.#publish(t, p, opts), ...logger, ...(o.campaignTickMs === undefined ? {} : { tickMs: o.campaignTickMs }) });
+    const ingest = new IngestService({ inventory: this.inventory, clock: o.clock, topics: this.topics, ...logger, onEvent: (id, e) => campaigns.onDeviceEvent(id, e) });
     const transport = new MqttTransport({
       url: this.broker.deviceUrl,
       clientId: o.bridgeClientId ?? DEFAULT_BRIDGE_CLIENT_ID,
@@ -268,7 +280,7 @@ export class EmbeddedFleet {
           ...logger,
           ...(o.factoryTrustedEkStations ? { factoryTrustedEkStations: o.factoryTrustedEkStations } : {}),
         }),
-        new OperatorHandler({ topics: this.topics, inventory: this.inventory, clock: o.clock, publish: (t, p, opts) => this.#publish(t, p, opts), ...logger }),
+        new OperatorHandler({ topics: this.topics, inventory: this.inventory, clock: o.clock, publish: (t, p, opts) => this.#publish(t, p, opts), campaigns, ...logger }),
         ...(o.extraHandlers?.({
           inventory: this.inventory,
           topics: this.topics,
@@ -292,6 +304,8 @@ export class EmbeddedFleet {
       throw e;
     }
     this.#transport = transport;
+    this.#campaigns = campaigns;
+    await campaigns.start();
     // The devices' CRL messages: what the broker lacks (a new bridge, or a broker that lost its retained
     // messages while the bridge was away) is sent again; never holds up the start. Likewise after every
     // reconnect (a broker restart or crash may have lost the newest retained messages).
@@ -349,8 +363,16 @@ export class EmbeddedFleet {
     return c;
   }
 
+  /** The running bridge's campaign service (undefined while the bridge is stopped). */
+  campaigns(): CampaignService | undefined {
+    return this.#campaigns;
+  }
+
   async stopBridge(): Promise<void> {
     const b = this.#bridge;
+    const campaigns = this.#campaigns;
+    this.#campaigns = undefined;
+    await campaigns?.stop();
     this.#bridge = undefined;
     this.#transport = undefined;
     await b?.stop();

@@ -57,6 +57,7 @@ import { IngestService } from './telemetry/ingest-service.js';
 import { TimeService } from './telemetry/time-service.js';
 import { StationRegistrationHandler } from './registration/station-handler.js';
 import { OperatorHandler } from './operator/operator-handler.js';
+import { CampaignService } from './campaign/campaign-service.js';
 import { FleetMetrics } from './metrics/fleet-metrics.js';
 import { MetricsServer } from './metrics/metrics-server.js';
 import { metricsConfigSchema, metricsListen } from './metrics/metrics-config.js';
@@ -483,8 +484,9 @@ async function main(): Promise<void> {
       const topics = new Topics(cfg.baseTopic ?? 'fleet/v1');
       const listen = metricsListen(cfg.metrics);
       let revocationRef: RevocationService | undefined;
+      let campaignsRef: CampaignService | undefined;
       const metrics = listen
-        ? new FleetMetrics({ inventory, clock: systemClock, processMetrics: true, crl: { get current() { return revocationRef?.current; } } })
+        ? new FleetMetrics({ inventory, clock: systemClock, processMetrics: true, crl: { get current() { return revocationRef?.current; } }, campaigns: { list: () => campaignsRef?.list() ?? [] } })
         : undefined;
       const m = metrics ? { metrics } : {};
       const common = {
@@ -503,7 +505,10 @@ async function main(): Promise<void> {
       const limiter = () => new RateLimiter({ ...rate, clock: systemClock });
       const enrollment = new EnrollmentService({ ...common, limiter: limiter(), ...(cfg.challengeTtlSec ? { challengeTtlMs: cfg.challengeTtlSec * 1000 } : {}), ekTrust });
       const rotation = new RotationService({ ...common, limiter: limiter(), ...(cfg.rotationTtlSec ? { rotationTtlMs: cfg.rotationTtlSec * 1000 } : {}) });
-      const ingest = new IngestService({ inventory, clock: systemClock, topics, logger });
+      const publish = (topic: string, p: Buffer, opts: { qos: 0 | 1; retain: boolean }) => transport.publish(topic, p, opts);
+      const campaigns = new CampaignService({ store: inventory, clock: systemClock, topics, publish, logger });
+      campaignsRef = campaigns;
+      const ingest = new IngestService({ inventory, clock: systemClock, topics, logger, onEvent: (id, e) => campaigns.onDeviceEvent(id, e) });
       const transport = new MqttTransport({
         url: cfg.brokerUrl,
         clientId: cfg.clientId ?? DEFAULT_BRIDGE_CLIENT_ID,
@@ -528,7 +533,7 @@ async function main(): Promise<void> {
         topics,
         handlers: [enrollment, rotation, ingest, new OperatorRevokeHandler({ topics, revocation, logger }), new TimeService({ topics, clock: systemClock }),
           new StationRegistrationHandler({ topics, inventory, ekTrust, clock: systemClock, logger, ...(cfg.factoryTrustedEkStations ? { factoryTrustedEkStations: cfg.factoryTrustedEkStations } : {}) }),
-          new OperatorHandler({ topics, inventory, clock: systemClock, publish: (topic, p, opts) => transport.publish(topic, p, opts), logger }),
+          new OperatorHandler({ topics, inventory, clock: systemClock, publish, campaigns, logger }),
         ],
         trustBundle: () => trustBundleSigner.message([root]),
         logger,
@@ -540,6 +545,7 @@ async function main(): Promise<void> {
       const stop = async () => {
         stopping = true;
         await metricsServer?.stop();
+        await campaigns.stop();
         await revocation.stop();
         await bridge.stop();
         await inventory.close();
@@ -562,6 +568,8 @@ async function main(): Promise<void> {
         if (up) void revocation.republish().catch(() => undefined);
       });
       revocation.startTimer((cfg.revocationCheckSec ?? 60) * 1000);
+      // Running campaigns go on where they stood (their current wave's unanswered commands are sent again).
+      await campaigns.start();
       if (metrics && listen) {
         metricsServer = new MetricsServer({ source: metrics, ...listen, onError: (err) => logger.error({ err }, 'metrics scrape failed') });
         try {

@@ -1,7 +1,8 @@
 import { DEVICE_COMMANDS, DEVICE_STATES, MAX_MESSAGE_BYTES, deviceStatusBody, type DeviceStatus } from './messages.js';
-import { array, bool, int, literal, object, oneOf, optional, parseMessage, SchemaError, str, type Infer, type Schema } from './schema.js';
+import { array, bool, int, literal, object, oneOf, optional, parseMessage, record, SchemaError, str, type Infer, type Schema } from './schema.js';
 import { DEVICE_ID_PATTERN, type Topics } from './topics.js';
 import { ROLE_MEMBER_ID_PATTERN, commandTopicFamily } from './command-topics.js';
+import { campaignCreateFields, campaignIdFields, campaignListFields, campaignReplyFields } from './operator-campaigns.js';
 
 /**
  * Operator commands: request/reply over MQTT on the mutual-TLS listener, version 1.
@@ -32,9 +33,26 @@ export function isOperatorId(id: string): boolean {
 
 /**
  * Commands an operator can send (the topic's last segment). Queries (`devices`, `device`,
- * `certificates`, `history`) change nothing; `token-reissue`, `rotate-now`, `reattest` and `revoke` do.
+ * `certificates`, `history`, `campaign-status`, `campaigns`) change nothing; `token-reissue`,
+ * `rotate-now`, `reattest`, `revoke` and the other campaign commands do.
  */
-export const OPERATOR_COMMANDS = ['revoke', 'devices', 'device', 'certificates', 'history', 'token-reissue', 'rotate-now', 'reattest'] as const;
+export const OPERATOR_COMMANDS = [
+  'revoke',
+  'devices',
+  'device',
+  'certificates',
+  'history',
+  'token-reissue',
+  'rotate-now',
+  'reattest',
+  'campaign-create',
+  'campaign-start',
+  'campaign-pause',
+  'campaign-resume',
+  'campaign-abort',
+  'campaign-status',
+  'campaigns',
+] as const;
 export type OperatorCommand = (typeof OPERATOR_COMMANDS)[number];
 
 export type OperatorTopicErrorCode = 'TOPIC_INVALID_OPERATOR_ID';
@@ -116,6 +134,18 @@ export const OPERATOR_REPLY_CODES = {
   DEVICE_ALREADY_ENROLLED: { retryable: false, message: 'device has enrolled already' },
   /** The device is revoked: no commands, no tokens. */
   DEVICE_REVOKED: { retryable: false, message: 'device is revoked' },
+  /** No campaign with that id. */
+  CAMPAIGN_NOT_FOUND: { retryable: false, message: 'no such campaign' },
+  /** `campaign-create` with an id in use. */
+  CAMPAIGN_EXISTS: { retryable: false, message: 'campaign exists' },
+  /** The campaign is not in a state the command applies to (e.g. resume of a running one). */
+  CAMPAIGN_STATE: { retryable: false, message: 'campaign is not in a state for this command' },
+  /** The selector picks no enrolled, unrevoked device. */
+  CAMPAIGN_EMPTY: { retryable: false, message: 'campaign selects no device' },
+  /** Waves or gates out of bounds (waves must rise to 100%). */
+  CAMPAIGN_INVALID: { retryable: false, message: 'invalid campaign plan' },
+  /** A campaign kind this bridge does not run yet. */
+  CAMPAIGN_KIND_UNSUPPORTED: { retryable: false, message: 'campaign kind not supported' },
   /** The CA backend (HSM) is failing or busy, or the bridge cannot reach the broker to publish. */
   UNAVAILABLE: { retryable: true, message: 'fleet service temporarily unavailable' },
   INTERNAL: { retryable: true, message: 'internal error' },
@@ -173,25 +203,6 @@ const serialField = str({ min: 1, max: 64, pattern: /^[0-9a-f]+$/ });
 export const OPERATOR_TEXT_MAX = 256;
 const text = str({ max: OPERATOR_TEXT_MAX });
 const shortName = str({ min: 1, max: 64, pattern: /^[A-Za-z0-9._:-]+$/ });
-
-/** A bounded open-keyed map (metadata, details); the schema module's objects are closed. */
-function record<T>(value: Schema<T>, opts: { maxKeys: number }): Schema<Record<string, T>> {
-  const KEY = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
-  return {
-    parse(v, path) {
-      if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new SchemaError('SCHEMA_INVALID', path, 'expected an object');
-      const entries = Object.entries(v);
-      if (entries.length > opts.maxKeys) throw new SchemaError('SCHEMA_INVALID', path, `more than ${opts.maxKeys} keys`);
-      const out: Record<string, T> = {};
-      for (const [k, x] of entries) {
-        const at = path ? `${path}.${k}` : k;
-        if (!KEY.test(k)) throw new SchemaError('SCHEMA_INVALID', at, `key does not match ${KEY}`);
-        out[k] = value.parse(x, at);
-      }
-      return out;
-    },
-  };
-}
 
 const scalar: Schema<string | number | boolean> = {
   parse(v, path) {
@@ -415,6 +426,15 @@ export const operatorDeviceCommandAccepted = accepted({
   by: shortName,
 });
 
+// ---- Campaigns (fields: operator-campaigns.ts) -----------------------------------------------------
+
+export const operatorCampaignCreateRequest = object({ v: literal(1), requestId, ...campaignCreateFields });
+/** start, pause, resume, abort, status: one campaign. */
+export const operatorCampaignRequest = object({ v: literal(1), requestId, ...campaignIdFields });
+export const operatorCampaignsRequest = object({ v: literal(1), requestId });
+export const operatorCampaignAccepted = accepted(campaignReplyFields);
+export const operatorCampaignsAccepted = accepted(campaignListFields);
+
 const reply = <A>(accepted: Schema<A>) => okOr(accepted, operatorRefusal);
 
 /** The typed command → request/reply map, with the limits enforced before JSON parsing. */
@@ -427,6 +447,13 @@ export const OPERATOR_MESSAGES = {
   'token-reissue': { request: operatorTokenReissueRequest, reply: reply(operatorTokenReissueAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
   'rotate-now': { request: operatorDeviceCommandRequest, reply: reply(operatorDeviceCommandAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
   reattest: { request: operatorDeviceCommandRequest, reply: reply(operatorDeviceCommandAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-create': { request: operatorCampaignCreateRequest, reply: reply(operatorCampaignAccepted), maxBytes: 40 * 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-start': { request: operatorCampaignRequest, reply: reply(operatorCampaignAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-pause': { request: operatorCampaignRequest, reply: reply(operatorCampaignAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-resume': { request: operatorCampaignRequest, reply: reply(operatorCampaignAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-abort': { request: operatorCampaignRequest, reply: reply(operatorCampaignAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  'campaign-status': { request: operatorCampaignRequest, reply: reply(operatorCampaignAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
+  campaigns: { request: operatorCampaignsRequest, reply: reply(operatorCampaignsAccepted), maxBytes: 1024, replyMaxBytes: MAX_MESSAGE_BYTES },
 } as const satisfies Record<OperatorCommand, { request: Schema<unknown>; reply: Schema<unknown>; maxBytes: number; replyMaxBytes: number }>;
 
 export type OperatorRequestOf<C extends OperatorCommand> = Infer<(typeof OPERATOR_MESSAGES)[C]['request']>;

@@ -156,6 +156,28 @@ export function object<S extends Shape>(shape: S): Schema<ObjectOf<S>> {
   };
 }
 
+/** Keys of an open-keyed map (`record`): a letter, then letters, digits, `_`, `.`, `-`; at most 64. */
+export const RECORD_KEY = /^[A-Za-z][A-Za-z0-9_.-]{0,63}$/;
+
+/** A bounded open-keyed map (metadata, details, counts by code); every key matches `key`. */
+export function record<T>(value: Schema<T>, opts: { maxKeys: number; key?: RegExp }): Schema<Record<string, T>> {
+  const keyPattern = opts.key ?? RECORD_KEY;
+  return {
+    parse(v, path) {
+      if (typeof v !== 'object' || v === null || Array.isArray(v)) return fail(path, 'expected an object');
+      const entries = Object.entries(v);
+      if (entries.length > opts.maxKeys) return fail(path, `more than ${opts.maxKeys} keys`);
+      const out: Record<string, T> = {};
+      for (const [k, x] of entries) {
+        const at = path ? `${path}.${k}` : k;
+        if (!keyPattern.test(k)) return fail(at, `key does not match ${keyPattern}`);
+        out[k] = value.parse(x, at);
+      }
+      return out;
+    },
+  };
+}
+
 /**
  * Size-limits, JSON-parses and validates one network message. Byte size is checked before parsing so
  * an oversize payload costs nothing.

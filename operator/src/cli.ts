@@ -2,6 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { BUILD_VERSION } from '../../common/build-version.js';
 import { isCodedError } from '../../common/coded-error.js';
 import { OperatorClient } from './client.js';
+import { campaignCommandName, positionalCampaign } from './campaign-commands.js';
 import { COMMANDS, positionalDevice, type CommandDef, type CommandOption } from './commands.js';
 import { exitCodeOf, usage } from './errors.js';
 import { render, type OutputFormat } from './output.js';
@@ -62,10 +63,13 @@ export async function runOperator(argv: readonly string[], io: OperatorIo): Prom
       io.stdout.write(`${BUILD_VERSION}\n`);
       return 0;
     }
-    const name = argv[0]!;
-    const def = COMMANDS.find((c) => c.name === name);
-    if (!def) throw usage(`unknown command ${JSON.stringify(name)}; commands: ${COMMANDS.map((c) => c.name).join(', ')}`);
-    const rest = argv.slice(1);
+    // `campaign <verb> ...` names the protocol's campaign-<verb> (and `campaign list`, campaigns).
+    const isCampaign = argv[0] === 'campaign';
+    const name = isCampaign ? campaignCommandName(argv[1]) : argv[0]!;
+    if (isCampaign && name === undefined) throw usage(`campaign needs one of create, start, pause, resume, abort, status, list${argv[1] === undefined ? '' : `, got ${JSON.stringify(argv[1])}`}`);
+    const def = COMMANDS.find((c) => c.name === name && (isCampaign || !c.synopsis.startsWith('campaign ')));
+    if (!def) throw usage(`unknown command ${JSON.stringify(name)}; commands: ${[...new Set(COMMANDS.map((c) => c.synopsis.split(' ')[0]))].join(', ')}`);
+    const rest = argv.slice(isCampaign ? 2 : 1);
     if (rest.includes('--help') || rest.includes('-h')) {
       io.stdout.write(commandHelp(def));
       return 0;
@@ -80,9 +84,10 @@ export async function runOperator(argv: readonly string[], io: OperatorIo): Prom
     const values = parsed.values as Record<string, string | boolean | undefined>;
     if (values['json'] && values['csv']) throw usage('give --json or --csv, not both');
     const format: OutputFormat = values['json'] ? 'json' : values['csv'] ? 'csv' : 'table';
-    const deviceId = positionalDevice(def, parsed.positionals);
+    const campaignId = def.positional === 'campaign' ? positionalCampaign(def, parsed.positionals) : undefined;
+    const deviceId = def.positional === 'campaign' ? undefined : positionalDevice(def, parsed.positionals);
     const settings = resolveSettings(values as Record<string, string | undefined>, io.env);
-    const work = def.prepare({ values, deviceId }, settings);
+    const work = def.prepare({ values, deviceId, ...(campaignId === undefined ? {} : { campaignId }) }, settings);
     client = await OperatorClient.connect(settings);
     const view = await work(client);
     io.stdout.write(render(view, format));

@@ -14,6 +14,7 @@ import {
 } from '../../common/protocol/operator.js';
 import { isDeviceId } from '../../common/protocol/topics.js';
 import { writeBootstrapFile, type BootstrapConfig } from '../../provisioning/src/bootstrap.js';
+import { CAMPAIGN_COMMANDS } from './campaign-commands.js';
 import type { OperatorClient } from './client.js';
 import { parseCount, parseSeconds } from './duration.js';
 import { OperatorCliError, usage } from './errors.js';
@@ -34,14 +35,16 @@ export interface ParsedCommand {
   readonly values: Readonly<Record<string, string | boolean | undefined>>;
   /** The positional device id, for commands that take one. */
   readonly deviceId: string | undefined;
+  /** The positional campaign id, for campaign commands that take one. */
+  readonly campaignId?: string;
 }
 
 export interface CommandDef {
   readonly name: OperatorCommand;
   readonly synopsis: string;
   readonly summary: string;
-  /** 'device': exactly one device id; 'optional-device': at most one; 'none'. */
-  readonly positional: 'device' | 'optional-device' | 'none';
+  /** 'device': exactly one device id; 'optional-device': at most one; 'campaign': exactly one campaign id; 'none'. */
+  readonly positional: 'device' | 'optional-device' | 'campaign' | 'none';
   readonly options: Readonly<Record<string, CommandOption>>;
   /** Validates the options (throws OPERATOR_USAGE and the like) and returns the work to do once connected. */
   prepare(p: ParsedCommand, s: ConnectionSettings): (client: OperatorClient) => Promise<View>;
@@ -164,7 +167,7 @@ function bootstrapPlan(p: ParsedCommand, s: ConnectionSettings): { path: string;
   return { path, config };
 }
 
-export const COMMANDS: readonly CommandDef[] = [
+const DEVICE_COMMANDS: readonly CommandDef[] = [
   {
     name: 'devices',
     synopsis: 'devices [--owner O] [--model M] [--state S] [--expiring-within DAYS] [--stale DURATION] [--page-size N]',
@@ -364,6 +367,8 @@ export const COMMANDS: readonly CommandDef[] = [
     },
   },
 ];
+
+export const COMMANDS: readonly CommandDef[] = [...DEVICE_COMMANDS, ...CAMPAIGN_COMMANDS];
 
 /** Checks the positional argument against the command's need (OPERATOR_USAGE). */
 export function positionalDevice(def: CommandDef, positionals: readonly string[]): string | undefined {

@@ -57,6 +57,12 @@ describe('fleet commands to a device (real swtpm, mosquitto, bridge)', () => {
     await new Promise((r) => setTimeout(r, 1500));
     expect(again.status().certSerial).toBe(second);
     expect((await events(id, 'rotated')).length).toBe(1);
+    // The fleet withdraws the command (an empty retained message, as an aborted campaign does): the
+    // agent takes it as the clearing it is, not as a malformed command.
+    await ctx!.publish(fx.fleet.topics.device(id, 'command'), Buffer.alloc(0), { qos: 1, retain: true });
+    await new Promise((r) => setTimeout(r, 500));
+    expect(log.lines.filter((l) => l.msg === 'ignored a malformed fleet command')).toEqual([]);
+    expect(again.state).toBe('online');
     await again.stop();
   });
 

@@ -2,7 +2,8 @@ import { describe, expect, it } from 'vitest';
 import { ManualClock } from '../../common/clock.js';
 import type { CrlResponse } from '../../broker-bridge/src/ca/crl.js';
 import type { CertificateRecord, DeviceRecord } from '../../broker-bridge/src/inventory/inventory.js';
-import { FLEET_METRIC_NAMES, FleetMetrics } from '../../broker-bridge/src/metrics/fleet-metrics.js';
+import type { CampaignView } from '../../broker-bridge/src/campaign/campaign-service.js';
+import { CAMPAIGN_METRICS_FINISHED, FLEET_METRIC_NAMES, FleetMetrics } from '../../broker-bridge/src/metrics/fleet-metrics.js';
 import { parseExposition, sample } from './exposition.js';
 
 /**
@@ -37,12 +38,23 @@ const certificates: CertificateRecord[] = [
   cert('f1', 'd6', T0 + H, T0 + 40 * D), // not yet valid (a CA clock ahead)
 ];
 
-function setup(crl?: CrlResponse) {
+/** A campaign as CampaignService shows it, with what the metrics read. */
+function campaign(campaignId: string, state: CampaignView['state'], waves: Partial<CampaignView['waves'][number]>[], createdAt: number): CampaignView {
+  const ws = waves.map((w, index) => ({ index, percent: 100, size: 0, sent: 0, succeeded: 0, failed: 0, skipped: 0, pending: 0, codes: {}, gate: 'pending' as const, ...w }));
+  return {
+    campaignId, kind: 'rotate', state, wave: ws.findLastIndex((w) => w.dispatchedAt !== undefined), devices: ws.reduce((n, w) => n + w.size, 0), excluded: 0, selector: {},
+    gates: { minSuccessRate: 0.95, maxFailures: 0, minHeardFrom: 0.9, windowSec: 600 }, jitterSec: 0, commandTtlSec: 600,
+    waves: ws, succeeded: ws.reduce((n, w) => n + w.succeeded, 0), failed: ws.reduce((n, w) => n + w.failed, 0), failureCodes: {}, createdAt, createdBy: 'ops', updatedAt: createdAt,
+  };
+}
+
+function setup(crl?: CrlResponse, campaigns: CampaignView[] = []) {
   const clock = new ManualClock(T0);
   const m = new FleetMetrics({
     inventory: { listDevices: () => devices, listCertificates: (id?: string) => certificates.filter((c) => id === undefined || c.deviceId === id) },
     clock,
     crl: { current: crl },
+    campaigns: { list: () => campaigns },
   });
   const scrape = async () => parseExposition(await m.metrics());
   return { clock, m, scrape };
@@ -136,6 +148,22 @@ describe('fleet metrics collectors (ManualClock, hand-made inventory)', () => {
     expect(sample(s, 'fleet_revoked_certificates_total')).toBe(3);
     expect(sample(s, 'fleet_revocation_propagation_seconds_count')).toBe(1);
     expect(sample(s, 'fleet_revocation_propagation_seconds_bucket', { le: '0.5' })).toBe(1);
+  });
+
+  it('campaigns: devices by outcome, state and gate, wave; every active campaign and the newest finished ones', async () => {
+    const finished = Array.from({ length: CAMPAIGN_METRICS_FINISHED + 2 }, (_, i) => campaign(`old-${i}`, 'completed', [{ size: 1, succeeded: 1, dispatchedAt: T0 - D, gate: 'passed' }], T0 - (i + 2) * D));
+    const canary = campaign('canary', 'paused', [{ size: 2, sent: 2, succeeded: 1, failed: 1, dispatchedAt: T0 - H, gate: 'tripped' }, { size: 18 }], T0 - H);
+    const rolling = campaign('rolling', 'running', [{ size: 1, sent: 1, succeeded: 1, dispatchedAt: T0 - 2 * H, gate: 'passed' }, { size: 9, sent: 9, succeeded: 3, skipped: 1, pending: 5, dispatchedAt: T0 - H }], T0 - 2 * H);
+    const s = await setup(undefined, [canary, rolling, ...finished]).scrape();
+    const outcomes = (c: string) => Object.fromEntries(['succeeded', 'failed', 'skipped', 'pending', 'waiting'].map((outcome) => [outcome, sample(s, 'fleet_campaign_devices', { campaign: c, kind: 'rotate', outcome })]));
+    expect(outcomes('canary')).toEqual({ succeeded: 1, failed: 1, skipped: 0, pending: 0, waiting: 18 });
+    expect(outcomes('rolling')).toEqual({ succeeded: 4, failed: 0, skipped: 1, pending: 5, waiting: 0 });
+    expect(sample(s, 'fleet_campaign_info', { campaign: 'canary', kind: 'rotate', state: 'paused', gate: 'tripped' })).toBe(1);
+    expect(sample(s, 'fleet_campaign_info', { campaign: 'rolling', kind: 'rotate', state: 'running', gate: 'pending' })).toBe(1);
+    expect(sample(s, 'fleet_campaign_wave', { campaign: 'rolling', of: '2' })).toBe(2);
+    // Finished campaigns: only the newest few keep their series.
+    const shown = [...s.values.keys()].filter((k) => k.startsWith('fleet_campaign_info')).map((k) => /campaign="([^"]+)"/.exec(k)![1]);
+    expect(shown.sort()).toEqual(['canary', 'rolling', ...finished.slice(0, CAMPAIGN_METRICS_FINISHED).map((c) => c.campaignId)].sort());
   });
 
   it('each instance has its own registry (two fleets in one process), and every documented name is exposed', async () => {

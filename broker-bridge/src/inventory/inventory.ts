@@ -1,4 +1,5 @@
 import { CodedError } from '../../../common/coded-error.js';
+import type { CampaignDeviceRecord, CampaignRecord } from '../campaign/campaign.js';
 
 /**
  * The fleet inventory: registered devices, their one-time enrollment tokens (hashed), issued
@@ -108,6 +109,24 @@ export interface Inventory {
 
   appendAudit(events: readonly AuditEventInput[]): Promise<void>;
   listAudit(filter?: { deviceId?: string; type?: string }): Promise<AuditEvent[]>;
+}
+
+/**
+ * Campaigns (broker-bridge/src/campaign/) and their devices, kept next to the inventory so a campaign
+ * step, its device records and its audit events are written in one batch.
+ */
+export interface CampaignStore {
+  listCampaigns(): CampaignRecord[];
+  getCampaign(id: string): CampaignRecord | undefined;
+  /** The campaign's devices (empty for an unknown campaign). */
+  listCampaignDevices(id: string): CampaignDeviceRecord[];
+  getCampaignDevice(id: string, deviceId: string): CampaignDeviceRecord | undefined;
+  /**
+   * Writes the campaign, the given device records (added or replaced) and the audit events at once.
+   * `expect`: 'new' rejects INVENTORY_CONFLICT when the id exists; 'existing' rejects
+   * INVENTORY_NOT_FOUND when it does not.
+   */
+  saveCampaign(campaign: CampaignRecord, devices: readonly CampaignDeviceRecord[], audit: readonly AuditEventInput[], expect: 'new' | 'existing'): Promise<void>;
 }
 
 /** Device event history kept per device (newest first survive); see recordEvents. */

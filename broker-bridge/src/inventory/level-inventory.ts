@@ -1,6 +1,7 @@
 import { Level } from 'level';
 import { isLevelLocked } from '../../../common/level-lock.js';
 import { SECURITY_EVENTS, type EventType } from '../../../common/protocol/messages.js';
+import type { CampaignDeviceRecord, CampaignRecord } from '../campaign/campaign.js';
 import {
   DEVICE_EVENT_HISTORY,
   InventoryError,
@@ -8,6 +9,7 @@ import {
   type AuditEvent,
   type AuditEventInput,
   type CachedResponse,
+  type CampaignStore,
   type CertificateRecord,
   type CompleteEnrollment,
   type CompleteReattestation,
@@ -49,7 +51,7 @@ const responseKey = (deviceId: string, requestId: string) => `${deviceId}${SEP}$
  * Exceptions to "everything in memory": device event bodies and audit events stay on disk (only the
  * per-device dedupe window of event ids is in memory); both are read by operator queries only.
  */
-export class LevelInventory implements Inventory {
+export class LevelInventory implements Inventory, CampaignStore {
   readonly #db: Level<string, unknown>;
   readonly #devicesDb: Sub<DeviceRecord>;
   readonly #tokensDb: Sub<TokenRecord>;
@@ -58,6 +60,11 @@ export class LevelInventory implements Inventory {
   readonly #auditDb: Sub<AuditEvent>;
   readonly #eventsDb: Sub<DeviceEventRecord>;
   readonly #eventIdsDb: Sub<number>;
+  readonly #campaignsDb: Sub<CampaignRecord>;
+  readonly #campaignDevicesDb: Sub<CampaignDeviceRecord>;
+  readonly #campaigns = new Map<string, CampaignRecord>();
+  /** campaign id → device id → record. */
+  readonly #campaignDevices = new Map<string, Map<string, CampaignDeviceRecord>>();
   readonly #devices = new Map<string, DeviceRecord>();
   readonly #tokens = new Map<string, TokenRecord>();
   readonly #certs = new Map<string, CertificateRecord>();
@@ -85,6 +92,9 @@ export class LevelInventory implements Inventory {
     this.#auditDb = sub('audit');
     this.#eventsDb = sub('events');
     this.#eventIdsDb = sub('event-ids');
+    this.#campaignsDb = sub('campaigns');
+    // Keyed `<campaignId>\x00<deviceId>`.
+    this.#campaignDevicesDb = sub('campaign-devices');
   }
 
   async open(): Promise<void> {
@@ -115,6 +125,8 @@ export class LevelInventory implements Inventory {
     }
     for (const idx of this.#events.values()) idx.order.sort((x, y) => x[0] - y[0]);
     for await (const key of this.#auditDb.keys({ reverse: true, limit: 1 })) this.#auditSeq = Number(key);
+    await this.#load(this.#campaignsDb, this.#campaigns);
+    for await (const [, d] of this.#campaignDevicesDb.iterator() as AsyncIterable<[string, CampaignDeviceRecord]>) this.#campaignDevicesOf(d.campaignId).set(d.deviceId, d);
     this.#open = true;
   }
 
@@ -513,6 +525,47 @@ export class LevelInventory implements Inventory {
   }
 
   /** Audit keys are zero-padded sequence numbers so LevelDB's order is append order. */
+  listCampaigns(): CampaignRecord[] {
+    return [...this.#campaigns.values()];
+  }
+
+  getCampaign(id: string): CampaignRecord | undefined {
+    return this.#campaigns.get(id);
+  }
+
+  listCampaignDevices(id: string): CampaignDeviceRecord[] {
+    return [...(this.#campaignDevices.get(id)?.values() ?? [])];
+  }
+
+  getCampaignDevice(id: string, deviceId: string): CampaignDeviceRecord | undefined {
+    return this.#campaignDevices.get(id)?.get(deviceId);
+  }
+
+  saveCampaign(campaign: CampaignRecord, devices: readonly CampaignDeviceRecord[], events: readonly AuditEventInput[], expect: 'new' | 'existing'): Promise<void> {
+    return this.#serialize(async () => {
+      const exists = this.#campaigns.has(campaign.id);
+      if (expect === 'new' && exists) throw new InventoryError('INVENTORY_CONFLICT', `campaign ${campaign.id} exists`);
+      if (expect === 'existing' && !exists) throw new InventoryError('INVENTORY_NOT_FOUND', `no campaign ${campaign.id}`);
+      for (const d of devices) if (d.campaignId !== campaign.id) throw new InventoryError('INVENTORY_CONFLICT', `device record of campaign ${d.campaignId} saved with ${campaign.id}`);
+      const audit = this.#auditOps(events);
+      await this.#db.batch([
+        this.#put(this.#campaignsDb, campaign.id, campaign),
+        ...devices.map((d) => this.#put(this.#campaignDevicesDb, `${campaign.id}${SEP}${d.deviceId}`, d)),
+        ...audit.ops,
+      ] as never);
+      this.#campaigns.set(campaign.id, campaign);
+      const byDevice = this.#campaignDevicesOf(campaign.id);
+      for (const d of devices) byDevice.set(d.deviceId, d);
+      this.#auditSeq = audit.lastSeq;
+    });
+  }
+
+  #campaignDevicesOf(id: string): Map<string, CampaignDeviceRecord> {
+    let m = this.#campaignDevices.get(id);
+    if (!m) this.#campaignDevices.set(id, (m = new Map()));
+    return m;
+  }
+
   #auditOps(events: readonly AuditEventInput[]) {
     let seq = this.#auditSeq;
     const ops = events.map((e): Op => {

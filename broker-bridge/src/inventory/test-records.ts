@@ -16,11 +16,12 @@ export async function recordEnrolledDevice(
     readonly notBefore?: number;
     readonly notAfter?: number;
     readonly keySpkiHash?: string;
+    readonly metadata?: Readonly<Record<string, string>>;
   },
 ): Promise<void> {
   const { deviceId, at } = d;
   await inventory.registerDevice(
-    { deviceId, ekPublicHash: `ek-${deviceId}`, ekCertificate: 'AAAA', ekKind: 'ecc', metadata: {}, registeredAt: at },
+    { deviceId, ekPublicHash: `ek-${deviceId}`, ekCertificate: 'AAAA', ekKind: 'ecc', metadata: d.metadata ?? {}, registeredAt: at },
     { tokenHash: `tok-${deviceId}`, deviceId, ekPublicHash: `ek-${deviceId}`, createdAt: at, expiresAt: at + 86_400_000 },
   );
   if (d.serial === undefined) return;

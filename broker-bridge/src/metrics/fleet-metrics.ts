@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Clock } from '../../../common/clock.js';
 import type { CrlResponse } from '../ca/crl.js';
+import { isActiveCampaign, type CampaignView } from '../campaign/campaign-service.js';
 import type { Inventory } from '../inventory/inventory.js';
 import { CERTIFICATE_STATES, DEVICE_STATES, EXPIRY_WINDOWS, summarizeInventory, type InventorySummary } from './inventory-summary.js';
 import type { CertificateOperation, RequestMetrics, ResultCode, RevocationMetrics } from './request-metrics.js';
@@ -23,7 +24,13 @@ export interface FleetMetricsOptions {
   readonly crl?: { readonly current: CrlResponse | undefined };
   /** Also Node's process metrics (process_*, nodejs_*: CPU, memory, event loop lag). Default false. */
   readonly processMetrics?: boolean;
+  /** Campaigns (CampaignService satisfies this); absent: no campaign metrics. */
+  readonly campaigns?: { list(): readonly CampaignView[] };
 }
+
+/** Campaigns in the campaign metrics: every active one and the most recently finished ones. */
+export const CAMPAIGN_METRICS_FINISHED = 5;
+const CAMPAIGN_OUTCOMES = ['succeeded', 'failed', 'skipped', 'pending', 'waiting'] as const;
 
 export const ISSUANCE_BUCKETS_SEC = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 /** Time since a device's last status: a minute … a month. */
@@ -50,6 +57,9 @@ export const FLEET_METRIC_NAMES = [
   'fleet_revocations_total',
   'fleet_revoked_certificates_total',
   'fleet_revocation_propagation_seconds',
+  'fleet_campaign_devices',
+  'fleet_campaign_info',
+  'fleet_campaign_wave',
 ] as const;
 
 export class FleetMetrics implements RequestMetrics, RevocationMetrics {
@@ -211,6 +221,52 @@ export class FleetMetrics implements RequestMetrics, RevocationMetrics {
       registers,
     });
 
+    if (o.campaigns) {
+      const source = o.campaigns;
+      const shown = () => {
+        const all = source.list();
+        const active = all.filter((c) => isActiveCampaign(c));
+        return [...active, ...all.filter((c) => !isActiveCampaign(c)).slice(0, CAMPAIGN_METRICS_FINISHED)];
+      };
+      new Gauge({
+        name: 'fleet_campaign_devices',
+        help: 'Devices of a campaign by outcome: succeeded, failed, skipped (revoked since planned), pending (command sent, no report yet), waiting (wave not started).',
+        labelNames: ['campaign', 'kind', 'outcome'],
+        registers,
+        collect() {
+          this.reset();
+          for (const c of shown()) {
+            const count = { succeeded: c.succeeded, failed: c.failed, skipped: 0, pending: 0, waiting: 0 };
+            for (const w of c.waves) {
+              count.skipped += w.skipped;
+              if (w.dispatchedAt === undefined) count.waiting += w.size;
+              else count.pending += w.pending;
+            }
+            for (const outcome of CAMPAIGN_OUTCOMES) this.set({ campaign: c.campaignId, kind: c.kind, outcome }, count[outcome]);
+          }
+        },
+      });
+      new Gauge({
+        name: 'fleet_campaign_info',
+        help: "1 per campaign, labelled with its state and its current wave's gate (pending, passed, tripped, accepted; none before the start).",
+        labelNames: ['campaign', 'kind', 'state', 'gate'],
+        registers,
+        collect() {
+          this.reset();
+          for (const c of shown()) this.set({ campaign: c.campaignId, kind: c.kind, state: c.state, gate: c.waves[c.wave]?.gate ?? 'none' }, 1);
+        },
+      });
+      new Gauge({
+        name: 'fleet_campaign_wave',
+        help: 'The wave a campaign is at (1-based; 0 before the start), next to its number of waves.',
+        labelNames: ['campaign', 'of'],
+        registers,
+        collect() {
+          this.reset();
+          for (const c of shown()) this.set({ campaign: c.campaignId, of: String(c.waves.length) }, c.wave + 1);
+        },
+      });
+    }
     if (o.processMetrics) collectDefaultMetrics({ register: this.registry });
   }
 

@@ -51,6 +51,37 @@ export async function reissueToken(
   return { deviceId: d.deviceId, token, tokenExpiresAt };
 }
 
+/** A device command as the device receives it (messages.ts deviceCommandBody), with its id. */
+export interface DeviceCommand {
+  readonly deviceId: string;
+  readonly command: DeviceCommandName;
+  /** The command's id (its envelope requestId): the device runs each id once. */
+  readonly commandId: string;
+  readonly issuedAt: number;
+  readonly expiresAt: number;
+  readonly jitterSec: number;
+  readonly by: string;
+}
+
+export const newCommandId = (): string => randomBytes(16).toString('base64url');
+
+/**
+ * Publishes a device command retained (QoS 1) on the device's command topic. Publishing the same
+ * command again (same id) is harmless: the device runs each id once.
+ */
+export function publishDeviceCommand(o: { topics: Topics; publish: Publish }, c: DeviceCommand): Promise<void> {
+  const body = { command: c.command, issuedAt: c.issuedAt, expiresAt: c.expiresAt, jitterSec: c.jitterSec, by: c.by };
+  return o.publish(o.topics.device(c.deviceId, 'command'), encode('command', c.commandId, c.issuedAt, body), { qos: 1, retain: true });
+}
+
+/**
+ * Clears the retained command of a device (an empty retained message): a device that connects later
+ * gets nothing. One that received the command already keeps it.
+ */
+export function withdrawDeviceCommand(o: { topics: Topics; publish: Publish }, deviceId: string): Promise<void> {
+  return o.publish(o.topics.device(deviceId, 'command'), Buffer.alloc(0), { qos: 1, retain: true });
+}
+
 /**
  * Publishes `command` retained on the device's command topic with a fresh command id (the device runs
  * each id once, drops it after `expiresAt`, and acts within `jitterSec`).
@@ -67,9 +98,9 @@ export async function sendDeviceCommand(
   const issuedAt = o.clock.now();
   const expiresAt = issuedAt + (req.ttlSec ?? OPERATOR_DEVICE_COMMAND.defaultTtlSec) * 1000;
   const jitterSec = req.jitterSec ?? 0;
-  const commandId = randomBytes(16).toString('base64url');
+  const commandId = newCommandId();
   const body = { command, issuedAt, expiresAt, jitterSec, by: operatorId };
-  await o.publish(o.topics.device(d.deviceId, 'command'), encode('command', commandId, issuedAt, body), { qos: 1, retain: true });
+  await publishDeviceCommand(o, { deviceId: d.deviceId, commandId, ...body });
   await o.inventory.appendAudit([{ at: issuedAt, type: `operator.${command}`, deviceId: d.deviceId, details: { operator: operatorId, commandId, expiresAt, jitterSec } }]);
   return { deviceId: d.deviceId, commandId, ...body };
 }

@@ -40,7 +40,7 @@ export type OperatorExecutor<C extends OperatorCommand> = (req: OperatorRequestO
 export type OperatorExecutors = { readonly [C in OperatorCommand]?: OperatorExecutor<C> };
 
 /** Commands that only read. */
-const QUERIES: ReadonlySet<OperatorCommand> = new Set<OperatorCommand>(['devices', 'device', 'certificates', 'history']);
+const QUERIES: ReadonlySet<OperatorCommand> = new Set<OperatorCommand>(['devices', 'device', 'certificates', 'history', 'campaign-status', 'campaigns']);
 
 /** Codes an executor (or the services below it) may report that an operator sees as they are. */
 const PASSED_THROUGH: ReadonlySet<string> = new Set(Object.keys(OPERATOR_REPLY_CODES).filter((c) => c !== 'INTERNAL'));

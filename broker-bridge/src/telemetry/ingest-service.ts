@@ -27,6 +27,19 @@ export interface IngestServiceOptions {
   readonly logger?: EnrollmentLogger;
   /** At most one warning per device per interval; the ones held back are counted in the next. Default 60 000. */
   readonly warnIntervalMs?: number;
+  /**
+   * Told of every event once it is in the inventory, before it is acknowledged (a repeat of a recorded
+   * one too, so a sink that failed gets it again with the device's resend). Rejecting leaves the event
+   * unacknowledged. The campaign service listens here.
+   */
+  readonly onEvent?: (deviceId: string, event: IngestedEvent) => Promise<void>;
+}
+
+/** An event as the sinks see it: its type, its details and when it reached the bridge. */
+export interface IngestedEvent {
+  readonly type: string;
+  readonly receivedAt: number;
+  readonly details: Readonly<Record<string, string | number>>;
 }
 
 /** Devices whose warning state is remembered; the oldest is forgotten beyond this. */
@@ -117,6 +130,7 @@ export class IngestService {
     const msg = decode('events', payload);
     const input: DeviceEventRecordInput = { id: msg.requestId, type: msg.body.type, at: msg.body.at, seq: msg.body.seq, details: eventDetails(msg.body) };
     const recorded = await this.#o.inventory.recordEvents(deviceId, [input], receivedAt);
+    await this.#o.onEvent?.(deviceId, { type: input.type, receivedAt: recorded[0]?.receivedAt ?? receivedAt, details: input.details });
     return {
       topic: this.#o.topics.device(deviceId, 'eventsAck'),
       payload: encode('eventsAck', msg.requestId, this.#o.clock.now(), { new: recorded.length > 0 }),
