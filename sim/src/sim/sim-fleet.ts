@@ -86,6 +86,14 @@ export interface SimCertificatePolicy {
 
 const TRUST_DOMAIN = 'sim.fleet.example';
 
+/** The CA's clock: real time, moved by a scenario's fault (SimFleet.setIssuerClockSkew). */
+class IssuerClock {
+  skewMs = 0;
+  now(): number {
+    return Date.now() + this.skewMs;
+  }
+}
+
 /**
  * The bridge's default policy with a lifetime a scenario may change while the fleet runs: certificates
  * issued from then on carry it (a scenario whose certificates must expire within the run).
@@ -120,6 +128,7 @@ export class SimFleet {
   readonly factory: TpmFactory;
   readonly #o: SimFleetOptions;
   readonly #policy: SimEnrollmentPolicy;
+  readonly #issuerClock: IssuerClock;
   readonly #workers: ChildProcess[];
   readonly #proxies: TpmLatencyProxy[];
   readonly #listeners = new Set<(m: FromWorker) => void>();
@@ -134,8 +143,10 @@ export class SimFleet {
     devices: Map<string, SimDevice>,
     workers: ChildProcess[],
     proxies: TpmLatencyProxy[],
+    issuerClock: IssuerClock,
   ) {
     this.#o = o;
+    this.#issuerClock = issuerClock;
     this.#proxies = proxies;
     this.fleet = fleet;
     this.#policy = policy;
@@ -165,6 +176,7 @@ export class SimFleet {
       }
 
       const policy = new SimEnrollmentPolicy({ lifetimeSec: o.fleet?.certificateLifetimeSec ?? DEFAULT_LIFETIME_SEC, backdateSec: DEFAULT_BACKDATE_SEC });
+      const issuerClock = new IssuerClock();
       fleet = await EmbeddedFleet.start({
         dir: join(o.dir, 'fleet'),
         clock: systemClock,
@@ -172,6 +184,7 @@ export class SimFleet {
         ekTrust: factory.ekTrust(),
         ...o.fleet,
         policy,
+        issuerClock,
       });
       const f = fleet;
       const workerCount = Math.max(1, Math.min(o.workers ?? Math.min(4, cpus().length), ids.length));
@@ -183,7 +196,7 @@ export class SimFleet {
       log(`fleet up (${f.broker.deviceUrl}), ${ids.length} devices registered with one-time tokens`);
 
       for (let w = 0; w < workerCount; w++) await spawnWorker(w, (child) => workers.push(child));
-      return new SimFleet(o, f, policy, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers, proxies);
+      return new SimFleet(o, f, policy, factory, new Map([...devices].sort(([a], [b]) => a.localeCompare(b))), workers, proxies, issuerClock);
     } catch (e) {
       for (const w of workers) w.kill('SIGKILL');
       await fleet?.stop().catch(() => undefined);
@@ -288,6 +301,15 @@ export class SimFleet {
    */
   setCertificatePolicy(p: SimCertificatePolicy): void {
     this.#policy.set(p);
+  }
+
+  /**
+   * Moves the CA's clock (only the issuer's; the bridge's own stays right): certificates issued from
+   * now on are dated by it. Ahead by more than the backdate, they are not valid yet and the broker
+   * (OpenSSL, real time) refuses them: a fault for scenarios. 0 puts it right.
+   */
+  setIssuerClockSkew(ms: number): void {
+    this.#issuerClock.skewMs = ms;
   }
 
   /** Stops a device's agent in an orderly way (offline status published). */

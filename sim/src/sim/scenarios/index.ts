@@ -7,9 +7,10 @@ import { clockSkew } from './clock-skew.js';
 import { enrollStorm } from './enroll-storm.js';
 import { revocation } from './revocation.js';
 import { rotationCampaign } from './rotation-campaign.js';
+import { rotationCanary } from './rotation-canary.js';
 import { tpmFaults } from './tpm-faults.js';
 
 /** Every scenario the simulator runs, by name. */
 export const SCENARIOS: ReadonlyMap<string, Scenario> = new Map(
-  [enrollStorm, rotationCampaign, revocation, brokerOutage, bridgeOutagePastExpiry, agentCrash, clockSkew, attacks, tpmFaults].map((s) => [s.name, s]),
+  [enrollStorm, rotationCampaign, rotationCanary, revocation, brokerOutage, bridgeOutagePastExpiry, agentCrash, clockSkew, attacks, tpmFaults].map((s) => [s.name, s]),
 );
