@@ -2,16 +2,15 @@
 # The whole suite, on the machine's Node and then on Node 24 LTS (the runtime the device package
 # carries, fetched by scripts/setup.sh --test).
 #   TEST_NODE=both|machine|24   which runtimes (default both);
-#   TEST_FORKS=N                test files at once (vitest.config.ts; default 2, the CI machine's cores:
-#                               at 3 the runs are ~10% faster but timing-sensitive tests fail under the
-#                               load, seen in a CI run);
+#   TEST_FORKS=N                test files at once (vitest.config.ts; default 3 on the 2-core CI
+#                               machine, see docs/testing.md);
 #   TEST_BACKEND=process|container|auto   how swtpm and mosquitto run (default process here: local
 #                               processes on loopback ports. The container backend ran the suite about
 #                               100 s slower per runtime on the 2-core machine; docs/testing.md).
 # test/deploy/package.test.ts runs in the Node 24 run only: what it tests (the package, its agent on the
 # package's own Node 24, dpkg in a Debian root) is the same whatever Node runs vitest.
 # Extra arguments go to vitest (e.g. a file filter). Exits non-zero when any runtime's run failed, after
-# running all of them. Measured on the 2-core machine: about 8 min per runtime; the two runs at once
+# running all of them. Measured on the 2-core machine: about 7 min per runtime; the two runs at once
 # were slower and timing-sensitive tests failed under the load.
 set -euo pipefail
 cd "$(dirname "$0")/.."

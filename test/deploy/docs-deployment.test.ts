@@ -115,9 +115,13 @@ function expectDeviceOnline(out: string): void {
   const status = out.split('\n').find((l) => l.startsWith('{') && l.includes('"deviceId":"gw-0001"'));
   expect(status, out).toBeDefined();
   expect(JSON.parse(status!).body).toMatchObject({ deviceId: 'gw-0001', online: true, state: 'online' });
+  // The campaign: completed, its one device rotated (the table's note line).
+  expect(out).toMatch(/^campaign first-rotation \(rotate\): completed, wave 1 of 1; 1 of 1 devices succeeded, 0 failed$/m);
   // `operator devices --owner plant-a`: one table row; `operator device gw-0001 --json`: the last output.
   expect(out).toMatch(/^gw-0001\s+enrolled\s+online\s+yes\s+plant-a\s+edge-gw\s/m);
   const view = JSON.parse(out.slice(out.lastIndexOf('\n{\n') + 1)) as { device: { deviceId: string; online: boolean; certSerial: string }; certificate: { serial: string } };
   expect(view.device).toMatchObject({ deviceId: 'gw-0001', online: true });
   expect(view.certificate.serial).toBe(JSON.parse(status!).body.certSerial);
+  // After the campaign, the device's certificate is a rotation's.
+  expect(view.certificate).toMatchObject({ kind: 'rotate', state: 'active' });
 }

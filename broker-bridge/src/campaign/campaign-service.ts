@@ -222,6 +222,7 @@ export class CampaignService {
       const open = this.#o.store.listCampaignDevices(id).filter((d) => d.sentAt !== undefined && d.outcome === undefined);
       await this.#o.store.saveCampaign(aborted, [], [this.#audit(c, 'campaign.aborted', operatorId, { wave: c.wave, withdrawn: open.length })], 'existing');
       await this.#each(open, (d) => withdrawDeviceCommand(this.#o, d.deviceId));
+      this.#forget(id);
       this.#o.logger?.info({ campaign: id, operator: operatorId, withdrawn: open.length }, 'campaign aborted');
       return this.#view(aborted);
     });
@@ -306,6 +307,7 @@ export class CampaignService {
     const done: CampaignRecord = { ...c, state: 'completed', updatedAt: this.#o.clock.now() };
     const all = this.#o.store.listCampaignDevices(c.id);
     await this.#o.store.saveCampaign(done, [], [...audit, this.#audit(c, 'campaign.completed', 'gate', { succeeded: all.filter((d) => d.outcome === 'succeeded').length, failed: all.filter((d) => d.outcome === 'failed').length })], 'existing');
+    this.#forget(c.id);
     this.#o.logger?.info({ campaign: c.id }, 'campaign completed');
     return done;
   }
@@ -367,6 +369,12 @@ export class CampaignService {
     };
     await Promise.all(Array.from({ length: Math.min(PUBLISH_CONCURRENCY, items.length) }, worker));
     if (failed) this.#o.logger?.warn({ failed, code: firstCode }, 'campaign commands not published; retried on the next tick');
+  }
+
+  /** A finished campaign sends nothing more: its entries leave the published set. */
+  #forget(campaignId: string): void {
+    const prefix = key(campaignId, '');
+    for (const k of this.#published) if (k.startsWith(prefix)) this.#published.delete(k);
   }
 
   #require(id: string, states: readonly CampaignRecord['state'][]): CampaignRecord {
