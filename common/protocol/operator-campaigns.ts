@@ -22,7 +22,7 @@ export const CAMPAIGN_LIMITS = {
   maxFailures: 1_000_000,
 } as const;
 /** Campaigns in one `campaigns` reply (newest first). */
-export const CAMPAIGN_LIST_MAX = 100;
+export const CAMPAIGN_LIST_MAX = 50;
 /** Distinct failure codes a status carries per wave. */
 export const CAMPAIGN_CODES_MAX = 32;
 

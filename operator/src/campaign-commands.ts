@@ -46,7 +46,8 @@ const rowColumns: readonly Column<Row>[] = [
 export function campaignView(c: Campaign): View {
   const where = c.wave < 0 ? 'not started' : `wave ${c.wave + 1} of ${c.waves.length}`;
   const lines = [`campaign ${c.campaignId} (${c.kind}): ${c.state}, ${where}; ${c.succeeded} of ${c.devices} devices succeeded, ${c.failed} failed${c.excluded ? `, ${c.excluded} named but not selectable` : ''}`];
-  lines.push(`gates: success >= ${c.gates.minSuccessRate * 100}% of those heard from, failures <= ${c.gates.maxFailures}, heard from >= ${c.gates.minHeardFrom * 100}%, window ${c.gates.windowSec} s; jitter ${c.jitterSec} s`);
+  const pct = (x: number) => `${Number((x * 100).toFixed(2))}%`;
+  lines.push(`gates: success >= ${pct(c.gates.minSuccessRate)} of those heard from, failures <= ${c.gates.maxFailures}, heard from >= ${pct(c.gates.minHeardFrom)}, window ${c.gates.windowSec} s; jitter ${c.jitterSec} s`);
   if (c.paused) lines.push(`paused by ${c.paused.by}: ${c.paused.reason}`);
   return { kind: 'list', columns: waveColumns as readonly Column<unknown>[], rows: c.waves, json: c, note: lines.join('\n') };
 }

@@ -65,6 +65,10 @@ export async function runOperator(argv: readonly string[], io: OperatorIo): Prom
     }
     // `campaign <verb> ...` names the protocol's campaign-<verb> (and `campaign list`, campaigns).
     const isCampaign = argv[0] === 'campaign';
+    if (isCampaign && argv.length === 2 && ['--help', '-h', 'help'].includes(argv[1]!)) {
+      io.stdout.write(`usage: operator campaign <create|start|pause|resume|abort|status|list> ... (operator campaign <verb> --help)\n\n${COMMANDS.filter((c) => c.synopsis.startsWith('campaign ')).map((c) => `  ${c.synopsis}\n      ${c.summary}`).join('\n')}\n`);
+      return 0;
+    }
     const name = isCampaign ? campaignCommandName(argv[1]) : argv[0]!;
     if (isCampaign && name === undefined) throw usage(`campaign needs one of create, start, pause, resume, abort, status, list${argv[1] === undefined ? '' : `, got ${JSON.stringify(argv[1])}`}`);
     const def = COMMANDS.find((c) => c.name === name && (isCampaign || !c.synopsis.startsWith('campaign ')));

@@ -34,7 +34,7 @@ export function campaignExecutors(s: CampaignService): OperatorExecutors {
           devices: v.devices,
           succeeded: v.succeeded,
           failed: v.failed,
-          ...(v.paused ? { paused: { ...v.paused, reason: cut(v.paused.reason) } } : {}),
+          ...(v.paused ? { paused: { ...v.paused, by: v.paused.by, reason: cut(v.paused.reason, LIST_REASON_MAX) } } : {}),
           createdAt: v.createdAt,
           createdBy: v.createdBy,
           updatedAt: v.updatedAt,
@@ -44,15 +44,17 @@ export function campaignExecutors(s: CampaignService): OperatorExecutors {
 }
 
 const REASON_MAX = 512;
-const cut = (s: string) => (s.length > REASON_MAX ? `${s.slice(0, REASON_MAX - 1)}…` : s);
+/** In a list, reasons are cut shorter, so CAMPAIGN_LIST_MAX rows stay well under the reply limit. */
+const LIST_REASON_MAX = 160;
+const cut = (s: string, max = REASON_MAX) => (s.length > max ? `${s.slice(0, max - 1)}…` : s);
 
 function codes(m: Readonly<Record<string, number>>): Record<string, number> {
-  const out: Record<string, number> = {};
+  const out = new Map<string, number>();
   for (const [k, n] of Object.entries(m).sort((a, b) => b[1] - a[1])) {
-    const key = RECORD_KEY.test(k) && (Object.keys(out).length < CAMPAIGN_CODES_MAX - 1 || k in out) ? k : 'OTHER';
-    out[key] = (out[key] ?? 0) + n;
+    const key = RECORD_KEY.test(k) && (out.size < CAMPAIGN_CODES_MAX - 1 || out.has(k)) ? k : 'OTHER';
+    out.set(key, (out.get(key) ?? 0) + n);
   }
-  return out;
+  return Object.fromEntries(out);
 }
 
 function toWire(v: CampaignView): OperatorResultOf<'campaign-status'>['campaign'] {

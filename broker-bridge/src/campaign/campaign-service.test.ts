@@ -7,6 +7,8 @@ import { decode } from '../../../common/protocol/messages.js';
 import { Topics } from '../../../common/protocol/topics.js';
 import { LevelInventory } from '../inventory/level-inventory.js';
 import { recordEnrolledDevice } from '../inventory/test-records.js';
+import { decodeOperatorReply, encodeOperatorAccepted } from '../../../common/protocol/operator.js';
+import { campaignExecutors } from './campaign-executors.js';
 import { CampaignService } from './campaign-service.js';
 
 /**
@@ -40,9 +42,27 @@ describe('CampaignService (real LevelDB inventory)', () => {
     const m = decode('command', payload);
     sent.push({ deviceId, commandId: m.requestId, body: m.body });
   };
-  const service = () => new CampaignService({ store: inv, clock, topics, publish });
-  const report = (deviceId: string, type: 'rotated' | 'rotation_failed', code?: string) =>
-    svc.onDeviceEvent(deviceId, { type, receivedAt: clock.now(), details: type === 'rotated' ? { serial: `new-${deviceId}` } : { code: code ?? 'TRANSPORT_TLS_REFUSED', serial: `old-${deviceId}` } });
+  const service = (o: { restartGraceMs?: number } = {}) => new CampaignService({ store: inv, clock, topics, publish, ...o });
+  let serials = 0;
+  /** A rotation certificate issued now by the bridge's clock (what a device's report names), recorded as the rotation service does. */
+  const issue = async (deviceId: string): Promise<string> => {
+    const serial = `r${++serials}`;
+    const at = clock.now();
+    const previousSerial = inv.getDevice(deviceId)!.certSerial!;
+    await inv.completeRotation({
+      deviceId, requestId: `rot-${serial}`, previousSerial, at, audit: [],
+      certificate: { serial, deviceId, notBefore: at, notAfter: at + 86_400_000, issuedAt: at, pem: 'PEM', keySpkiHash: `k-${serial}` },
+      response: { requestId: `rot-${serial}`, deviceId, topic: 't', payload: 'cA==', storedAt: at },
+    });
+    return serial;
+  };
+  /** The device's report as ingested: `rotated` names its new certificate; a broker-refused rotation names the refused one. */
+  const report = async (deviceId: string, type: 'rotated' | 'rotation_failed', code?: string) =>
+    svc.onDeviceEvent(deviceId, {
+      type,
+      receivedAt: clock.now(),
+      details: type === 'rotated' ? { serial: await issue(deviceId) } : { code: code ?? 'TRANSPORT_TLS_REFUSED', serial: inv.getDevice(deviceId)!.certSerial!, previousSerial: await issue(deviceId) },
+    });
   const commandsOfWave = (wave: number) => inv.listCampaignDevices('c1').filter((d) => d.wave === wave).map((d) => d.deviceId).sort();
 
   beforeEach(async () => {
@@ -210,5 +230,93 @@ describe('CampaignService (real LevelDB inventory)', () => {
     await expect(svc.pause(c.campaignId, 'a')).rejects.toMatchObject({ code: 'CAMPAIGN_STATE' });
     await expect(svc.startCampaign('missing', 'a')).rejects.toMatchObject({ code: 'CAMPAIGN_NOT_FOUND' });
     expect(svc.list().map((x) => x.campaignId)).toEqual([c.campaignId]);
+  });
+
+  it('counts only answers to its command: an older certificate or a resent refusal is not one; a first-arrival refusal is', async () => {
+    await svc.create({ campaignId: 'c1', kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01', 'dev-02'] }, waves: [100], gates: { windowSec: 60, maxFailures: 5, minHeardFrom: 0, minSuccessRate: 0 } }, 'alice');
+    const older = await issue('dev-00'); // a rotation the device did before the campaign
+    clock.advance(1000);
+    await svc.startCampaign('c1', 'alice');
+    clock.advance(1000);
+    // dev-00's outbox resends its old `rotated` (ack lost): it names a certificate issued before the command.
+    await svc.onDeviceEvent('dev-00', { type: 'rotated', receivedAt: clock.now(), details: { serial: older }, duplicate: true });
+    // dev-01's outbox resends an old refusal by the fleet (no certificate): not taken.
+    await svc.onDeviceEvent('dev-01', { type: 'rotation_failed', receivedAt: clock.now(), details: { code: 'RATE_LIMITED', serial: 's1' }, duplicate: true });
+    // A report naming another device's certificate is not taken either.
+    await svc.onDeviceEvent('dev-02', { type: 'rotated', receivedAt: clock.now(), details: { serial: await issue('dev-05') } });
+    expect(svc.status('c1')).toMatchObject({ succeeded: 0, failed: 0 });
+    // First arrivals that answer the command count.
+    await svc.onDeviceEvent('dev-01', { type: 'rotation_failed', receivedAt: clock.now(), details: { code: 'RATE_LIMITED', serial: 's1' } });
+    await report('dev-00', 'rotated');
+    await report('dev-02', 'rotated');
+    expect(svc.status('c1')).toMatchObject({ state: 'completed', succeeded: 2, failed: 1, failureCodes: { RATE_LIMITED: 1 } });
+  });
+
+  it('a bridge back after the window closed waits a grace for the reports the outboxes held; revoked devices leave the count', async () => {
+    await svc.create({ campaignId: 'c1', kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01', 'dev-02', 'dev-03'] }, waves: [100], gates: { windowSec: 60, minHeardFrom: 1, minSuccessRate: 1 } }, 'alice');
+    await svc.startCampaign('c1', 'alice');
+    await svc.stop();
+    clock.advance(10 * 60_000); // the bridge was down for 10 minutes, far past the window
+    svc = service({ restartGraceMs: 30_000 });
+    await svc.start();
+    expect(svc.status('c1')).toMatchObject({ state: 'running', wave: 0 });
+    await report('dev-00', 'rotated');
+    await report('dev-01', 'rotated');
+    // dev-03 is revoked meanwhile: it will never report, and does not count against the wave.
+    await inv.revokeDevice('dev-03', 'keyCompromise', clock.now());
+    clock.advance(29_000);
+    await svc.tick();
+    expect(svc.status('c1').state).toBe('running');
+    await report('dev-02', 'rotated');
+    const s = svc.status('c1');
+    expect(s).toMatchObject({ state: 'completed', succeeded: 3 });
+    expect(s.waves[0]).toMatchObject({ skipped: 1, gate: 'passed' });
+  });
+
+  it('a grace does not hold back a gate that too many failures trip', async () => {
+    await svc.create({ campaignId: 'c1', kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01'] }, waves: [100], gates: { windowSec: 60 } }, 'alice');
+    await svc.startCampaign('c1', 'alice');
+    await svc.stop();
+    svc = service();
+    await svc.start();
+    await report('dev-00', 'rotation_failed');
+    expect(svc.status('c1').state).toBe('paused');
+  });
+
+  it('abort leaves a newer command in place, and retries a withdrawal the broker did not take', async () => {
+    await svc.create({ campaignId: 'c1', kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01', 'dev-02'] }, waves: [100], gates: { windowSec: 60 } }, 'alice');
+    await svc.startCampaign('c1', 'alice');
+    clock.advance(1000);
+    // An operator sent dev-01 its own command since.
+    await inv.appendAudit([{ at: clock.now(), type: 'operator.reattest', deviceId: 'dev-01', details: { operator: 'bob' } }]);
+    sent = [];
+    failPublish = true;
+    expect((await svc.abort('c1', 'alice')).state).toBe('aborted');
+    expect(sent).toEqual([]);
+    failPublish = false;
+    await svc.tick();
+    expect(sent.map((x) => [x.deviceId, x.body]).sort()).toEqual([['dev-00', undefined], ['dev-02', undefined]]);
+    await svc.tick();
+    expect(sent).toHaveLength(2);
+  });
+
+  it('refuses a timing in which devices could not act within the window', async () => {
+    await expect(svc.create({ kind: 'rotate', selector: {}, gates: { windowSec: 60 }, jitterSec: 300 }, 'a')).rejects.toMatchObject({ code: 'CAMPAIGN_INVALID' });
+    await expect(svc.create({ kind: 'rotate', selector: {}, gates: { windowSec: 600 }, jitterSec: 30, commandTtlSec: 300 }, 'a')).rejects.toMatchObject({ code: 'CAMPAIGN_INVALID' });
+    const ok = await svc.create({ kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01', 'dev-02'] } }, 'a');
+    // Three devices, four default waves: three waves, the last labelled 100%.
+    expect(ok.waves.map((w) => [w.size, w.percent])).toEqual([[1, 1], [1, 10], [1, 100]]);
+  });
+
+  it('a device code such as `constructor` is counted like any other, and the reply still passes its schema', async () => {
+    await svc.create({ campaignId: 'c1', kind: 'rotate', selector: { deviceIds: ['dev-00', 'dev-01'] }, waves: [100], gates: { windowSec: 60, maxFailures: 5 } }, 'alice');
+    await svc.startCampaign('c1', 'alice');
+    await svc.onDeviceEvent('dev-00', { type: 'rotation_failed', receivedAt: clock.now(), details: { code: 'constructor', serial: 's0' } });
+    await svc.onDeviceEvent('dev-01', { type: 'rotation_failed', receivedAt: clock.now(), details: { code: 'not a code!', serial: 's1' } });
+    expect(svc.status('c1').failureCodes).toEqual({ constructor: 1, 'not a code!': 1 });
+    const status = campaignExecutors(svc)['campaign-status']!;
+    const reply = encodeOperatorAccepted('campaign-status', 'r1', await status({ v: 1, requestId: 'r1', campaignId: 'c1' }, { operatorId: 'alice' }));
+    const decoded = decodeOperatorReply('campaign-status', reply);
+    expect(decoded).toMatchObject({ ok: true, campaign: { failureCodes: { constructor: 1, OTHER: 1 } } });
   });
 });

@@ -12,6 +12,7 @@ import {
   DEFAULT_CAMPAIGN_WAVES,
   RUNNABLE_CAMPAIGN_KINDS,
   checkGates,
+  checkTiming,
   checkWaves,
   decideGate,
   selectDevices,
@@ -38,7 +39,7 @@ import {
  * so an outcome is not lost while the bridge is down; it arrives when the device's events are ingested.
  */
 export interface CampaignServiceOptions {
-  readonly store: CampaignStore & Pick<Inventory, 'listDevices' | 'getDevice'>;
+  readonly store: CampaignStore & Pick<Inventory, 'listDevices' | 'getDevice' | 'getCertificate' | 'listAudit'>;
   readonly clock: Clock;
   readonly topics: Topics;
   /** The bridge's publish (retained device commands). */
@@ -46,6 +47,12 @@ export interface CampaignServiceOptions {
   readonly logger?: EnrollmentLogger;
   /** How often running campaigns are looked at (gate windows, unsent commands). Default 1000 ms. */
   readonly tickMs?: number;
+  /**
+   * After `start()` (a bridge restart), no gate is decided on its window for this long (nor beyond the
+   * window's own length): the devices' outboxes first deliver what they reported while the bridge was
+   * away. Too many failures still trip a gate at once. Default 60 000 ms.
+   */
+  readonly restartGraceMs?: number;
 }
 
 /** What an operator asks for when creating a campaign (common/protocol/operator-campaigns.ts). */
@@ -90,6 +97,8 @@ export interface CampaignDeviceEvent {
   readonly type: string;
   readonly receivedAt: number;
   readonly details: Readonly<Record<string, string | number>>;
+  /** A resend of an event the inventory holds already (its first arrival time is not known here). */
+  readonly duplicate?: boolean;
 }
 
 export const DEFAULT_CAMPAIGN_JITTER_SEC = 30;
@@ -105,6 +114,10 @@ export class CampaignService {
   /** `<campaign>\0<device>` of commands this process published (or saw outcomes for): not sent again. */
   readonly #published = new Set<string>();
   #stopped = false;
+  /** When start() ran: a restart's grace counts from here (see restartGraceMs). */
+  #startedAt = 0;
+  /** `<campaign>\0<device>` of aborted campaigns' commands still to withdraw (retried on ticks). */
+  readonly #withdrawals = new Map<string, { campaignId: string; deviceId: string; sentAt: number }>();
 
   constructor(o: CampaignServiceOptions) {
     this.#o = o;
@@ -113,6 +126,7 @@ export class CampaignService {
   /** Resumes the running campaigns (commands of their current wave without an outcome go out again) and starts the ticks. */
   async start(): Promise<void> {
     this.#stopped = false;
+    this.#startedAt = this.#o.clock.now();
     await this.tick();
     this.#timer = setInterval(() => void this.tick().catch((err: unknown) => this.#o.logger?.error({ err }, 'campaign tick failed')), this.#o.tickMs ?? 1000);
     this.#timer.unref();
@@ -145,13 +159,15 @@ export class CampaignService {
       let next = 0;
       for (const w of waves) for (let i = 0; i < w.size; i++) devices.push({ campaignId: id, deviceId: deviceIds[next++]!, wave: w.index });
       const jitterSec = plan.jitterSec ?? Math.min(DEFAULT_CAMPAIGN_JITTER_SEC, Math.floor(gates.windowSec / 4));
+      const commandTtlSec = plan.commandTtlSec ?? ttlFor(gates);
+      checkTiming(gates.windowSec, jitterSec, commandTtlSec);
       const campaign: CampaignRecord = {
         id,
         kind: plan.kind,
         selector: plan.selector,
         gates,
         jitterSec,
-        commandTtlSec: plan.commandTtlSec ?? ttlFor(gates),
+        commandTtlSec,
         waves,
         state: 'planned',
         wave: -1,
@@ -220,9 +236,10 @@ export class CampaignService {
       const { paused: _, ...rest } = c;
       const aborted: CampaignRecord = { ...rest, state: 'aborted', updatedAt: now };
       const open = this.#o.store.listCampaignDevices(id).filter((d) => d.sentAt !== undefined && d.outcome === undefined);
-      await this.#o.store.saveCampaign(aborted, [], [this.#audit(c, 'campaign.aborted', operatorId, { wave: c.wave, withdrawn: open.length })], 'existing');
-      await this.#each(open, (d) => withdrawDeviceCommand(this.#o, d.deviceId));
+      await this.#o.store.saveCampaign(aborted, [], [this.#audit(c, 'campaign.aborted', operatorId, { wave: c.wave, unanswered: open.length })], 'existing');
       this.#forget(id);
+      for (const d of open) this.#withdrawals.set(key(id, d.deviceId), { campaignId: id, deviceId: d.deviceId, sentAt: d.sentAt! });
+      await this.#retryWithdrawals();
       this.#o.logger?.info({ campaign: id, operator: operatorId, withdrawn: open.length }, 'campaign aborted');
       return this.#view(aborted);
     });
@@ -256,7 +273,7 @@ export class CampaignService {
       for (const seen of concerned) {
         const c = store.getCampaign(seen.id)!;
         const d = store.getCampaignDevice(c.id, deviceId)!;
-        if (d.sentAt === undefined || e.receivedAt < d.sentAt || d.outcome === 'succeeded' || d.outcome === 'skipped') continue;
+        if (d.sentAt === undefined || d.outcome === 'succeeded' || d.outcome === 'skipped' || !this.#answers(deviceId, d.sentAt, e)) continue;
         const serial = typeof e.details['serial'] === 'string' ? e.details['serial'] : undefined;
         const updated: CampaignDeviceRecord =
           e.type === 'rotated'
@@ -269,14 +286,34 @@ export class CampaignService {
     });
   }
 
-  /** Decides gates whose window closed, and sends commands this process has not sent (after a restart, a failed publish). */
+  /**
+   * Whether a device's report answers the campaign's command sent at `sentAt` (bridge clock). The
+   * certificate a report names says when it was issued, by the bridge's clock: `rotated` names the
+   * new one, `rotation_failed` the refused one (`previousSerial`) when one was issued. Only a failure
+   * refused before any certificate (by the fleet) goes by its arrival, and then only a first arrival:
+   * an old report resent from an outbox is not taken for an answer.
+   */
+  #answers(deviceId: string, sentAt: number, e: CampaignDeviceEvent): boolean {
+    const named = e.type === 'rotated' ? e.details['serial'] : e.details['previousSerial'];
+    if (typeof named === 'string') {
+      const cert = this.#o.store.getCertificate(named);
+      return cert !== undefined && cert.deviceId === deviceId && cert.issuedAt >= sentAt;
+    }
+    return e.type === 'rotation_failed' && !e.duplicate && e.receivedAt >= sentAt;
+  }
+
+  /**
+   * Sends commands this process has not sent (after a restart, a failed publish), retries withdrawals,
+   * then decides gates whose window closed.
+   */
   tick(): Promise<void> {
     return this.#exclusive(async () => {
       if (this.#stopped) return;
+      await this.#retryWithdrawals();
       for (const c of this.#o.store.listCampaigns()) {
         if (c.state !== 'running') continue;
-        const now = await this.#advance(c);
-        if (now.state === 'running') await this.#sendUnsent(now);
+        await this.#sendUnsent(c);
+        await this.#advance(c);
       }
     });
   }
@@ -286,8 +323,17 @@ export class CampaignService {
     const w = c.waves[c.wave];
     if (!w || w.dispatchedAt === undefined || w.gate !== 'pending') return c;
     const now = this.#o.clock.now();
+    // Devices revoked since their command went out will not report: they leave the wave's count.
+    const revoked = this.#o.store
+      .listCampaignDevices(c.id)
+      .filter((d) => d.wave === c.wave && d.outcome === undefined && this.#o.store.getDevice(d.deviceId)?.revokedAt !== undefined)
+      .map((d): CampaignDeviceRecord => ({ ...d, outcome: 'skipped', code: 'DEVICE_REVOKED', outcomeAt: now }));
+    if (revoked.length) await this.#o.store.saveCampaign({ ...c, updatedAt: now }, revoked, [], 'existing');
     const tally = tallyWave(this.#o.store.listCampaignDevices(c.id), c.wave);
-    const d = decideGate(tally, c.gates, w.dispatchedAt, now);
+    // Within a restart's grace the window is not yet closed: reports held in outboxes are still coming.
+    const windowMs = c.gates.windowSec * 1000;
+    const graceEnd = this.#startedAt + Math.min(this.#o.restartGraceMs ?? 60_000, windowMs);
+    const d = decideGate(tally, c.gates, Math.max(w.dispatchedAt, graceEnd - windowMs), now);
     if (!d.decided) return c;
     if (!d.passed) {
       const waves = c.waves.map((x) => (x.index === c.wave ? { ...x, gate: 'tripped' as const, decidedAt: now, reason: d.reason } : x));
@@ -371,6 +417,27 @@ export class CampaignService {
     if (failed) this.#o.logger?.warn({ failed, code: firstCode }, 'campaign commands not published; retried on the next tick');
   }
 
+  /**
+   * Withdraws the retained commands of aborted campaigns, unless the device got a newer command since
+   * (an operator's, another campaign's: the audit log says), which an empty retained message would
+   * erase. A failed publish stays for the next tick (for as long as this process runs).
+   */
+  async #retryWithdrawals(): Promise<void> {
+    if (this.#withdrawals.size === 0) return;
+    const todo: { k: string; campaignId: string; deviceId: string }[] = [];
+    for (const [k, w] of this.#withdrawals) {
+      const newer = (await this.#o.store.listAudit({ deviceId: w.deviceId })).some(
+        (a) => a.at > w.sentAt && (a.type === 'operator.rotate-now' || a.type === 'operator.reattest' || (a.type === 'campaign.rotate-now' && a.details?.['campaign'] !== w.campaignId)),
+      );
+      if (newer) this.#withdrawals.delete(k);
+      else todo.push({ k, campaignId: w.campaignId, deviceId: w.deviceId });
+    }
+    await this.#each(todo, async (w) => {
+      await withdrawDeviceCommand(this.#o, w.deviceId);
+      this.#withdrawals.delete(w.k);
+    });
+  }
+
   /** A finished campaign sends nothing more: its entries leave the published set. */
   #forget(campaignId: string): void {
     const prefix = key(campaignId, '');
@@ -390,7 +457,7 @@ export class CampaignService {
 
   #view(c: CampaignRecord): CampaignView {
     const devices = this.#o.store.listCampaignDevices(c.id);
-    const codes: Record<string, number> = {};
+    const codes: Record<string, number> = Object.create(null) as Record<string, number>;
     let succeeded = 0;
     let failed = 0;
     const waves = c.waves.map((w): CampaignWaveView => {

@@ -129,6 +129,17 @@ export function checkWaves(percents: readonly number[]): void {
   if (last !== 100) throw new CampaignError('CAMPAIGN_INVALID', `the last wave must reach 100%, got ${last}%`);
 }
 
+/**
+ * The timing of a plan must let devices act within a wave's window: the jitter (each device acts at a
+ * random point within it) shorter than the window, and a command living at least window + jitter.
+ * Throws CAMPAIGN_INVALID.
+ */
+export function checkTiming(windowSec: number, jitterSec: number, commandTtlSec: number): void {
+  if (!Number.isInteger(jitterSec) || jitterSec < 0 || jitterSec > CAMPAIGN_LIMITS.maxJitterSec) throw new CampaignError('CAMPAIGN_INVALID', `jitterSec must be an integer within 0..${CAMPAIGN_LIMITS.maxJitterSec}`);
+  if (jitterSec > 0 && jitterSec >= windowSec) throw new CampaignError('CAMPAIGN_INVALID', `a jitter of ${jitterSec} s does not fit in a window of ${windowSec} s: devices would act after their wave's gate was decided`);
+  if (commandTtlSec < windowSec + jitterSec) throw new CampaignError('CAMPAIGN_INVALID', `commands must live at least window + jitter (${windowSec + jitterSec} s), got ${commandTtlSec} s`);
+}
+
 /** Throws CAMPAIGN_INVALID for gates out of bounds. */
 export function checkGates(g: CampaignGates): void {
   const bad = (what: string) => {
@@ -166,7 +177,8 @@ export function selectDevices(campaignId: string, selector: CampaignSelector, de
     pool = devices.filter(selectable);
   }
   pool = pool.filter((d) => (selector.owner === undefined || d.metadata['owner'] === selector.owner) && (selector.model === undefined || d.metadata['model'] === selector.model));
-  const ordered = pool.map((d) => d.deviceId).sort((a, b) => (rank(campaignId, a) < rank(campaignId, b) ? -1 : 1));
+  const ranks = new Map(pool.map((d) => [d.deviceId, rank(campaignId, d.deviceId)]));
+  const ordered = pool.map((d) => d.deviceId).sort((a, b) => (ranks.get(a)! < ranks.get(b)! ? -1 : 1));
   const take = selector.samplePercent === undefined ? ordered.length : Math.ceil((ordered.length * selector.samplePercent) / 100);
   return { deviceIds: ordered.slice(0, take), excluded };
 }
@@ -184,6 +196,8 @@ export function waveSizes(n: number, percents: readonly number[]): { percent: nu
     if (target > reached) out.push({ percent: p, size: target - reached });
     reached = target;
   }
+  // Waves dropped at the end: the last wave kept is the one that reaches every device.
+  if (out.length) out[out.length - 1] = { ...out[out.length - 1]!, percent: 100 };
   return out;
 }
 
@@ -200,7 +214,8 @@ export interface WaveTally {
 
 export function tallyWave(devices: Iterable<CampaignDeviceRecord>, wave: number): WaveTally {
   let size = 0, sent = 0, succeeded = 0, failed = 0, skipped = 0;
-  const codes: Record<string, number> = {};
+  // No prototype: a code is device input, and `constructor` or `toString` must count like any other.
+  const codes: Record<string, number> = Object.create(null) as Record<string, number>;
   for (const d of devices) {
     if (d.wave !== wave) continue;
     size++;

@@ -40,6 +40,8 @@ export interface IngestedEvent {
   readonly type: string;
   readonly receivedAt: number;
   readonly details: Readonly<Record<string, string | number>>;
+  /** The inventory held it already (a resend): `receivedAt` is this arrival, not the first. */
+  readonly duplicate: boolean;
 }
 
 /** Devices whose warning state is remembered; the oldest is forgotten beyond this. */
@@ -130,7 +132,7 @@ export class IngestService {
     const msg = decode('events', payload);
     const input: DeviceEventRecordInput = { id: msg.requestId, type: msg.body.type, at: msg.body.at, seq: msg.body.seq, details: eventDetails(msg.body) };
     const recorded = await this.#o.inventory.recordEvents(deviceId, [input], receivedAt);
-    await this.#o.onEvent?.(deviceId, { type: input.type, receivedAt: recorded[0]?.receivedAt ?? receivedAt, details: input.details });
+    await this.#o.onEvent?.(deviceId, { type: input.type, receivedAt, details: input.details, duplicate: recorded.length === 0 });
     return {
       topic: this.#o.topics.device(deviceId, 'eventsAck'),
       payload: encode('eventsAck', msg.requestId, this.#o.clock.now(), { new: recorded.length > 0 }),
